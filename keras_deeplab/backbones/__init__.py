@@ -1,0 +1,81 @@
+"""Backbones: one module per family, one registry to build them by name."""
+
+from keras_deeplab.backbones.common import VALID_OUTPUT_STRIDES
+from keras_deeplab.backbones.mobilenet_v2 import MobileNetV2Backbone
+from keras_deeplab.backbones.resnet import ResNetBackbone
+from keras_deeplab.backbones.vgg import VGG16Backbone
+from keras_deeplab.backbones.xception import XceptionBackbone
+
+# name -> (builder, fixed keyword arguments, preprocessing mode)
+BACKBONES = {
+    "xception41": (XceptionBackbone, {"depth": 41}, "symmetric"),
+    "xception65": (XceptionBackbone, {"depth": 65}, "symmetric"),
+    "xception71": (XceptionBackbone, {"depth": 71}, "symmetric"),
+    "resnet50": (ResNetBackbone, {"depth": 50, "flavour": "caffe"}, "caffe"),
+    "resnet101": (ResNetBackbone, {"depth": 101, "flavour": "caffe"}, "caffe"),
+    "resnet50_beta": (ResNetBackbone, {"depth": 50, "flavour": "beta"}, "symmetric"),
+    "resnet101_beta": (ResNetBackbone, {"depth": 101, "flavour": "beta"}, "symmetric"),
+    "mobilenetv2": (MobileNetV2Backbone, {"depth_multiplier": 1.0}, "symmetric"),
+    "mobilenetv2_dm05": (MobileNetV2Backbone, {"depth_multiplier": 0.5}, "symmetric"),
+    "vgg16": (VGG16Backbone, {}, "caffe"),
+}
+ALIASES = {
+    "xception": "xception65",
+    "xception_65": "xception65",
+    "xception_41": "xception41",
+    "xception_71": "xception71",
+    "resnet_v1_50_beta": "resnet50_beta",
+    "resnet_v1_101_beta": "resnet101_beta",
+    "mobilenet_v2": "mobilenetv2",
+    "mobilenetv2_dm1": "mobilenetv2",
+    "mobilenetv2_dm10": "mobilenetv2",
+}
+
+
+def list_backbones():
+    """Names accepted by `get_backbone` (aliases excluded)."""
+    return sorted(BACKBONES)
+
+
+def resolve_backbone_name(name):
+    """Canonical backbone name; a clear error listing the valid ones otherwise."""
+    key = str(name).lower()
+    key = ALIASES.get(key, key)
+    if key not in BACKBONES:
+        raise ValueError(
+            f"Unknown backbone {name!r}. Valid backbones: {', '.join(list_backbones())} "
+            f"(aliases: {', '.join(sorted(ALIASES))})."
+        )
+    return key
+
+
+def preprocessing_mode(name):
+    """Input convention of a backbone: "symmetric" ([-1, 1]) or "caffe" (BGR mean)."""
+    return BACKBONES[resolve_backbone_name(name)][2]
+
+
+def get_backbone(name, input_shape=(None, None, 3), output_stride=16, multi_grid=None, **kwargs):
+    """Builds a backbone by name. See each family's module for its arguments."""
+    key = resolve_backbone_name(name)
+    builder, fixed, _ = BACKBONES[key]
+    return builder(
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        **fixed,
+        **kwargs,
+    )
+
+
+__all__ = [
+    "BACKBONES",
+    "VALID_OUTPUT_STRIDES",
+    "MobileNetV2Backbone",
+    "ResNetBackbone",
+    "VGG16Backbone",
+    "XceptionBackbone",
+    "get_backbone",
+    "list_backbones",
+    "preprocessing_mode",
+    "resolve_backbone_name",
+]

@@ -1,0 +1,193 @@
+"""Layers shared by every DeepLab model.
+
+All of them are registered Keras serializable objects, so models that use them
+save to `.keras` and load back with `safe_mode=True` (no Lambda layers).
+
+* `ResizeBilinear`: the one resize used inside the models. Bilinear with
+  `align_corners=True`, as every resize of the official implementation
+  (`core/utils.py:resize_bilinear`). Its target size comes from a reference
+  tensor or a scale factor, so dynamic spatial sizes survive `model.export()`.
+* `Conv2D` / `DepthwiseConv2D`: Keras convolutions whose dilation lowers to the
+  native dilated TF op. Keras' own dilated convolutions go through
+  space-to-batch, which becomes SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND in TFLite.
+* `Preprocessing`: RGB in [0, 255] to the backbone's input convention.
+"""
+
+import keras
+import tensorflow as tf
+
+PACKAGE = "keras_deeplab"
+
+
+def scale_dimension(dim, scale):
+    """Official `scale_dimension`: `int((dim - 1) * scale + 1)` (works on tensors)."""
+    if isinstance(dim, tf.Tensor):
+        return tf.cast((tf.cast(dim, tf.float32) - 1.0) * scale + 1.0, tf.int32)
+    return int((float(dim) - 1.0) * scale + 1.0)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResizeBilinear(keras.layers.Layer):
+    """Align-corners bilinear resize.
+
+    Called as `layer(x)` with `scale` set (the output size is
+    `scale_dimension(size, scale)` per spatial axis, as the official multi-scale
+    code), or as `layer([x, reference])` to resize `x` to the spatial size of
+    `reference`.
+
+    Args:
+        scale: optional float scale factor (used when called on one tensor).
+    """
+
+    def __init__(self, scale=None, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = None if scale is None else float(scale)
+
+    def _target_size(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            return tf.shape(inputs[1])[1:3]
+        if self.scale is None:
+            raise ValueError(
+                f"{self.name}: call ResizeBilinear on [x, reference] or set `scale`."
+            )
+        return scale_dimension(tf.shape(inputs)[1:3], self.scale)
+
+    def call(self, inputs):
+        x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        size = self._target_size(inputs)
+        y = tf.raw_ops.ResizeBilinear(
+            images=x, size=size, align_corners=True, half_pixel_centers=False
+        )
+        return tf.cast(y, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            x_shape, ref_shape = input_shape
+            return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+        h, w = input_shape[1], input_shape[2]
+        h = None if h is None else scale_dimension(h, self.scale)
+        w = None if w is None else scale_dimension(w, self.scale)
+        return (input_shape[0], h, w, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def _tf_padding(layer):
+    return layer.padding.upper()
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that runs dilation as the native dilated TF conv."""
+
+    def convolution_op(self, inputs, kernel):
+        return tf.nn.conv2d(
+            inputs,
+            tf.cast(kernel, inputs.dtype),
+            strides=[1, *self.strides, 1],
+            padding=_tf_padding(self),
+            dilations=[1, *self.dilation_rate, 1],
+        )
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` that runs dilation natively (no space-to-batch)."""
+
+    def call(self, inputs):
+        outputs = tf.raw_ops.DepthwiseConv2dNative(
+            input=inputs,
+            filter=tf.cast(self.kernel, inputs.dtype),
+            strides=[1, *self.strides, 1],
+            padding=_tf_padding(self),
+            dilations=[1, *self.dilation_rate, 1],
+        )
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+
+# Per-backbone input conventions (official `core/feature_extractor.py`).
+# "symmetric": (2 / 255) * x - 1 (xception, mobilenet, *_beta ResNets).
+# "caffe": RGB -> BGR and ImageNet BGR mean subtraction, the convention of the
+# Caffe-layout ResNets / VGG-16 and of their keras.applications weights.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+PREPROCESSING_MODES = ("symmetric", "caffe")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Preprocessing(keras.layers.Layer):
+    """Maps RGB values in [0, 255] to a backbone's input convention. No weights.
+
+    Args:
+        mode: `"symmetric"` (to [-1, 1]) or `"caffe"` (BGR, mean subtracted).
+    """
+
+    def __init__(self, mode="symmetric", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"Unknown preprocessing mode {mode!r}; expected one of {PREPROCESSING_MODES}."
+            )
+        self.mode = mode
+
+    def call(self, inputs):
+        x = tf.cast(inputs, self.compute_dtype)
+        if self.mode == "symmetric":
+            return x * (2.0 / 255.0) - 1.0
+        x = x[..., ::-1]
+        return x - tf.constant(CAFFE_BGR_MEAN, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def fixed_padding(x, kernel_size, rate=1, name=None):
+    """Official `fixed_padding`: pad so a VALID strided conv is input-size independent."""
+    effective = kernel_size + (kernel_size - 1) * (rate - 1)
+    total = effective - 1
+    begin = total // 2
+    end = total - begin
+    return keras.layers.ZeroPadding2D(((begin, end), (begin, end)), name=name)(x)
+
+
+def conv2d_same(
+    x,
+    filters,
+    kernel_size,
+    stride=1,
+    rate=1,
+    name=None,
+    use_bias=False,
+    **kwargs,
+):
+    """Official `conv2d_same`: SAME padding at stride 1, fixed padding + VALID when strided."""
+    if stride == 1:
+        return Conv2D(
+            filters,
+            kernel_size,
+            padding="same",
+            dilation_rate=rate,
+            use_bias=use_bias,
+            name=name,
+            **kwargs,
+        )(x)
+    x = fixed_padding(x, kernel_size, rate, name=None if name is None else f"{name}_pad")
+    return Conv2D(
+        filters,
+        kernel_size,
+        strides=stride,
+        padding="valid",
+        dilation_rate=rate,
+        use_bias=use_bias,
+        name=name,
+        **kwargs,
+    )(x)
