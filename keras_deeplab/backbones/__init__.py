@@ -54,9 +54,15 @@ def preprocessing_mode(name):
     return BACKBONES[resolve_backbone_name(name)][2]
 
 
-def get_backbone(name, input_shape=(None, None, 3), output_stride=16, multi_grid=None, **kwargs):
-    """Builds a backbone by name. See each family's module for its arguments."""
-    key = resolve_backbone_name(name)
+def get_backbone(
+    backbone, input_shape=(None, None, 3), output_stride=16, multi_grid=None, **kwargs
+):
+    """Builds a backbone by name (`list_backbones()`); see each family's module for arguments.
+
+    Example:
+        `features = get_backbone("xception65", output_stride=8)(images)["stride_4"]`
+    """
+    key = resolve_backbone_name(backbone)
     builder, fixed, _ = BACKBONES[key]
     return builder(
         input_shape=input_shape,

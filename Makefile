@@ -1,0 +1,35 @@
+# `make demo` and `make test` set up .venv on first use, then run.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format install clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), "keras_deeplab needs Python 3.11 or 3.12"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/keras-deeplab demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check keras_deeplab tests examples
+	$(BIN)/ruff format --check keras_deeplab tests examples
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix keras_deeplab tests examples
+	$(BIN)/ruff format keras_deeplab tests examples
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""Building blocks shared by the heads (official `model.py` hyper-parameters)."""
+
+import keras
+
+from keras_deeplab.layers import Conv2D, DepthwiseConv2D
+
+# ASPP, image pooling, concat projection and decoder BatchNorm (official model.py).
+HEAD_BN_MOMENTUM = 0.9997
+HEAD_BN_EPSILON = 1e-5
+
+
+def conv_bn_relu(x, filters, kernel_size, name, rate=1):
+    """Conv (no bias) + BN + ReLU, the official `slim.conv2d` with the head's BN."""
+    x = Conv2D(
+        filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False, name=name
+    )(x)
+    x = keras.layers.BatchNormalization(
+        momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_BatchNorm"
+    )(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def split_separable_conv_bn_relu(x, filters, name, rate=1):
+    """Official `split_separable_conv2d`: depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU."""
+    x = DepthwiseConv2D(
+        3,
+        padding="same",
+        dilation_rate=rate,
+        use_bias=False,
+        depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
+        name=f"{name}_depthwise",
+    )(x)
+    x = keras.layers.BatchNormalization(
+        momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_depthwise_BatchNorm"
+    )(x)
+    x = keras.layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    x = Conv2D(
+        filters,
+        1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.06),
+        name=f"{name}_pointwise",
+    )(x)
+    x = keras.layers.BatchNormalization(
+        momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_pointwise_BatchNorm"
+    )(x)
+    return keras.layers.ReLU(name=f"{name}_pointwise_relu")(x)
+
+
+def logits_conv(x, num_classes, name="logits_semantic", kernel_size=1, rate=1):
+    """Class logits: conv with bias, no BN (truncated normal 0.01 as the official logits)."""
+    return Conv2D(
+        num_classes,
+        kernel_size,
+        padding="same",
+        dilation_rate=rate,
+        use_bias=True,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        name=name,
+    )(x)
