@@ -48,18 +48,24 @@ def _cmd_demo(args):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Building {args.model} (random initialisation; training arrives with the training issue)...")
+    print(
+        f"Building {args.model} (random initialisation; training arrives with the training issue)..."
+    )
     model = keras_deeplab.create_model(args.model)
     total, trainable = keras_deeplab.count_params(model)
     macs = keras_deeplab.count_macs(model, (args.size, args.size))
-    print(f"  parameters: {total:,} ({trainable:,} trainable); multiply-adds at {args.size}px: {macs / 1e9:.2f}G")
+    print(
+        f"  parameters: {total:,} ({trainable:,} trainable); multiply-adds at {args.size}px: {macs / 1e9:.2f}G"
+    )
     image, source = _demo_image(args.size)
     start = time.perf_counter()
     logits = model.predict(image[None].astype("float32"), verbose=0)
     elapsed = time.perf_counter() - start
     labels = logits[0].argmax(-1).astype("uint8")
-    print(f"  segmented {source} at {image.shape[1]}x{image.shape[0]} in {elapsed:.2f}s; "
-          f"logits {tuple(logits.shape)}")
+    print(
+        f"  segmented {source} at {image.shape[1]}x{image.shape[0]} in {elapsed:.2f}s; "
+        f"logits {tuple(logits.shape)}"
+    )
     palette = (np.random.default_rng(0).integers(0, 255, (256, 3))).astype("uint8")
     panel = np.concatenate([image, palette[labels]], axis=1)
     path = out / "demo_prediction.png"

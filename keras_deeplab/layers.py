@@ -47,9 +47,7 @@ class ResizeBilinear(keras.layers.Layer):
         if isinstance(inputs, (list, tuple)):
             return tf.shape(inputs[1])[1:3]
         if self.scale is None:
-            raise ValueError(
-                f"{self.name}: call ResizeBilinear on [x, reference] or set `scale`."
-            )
+            raise ValueError(f"{self.name}: call ResizeBilinear on [x, reference] or set `scale`.")
         return scale_dimension(tf.shape(inputs)[1:3], self.scale)
 
     def call(self, inputs):
@@ -61,9 +59,7 @@ class ResizeBilinear(keras.layers.Layer):
         return tf.cast(y, x.dtype)
 
     def compute_output_shape(self, input_shape):
-        if isinstance(input_shape, (list, tuple)) and isinstance(
-            input_shape[0], (list, tuple)
-        ):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (list, tuple)):
             x_shape, ref_shape = input_shape
             return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
         h, w = input_shape[1], input_shape[2]

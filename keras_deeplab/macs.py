@@ -44,7 +44,9 @@ def _layer_macs(layer):
             total += spatial * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
         elif isinstance(layer, keras.layers.Conv2D):
             kh, kw = layer.kernel_size
-            total += math.prod(out_shape[1:3]) * kh * kw * in_shape[-1] // layer.groups * out_shape[-1]
+            total += (
+                math.prod(out_shape[1:3]) * kh * kw * in_shape[-1] // layer.groups * out_shape[-1]
+            )
         elif isinstance(layer, keras.layers.Dense):
             total += math.prod(out_shape[1:-1]) * in_shape[-1] * out_shape[-1]
     return total

@@ -35,7 +35,9 @@ DEFAULT_ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 
 def _check_num_classes(num_classes):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer (e.g. 21 for VOC); got {num_classes!r}.")
+        raise ValueError(
+            f"num_classes must be a positive integer (e.g. 21 for VOC); got {num_classes!r}."
+        )
 
 
 def _check_activation(activation):
@@ -78,7 +80,9 @@ def _finish(inputs, logits, activation, name, weights):
     """Resizes logits to the input size, applies the activation, loads weights."""
     outputs = ResizeBilinear(name="upsampled_logits")([logits, inputs])
     if activation is not None:
-        outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(outputs)
+        outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(
+            outputs
+        )
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
         model.load_weights(weights)
@@ -128,7 +132,9 @@ def DeepLabV1(
     """
     backbone = resolve_backbone_name(backbone)
     if backbone != "vgg16":
-        raise ValueError(f"DeepLabV1 (LargeFOV) is defined on vgg16 only; got backbone {backbone!r}.")
+        raise ValueError(
+            f"DeepLabV1 (LargeFOV) is defined on vgg16 only; got backbone {backbone!r}."
+        )
     _check_num_classes(num_classes)
     _check_activation(activation)
     check_output_stride(output_stride)
@@ -186,7 +192,9 @@ def DeepLabV2(
     if atrous_rates is None:
         presets = {"L": ASPP_L, "S": ASPP_S}
         if str(aspp).upper() not in presets:
-            raise ValueError(f"aspp must be 'L' (rates {ASPP_L}) or 'S' (rates {ASPP_S}); got {aspp!r}.")
+            raise ValueError(
+                f"aspp must be 'L' (rates {ASPP_L}) or 'S' (rates {ASPP_S}); got {aspp!r}."
+            )
         atrous_rates = presets[str(aspp).upper()]
     atrous_rates = tuple(int(r) for r in atrous_rates)
     if len(atrous_rates) != 4 or any(r < 1 for r in atrous_rates):
@@ -268,7 +276,9 @@ def DeepLabV3(
     features = _backbone(backbone, input_shape, output_stride, multi_grid)(x)
     if head == "cascade":
         if not backbone.startswith("resnet"):
-            raise ValueError(f"The cascade head copies ResNet block4; backbone {backbone!r} is not a ResNet.")
+            raise ValueError(
+                f"The cascade head copies ResNet block4; backbone {backbone!r} is not a ResNet."
+            )
         y = cascade(
             features["final"],
             flavour="beta" if backbone.endswith("_beta") else "caffe",

@@ -48,6 +48,8 @@ class MultiScaleInputs(keras.Model):
             if activation is None
             else keras.layers.Activation(activation, dtype="float32", name="probabilities")
         )
+        # All weights live in `model`, which is already built.
+        self.built = model.built
 
     def build(self, input_shape):
         self.model.build(input_shape)
@@ -69,8 +71,8 @@ class MultiScaleInputs(keras.Model):
 
     def count_macs(self, input_size):
         """Multiply-adds for one image of `input_size`: the sum over the scales."""
-        from keras_deeplab.macs import count_macs
         from keras_deeplab.layers import scale_dimension
+        from keras_deeplab.macs import count_macs
 
         height, width = input_size
         return sum(

@@ -1,9 +1,9 @@
 """Model builders and registry: official architecture facts, shapes, heads, errors."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_deeplab
 from keras_deeplab import count_params, create_model
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D
@@ -64,9 +64,12 @@ def test_registry_lists_and_builds_every_family():
 
 
 def _conv_layers(model):
+    """Conv layers in graph order, descending into nested models."""
     out = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, (Conv2D, DepthwiseConv2D)):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out.extend(_conv_layers(layer))
+        elif isinstance(layer, (Conv2D, DepthwiseConv2D)):
             out.append(layer)
     return out
 
@@ -128,7 +131,9 @@ def test_fixed_input_shape_and_activation():
 
 def test_include_preprocessing_adds_no_weights_and_normalises():
     a = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", num_classes=4)
-    b = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", num_classes=4, include_preprocessing=False)
+    b = keras_deeplab.DeepLabV3(
+        backbone="mobilenetv2_dm05", num_classes=4, include_preprocessing=False
+    )
     assert count_params(a) == count_params(b)
     b.set_weights(a.get_weights())
     x = np.random.default_rng(1).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
@@ -138,13 +143,20 @@ def test_include_preprocessing_adds_no_weights_and_normalises():
 def test_caffe_preprocessing_is_bgr_mean_subtraction():
     layer = keras_deeplab.layers.Preprocessing("caffe")
     x = np.array([[[[10.0, 20.0, 30.0]]]], "float32")
-    np.testing.assert_allclose(layer(x)[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
+    np.testing.assert_allclose(
+        layer(x)[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6
+    )
 
 
 def test_v2_aspp_l_sums_four_branches():
     model = create_model("deeplabv2_resnet50_aspp_l", num_classes=3, input_shape=(65, 65, 3))
     add = model.get_layer("aspp_v2_sum")
-    branch_names = ["logits_semantic", "logits_semantic_1", "logits_semantic_2", "logits_semantic_3"]
+    branch_names = [
+        "logits_semantic",
+        "logits_semantic_1",
+        "logits_semantic_2",
+        "logits_semantic_3",
+    ]
     branches = [model.get_layer(n) for n in branch_names]
     assert [b.dilation_rate for b in branches] == [(6, 6), (12, 12), (18, 18), (24, 24)]
     assert all(b.kernel_size == (3, 3) and b.use_bias for b in branches)
@@ -176,11 +188,7 @@ def test_msc_fuses_by_max_in_inference_and_exposes_scales_in_training():
     )
     x = np.random.default_rng(3).uniform(0, 255, (1, 65, 49, 3)).astype("float32")
     fused = model(x, training=False)
-    outs = model(x, training=True)
-    assert set(outs) == {"fused", "scale_1", "scale_0.75", "scale_0.5"}
-    for value in outs.values():
-        assert value.shape == (1, 65, 49, 3)
-    # Inference fusion equals the max over the per-scale logits computed without dropout.
+    # Inference fusion equals the max over the per-scale logits (inference mode).
     single = model.model
     resize = keras_deeplab.layers.ResizeBilinear
     per_scale = [single(x)]
@@ -190,6 +198,12 @@ def test_msc_fuses_by_max_in_inference_and_exposes_scales_in_training():
         per_scale.append(resize()([single(small), x]))
     np.testing.assert_allclose(fused, np.max(np.stack(per_scale), 0), rtol=1e-5, atol=1e-5)
     assert count_params(model) == count_params(single)
+    outs = model(x, training=True)
+    assert set(outs) == {"fused", "scale_1", "scale_0.75", "scale_0.5"}
+    for value in outs.values():
+        assert value.shape == (1, 65, 49, 3)
+    stacked = np.stack([outs["scale_1"], outs["scale_0.75"], outs["scale_0.5"]])
+    np.testing.assert_allclose(outs["fused"], np.max(stacked, 0), rtol=1e-6)
 
 
 def test_keras_round_trip_identical_outputs(tmp_path):
@@ -232,16 +246,17 @@ def test_export_with_dynamic_size_equals_keras(tmp_path):
         assert np.max(np.abs(y - model(x))) <= 1e-5
 
 
-def _tflite_ops(model, size):
+def _tflite_interpreter(model, size, tmp_path):
+    """Converts through `model.export` (a lambda concrete function loses the variables)."""
     import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=converter.convert())
-    return {op["op_name"] for op in interpreter._get_ops_details()}
+    signature = [tf.TensorSpec([1, size, size, 3], tf.float32)]
+    model.export(str(tmp_path / "tflite_sm"), verbose=False, input_signature=signature)
+    content = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "tflite_sm")).convert()
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 @pytest.mark.parametrize(
@@ -253,22 +268,17 @@ def _tflite_ops(model, size):
         ),
     ],
 )
-def test_tflite_os8_uses_native_dilated_convs(build):
-    ops = _tflite_ops(build(), 65)
+def test_tflite_os8_uses_native_dilated_convs(build, tmp_path):
+    interpreter = _tflite_interpreter(build(), 65, tmp_path)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "SPACE_TO_BATCH_ND" not in ops and "BATCH_TO_SPACE_ND" not in ops
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_BILINEAR"} <= ops
 
 
-def test_tflite_resize_keeps_align_corners():
-    import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
-
+def test_tflite_equals_keras(tmp_path):
+    # Align-corners resizes and native dilated convs keep their meaning in TFLite.
     model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
-    fn = tf.function(lambda x: model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([1, 65, 65, 3], tf.float32))
-    content = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model).convert()
-    interpreter = Interpreter(model_content=content)
-    interpreter.allocate_tensors()
+    interpreter = _tflite_interpreter(model, 65, tmp_path)
     x = np.random.default_rng(7).uniform(0, 255, (1, 65, 65, 3)).astype("float32")
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()
@@ -282,11 +292,26 @@ def test_tflite_resize_keeps_align_corners():
         (lambda: keras_deeplab.DeepLabV3Plus(backbone="resnet34"), "Valid backbones"),
         (lambda: create_model("deeplabv4"), "Registered models"),
         (lambda: keras_deeplab.DeepLabV3Plus(backbone="mobilenetv2", output_stride=12), "allowed"),
-        (lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", num_classes=0), "positive integer"),
-        (lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", input_shape=(None, None, 1)), "3 channels"),
-        (lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", input_shape=(None, None, 4)), "RGBA"),
-        (lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", atrous_rates=(6, 12)), "3 positive"),
-        (lambda: keras_deeplab.DeepLabV2(backbone="resnet50", atrous_rates=(6, 12, 18)), "4 positive"),
+        (
+            lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", num_classes=0),
+            "positive integer",
+        ),
+        (
+            lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", input_shape=(None, None, 1)),
+            "3 channels",
+        ),
+        (
+            lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", input_shape=(None, None, 4)),
+            "RGBA",
+        ),
+        (
+            lambda: keras_deeplab.DeepLabV3(backbone="mobilenetv2", atrous_rates=(6, 12)),
+            "3 positive",
+        ),
+        (
+            lambda: keras_deeplab.DeepLabV2(backbone="resnet50", atrous_rates=(6, 12, 18)),
+            "4 positive",
+        ),
         (lambda: keras_deeplab.DeepLabV2(backbone="resnet50", aspp="M"), "'L'"),
         (lambda: keras_deeplab.DeepLabV3(backbone="xception65", head="cascade"), "not a ResNet"),
         (lambda: keras_deeplab.DeepLabV1(backbone="resnet50"), "vgg16 only"),

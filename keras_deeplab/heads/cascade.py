@@ -31,5 +31,7 @@ def cascade(x, flavour="beta", output_stride=16, num_blocks=3, multi_grid=None):
                 name = f"block{block}_unit_{u + 1}_bottleneck_v1"
                 x, _ = _beta_bottleneck(x, 4 * base, base, 1, rate * unit_rate, name)
             else:
-                x = _caffe_unit(x, base, 1, rate * unit_rate, False, f"conv{block + 1}_block{u + 1}")
+                x = _caffe_unit(
+                    x, base, 1, rate * unit_rate, False, f"conv{block + 1}_block{u + 1}"
+                )
     return x

@@ -11,9 +11,9 @@ HEAD_BN_EPSILON = 1e-5
 
 def conv_bn_relu(x, filters, kernel_size, name, rate=1):
     """Conv (no bias) + BN + ReLU, the official `slim.conv2d` with the head's BN."""
-    x = Conv2D(
-        filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False, name=name
-    )(x)
+    x = Conv2D(filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False, name=name)(
+        x
+    )
     x = keras.layers.BatchNormalization(
         momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_BatchNorm"
     )(x)

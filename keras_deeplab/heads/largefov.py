@@ -14,8 +14,9 @@ from keras_deeplab.layers import Conv2D
 
 def fc_branch(x, num_classes, rate, suffix="", dropout=0.5, channels=1024):
     """fc6 (3x3, dilation `rate`) -> fc7 (1x1) -> fc8 logits, as the Caffe VGG heads."""
-    x = Conv2D(channels, 3, padding="same", dilation_rate=rate, activation="relu",
-               name=f"fc6{suffix}")(x)
+    x = Conv2D(
+        channels, 3, padding="same", dilation_rate=rate, activation="relu", name=f"fc6{suffix}"
+    )(x)
     x = keras.layers.Dropout(dropout, name=f"fc6{suffix}_dropout")(x)
     x = Conv2D(channels, 1, activation="relu", name=f"fc7{suffix}")(x)
     x = keras.layers.Dropout(dropout, name=f"fc7{suffix}_dropout")(x)

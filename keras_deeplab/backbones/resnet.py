@@ -1,0 +1,195 @@
+"""ResNet-v1 backbones with atrous output-stride control, in two layouts.
+
+* `flavour="beta"`: DeepLab v3/v3+ ResNet-v1 "beta" of the official TF code,
+  `tensorflow/models:research/deeplab/core/resnet_v1_beta.py` (3x3 stem, stride
+  on the 3x3 conv of the *last* unit of blocks 1-3, multi-grid block4), with
+  layer names from the slim scopes (`block1_unit_1_bottleneck_v1_conv1`,
+  `..._conv1_BatchNorm`) and decoder taps from `core/feature_extractor.py`.
+  He et al., "Deep Residual Learning for Image Recognition", arXiv:1512.03385;
+  Chen et al., "Rethinking Atrous Convolution", arXiv:1706.05587.
+* `flavour="caffe"`: the MSRA/Caffe ResNet of DeepLab v2 (7x7 stem, stride on
+  the *first* 1x1 conv of the first unit of a stage), laid out exactly as
+  `keras.applications.ResNet50/101` (same layer names and weight shapes) so
+  their ImageNet weights load by name. Chen et al., "DeepLab: Semantic Image
+  Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully
+  Connected CRFs", arXiv:1606.00915.
+"""
+
+import keras
+
+from keras_deeplab.backbones.common import (
+    StridePlanner,
+    batch_norm,
+    check_input_shape,
+    check_multi_grid,
+    check_output_stride,
+    finish_backbone,
+)
+from keras_deeplab.layers import Conv2D, conv2d_same
+
+UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BASE_DEPTHS = (64, 128, 256, 512)
+FLAVOURS = ("beta", "caffe")
+
+# Official ResNet BN (decay 0.95, eps 1e-5, `core/feature_extractor.py`) and
+# the keras.applications defaults used by the Caffe layout.
+BETA_BN = {"momentum": 0.95, "epsilon": 1e-5}
+CAFFE_BN = {"momentum": 0.99, "epsilon": 1.001e-5}
+
+
+def _conv_bn(x, filters, kernel_size, name, stride=1, rate=1, relu=True):
+    """Official `conv2d_same` + BN (+ ReLU), named `<name>`, `<name>_BatchNorm`."""
+    x = conv2d_same(x, filters, kernel_size, stride=stride, rate=rate, name=name)
+    x = batch_norm(x, f"{name}_BatchNorm", **BETA_BN)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _beta_bottleneck(x, depth, depth_bottleneck, stride, rate, name):
+    """Official `bottleneck` (v1, post-activation). Returns `(output, conv3 BN output)`."""
+    if x.shape[-1] == depth:
+        # `resnet_utils.subsample`: identity, or a 1x1 max-pool with the stride.
+        if stride == 1:
+            shortcut = x
+        else:
+            shortcut = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut")(x)
+    else:
+        shortcut = Conv2D(depth, 1, strides=stride, use_bias=False, name=f"{name}_shortcut")(x)
+        shortcut = batch_norm(shortcut, f"{name}_shortcut_BatchNorm", **BETA_BN)
+    residual = _conv_bn(x, depth_bottleneck, 1, f"{name}_conv1")
+    residual = _conv_bn(residual, depth_bottleneck, 3, f"{name}_conv2", stride=stride, rate=rate)
+    conv3 = _conv_bn(residual, depth, 1, f"{name}_conv3", relu=False)
+    out = keras.layers.Add(name=f"{name}_add")([shortcut, conv3])
+    return keras.layers.ReLU(name=name)(out), conv3
+
+
+def _build_beta(inputs, depth, output_stride, multi_grid):
+    x = _conv_bn(inputs, 64, 3, "conv1_1", stride=2)
+    x = _conv_bn(x, 64, 3, "conv1_2")
+    x = _conv_bn(x, 128, 3, "conv1_3")
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+
+    planner = StridePlanner(output_stride, current_stride=4)
+    taps = {}
+    for b, (units, base) in enumerate(zip(UNITS_PER_BLOCK[depth], BASE_DEPTHS, strict=True)):
+        for u in range(units):
+            if b < 3:
+                # Blocks 1-3: stride 2 on the last unit only.
+                nominal, unit_rate = (2 if u == units - 1 else 1), 1
+            else:
+                nominal, unit_rate = 1, multi_grid[u]
+            stride, rate = planner.next(nominal)
+            name = f"block{b + 1}_unit_{u + 1}_bottleneck_v1"
+            x, conv3 = _beta_bottleneck(x, 4 * base, base, stride, rate * unit_rate, name)
+            # Official decoder end points: conv3 (pre-add, pre-ReLU) of the unit
+            # before the strided one in blocks 1-3 (feature_extractor.py).
+            tap_stride = 4 * 2**b
+            if b < 3 and u == units - 2 and tap_stride < output_stride:
+                taps[f"stride_{tap_stride}"] = conv3
+    taps["final"] = x
+    return taps
+
+
+def _caffe_unit(x, filters, stride, rate, conv_shortcut, name):
+    """keras.applications `residual_block_v1`, plus a dilation rate on the 3x3 conv."""
+    if conv_shortcut:
+        shortcut = Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = batch_norm(shortcut, f"{name}_0_bn", **CAFFE_BN)
+    else:
+        shortcut = x
+    x = Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = batch_norm(x, f"{name}_1_bn", **CAFFE_BN)
+    x = keras.layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = Conv2D(filters, 3, padding="same", dilation_rate=rate, name=f"{name}_2_conv")(x)
+    x = batch_norm(x, f"{name}_2_bn", **CAFFE_BN)
+    x = keras.layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = batch_norm(x, f"{name}_3_bn", **CAFFE_BN)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def _build_caffe(inputs, depth, output_stride, multi_grid):
+    x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = Conv2D(64, 7, strides=2, name="conv1_conv")(x)
+    x = batch_norm(x, "conv1_bn", **CAFFE_BN)
+    x = keras.layers.Activation("relu", name="conv1_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+
+    planner = StridePlanner(output_stride, current_stride=4)
+    taps = {}
+    for s, (units, base) in enumerate(zip(UNITS_PER_BLOCK[depth], BASE_DEPTHS, strict=True)):
+        for u in range(units):
+            stride, _ = planner.next(2 if s > 0 and u == 0 else 1)
+            # The stride sits on the first 1x1 conv, i.e. *before* this unit's
+            # 3x3, so the 3x3 already runs at the rate after the removed stride
+            # (DeepLab v2: every conv4 3x3 at rate 2, every conv5 3x3 at 4).
+            rate = planner.rate * (multi_grid[u] if s == 3 else 1)
+            name = f"conv{s + 2}_block{u + 1}"
+            x = _caffe_unit(x, base, stride, rate, u == 0, name)
+        tap_stride = 4 * 2**s
+        if s < 3 and tap_stride < output_stride:
+            taps[f"stride_{tap_stride}"] = x
+    taps["final"] = x
+    return taps
+
+
+def ResNetBackbone(
+    input_shape=(None, None, 3),
+    output_stride=16,
+    multi_grid=None,
+    depth=50,
+    flavour="beta",
+    name=None,
+):
+    """ResNet-v1 50/101 feature extractor with atrous output-stride control.
+
+    `"beta"` follows the official DeepLab `resnet_v1_{50,101}_beta`: stem of
+    three 3x3 convs (`conv1_1..3`) + 3x3/2 max-pool, slim bottlenecks with the
+    stride on the last unit of blocks 1-3, BN decay 0.95 / eps 1e-5, and
+    block4 unit rates `rate * multi_grid[i]` (use `(1, 2, 4)` with the official
+    checkpoints). Taps: `stride_4` is `block1_unit_2_bottleneck_v1_conv3_BatchNorm`
+    (pre-add, pre-ReLU, the official decoder end point); `stride_8` / `stride_16`
+    are the matching `block2_unit_3` / `block3_unit_{5,22}` conv3 outputs.
+
+    `"caffe"` is the DeepLab v2 / keras.applications layout (layer names such
+    as `conv4_block1_1_conv`; convs with bias, BN eps 1.001e-5): its weights
+    are interchangeable by name with `keras.applications.ResNet50/101`
+    (`include_top=False`). When a stage's stride is removed, all of its 3x3
+    convs use the new rate; `multi_grid` multiplies the conv5 rates. Taps:
+    the last unit outputs (`convN_blockK_out`) of conv2 (`stride_4`, there is
+    no official decoder tap for this layout), conv3 and conv4.
+
+    `"stride_8"` / `"stride_16"` are present only when below `output_stride`.
+
+    Args:
+        input_shape: `(height, width, 3)`; height/width may be None.
+        output_stride: 8, 16 or 32 (stride of `"final"`, 2048 channels).
+        multi_grid: three block4/conv5 unit-rate multipliers (default `(1, 1, 1)`).
+        depth: 50 or 101.
+        flavour: `"beta"` or `"caffe"`.
+        name: model name (default `resnet{depth}_beta` / `resnet{depth}`).
+
+    Returns:
+        A `keras.Model` mapping normalised images to a dict of feature taps.
+
+    Example:
+        >>> model = ResNetBackbone(depth=101, output_stride=8, multi_grid=(1, 2, 4))
+        >>> model(images)["final"].shape  # (batch, ceil(h / 8), ceil(w / 8), 2048)
+    """
+    if depth not in UNITS_PER_BLOCK:
+        raise ValueError(f"ResNet depth={depth!r} is not supported; allowed values: [50, 101].")
+    if flavour not in FLAVOURS:
+        raise ValueError(f"ResNet flavour={flavour!r} is not supported; allowed: {list(FLAVOURS)}.")
+    input_shape = check_input_shape(input_shape)
+    check_output_stride(output_stride, backbone=f"resnet{depth}")
+    multi_grid = check_multi_grid(multi_grid)
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    build = _build_beta if flavour == "beta" else _build_caffe
+    taps = build(inputs, depth, output_stride, multi_grid)
+    if name is None:
+        name = f"resnet{depth}_beta" if flavour == "beta" else f"resnet{depth}"
+    return finish_backbone(inputs, taps, name, output_stride)
