@@ -14,6 +14,13 @@ import math
 
 import keras
 
+COUNTED_LAYERS = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+)
+
 
 def _fixed_size_config(config, height, width):
     """Copy of a functional config whose image inputs have a static size."""
@@ -31,6 +38,8 @@ def _fixed_size_config(config, height, width):
 
 def _layer_macs(layer):
     total = 0
+    if not isinstance(layer, COUNTED_LAYERS):
+        return total
     for node in layer._inbound_nodes:
         out_shape = node.outputs[0].shape
         in_shape = node.arguments.keras_tensors[0].shape

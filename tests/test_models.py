@@ -335,3 +335,66 @@ def test_cascade_head_rates():
     assert rates == [4, 8, 16, 8, 16, 32]
     x = np.zeros((1, 33, 33, 3), "float32")
     assert model(x).shape == (1, 33, 33, 3)
+
+
+def test_count_macs_by_hand():
+    inputs = keras.Input((None, None, 3))
+    x = Conv2D(8, 3, strides=2, padding="same")(inputs)  # 9x9 out: 81*9*3*8
+    x = DepthwiseConv2D(3, padding="same", dilation_rate=2)(x)  # 81*9*8
+    x = keras.layers.Dense(5)(x)  # 81*8*5
+    model = keras.Model(inputs, x)
+    assert keras_deeplab.count_macs(model, (17, 17)) == 81 * 9 * 3 * 8 + 81 * 9 * 8 + 81 * 8 * 5
+
+
+# Official model zoo "MAdds" at 513x513 (g3doc/model_zoo.md). We count conv/dense
+# multiply-adds only; tfprof also counts bias adds and BN, hence slightly more.
+OFFICIAL_MADDS = {
+    "deeplabv3_mobilenetv2_dm05": 0.88e9,
+    "deeplabv3_mobilenetv2": 2.75e9,
+    "deeplabv3_mobilenetv2_dm05_os8": 2.84e9,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_MADDS))
+def test_macs_close_to_official_model_zoo(name):
+    macs = keras_deeplab.count_macs(create_model(name), (513, 513))
+    assert 0.98 * OFFICIAL_MADDS[name] <= macs <= OFFICIAL_MADDS[name]
+
+
+@pytest.mark.slow
+def test_macs_xception65_close_to_official_model_zoo():
+    macs = keras_deeplab.count_macs(create_model("deeplabv3plus_xception65"), (513, 513))
+    assert 0.98 * 54.17e9 <= macs <= 54.17e9
+
+
+def test_msc_macs_sum_over_scales():
+    single = create_model("deeplabv3_mobilenetv2_dm05", num_classes=3)
+    msc = keras_deeplab.MultiScaleInputs(single, scales=(1.0, 0.5))
+    expected = keras_deeplab.count_macs(single, (65, 65)) + keras_deeplab.count_macs(
+        single, (33, 33)
+    )
+    assert keras_deeplab.count_macs(msc, (65, 65)) == expected
+
+
+def test_largefov_parameter_count_matches_v1_paper():
+    # DeepLab v1 paper, Table 2: DeepLab-LargeFOV has 20.5M parameters.
+    total, trainable = count_params(create_model("deeplabv1_vgg16_largefov"))
+    assert total == trainable == 20_505_429
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("deeplabv1_vgg16_largefov", {}),
+        ("deeplabv2_resnet50_aspp_l", {}),
+        ("deeplabv3_resnet50_beta", {"head": "cascade", "cascade_blocks": 1}),
+        ("deeplabv3plus_xception41", {}),
+    ],
+)
+def test_keras_round_trip_every_family(name, kwargs, tmp_path):
+    model = create_model(name, num_classes=3, **kwargs)
+    x = np.random.default_rng(8).uniform(0, 255, (1, 41, 57, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(model(x), loaded(x))
+    keras.backend.clear_session()
