@@ -76,6 +76,14 @@ def _inputs(input_shape, backbone, include_preprocessing):
     return inputs, x
 
 
+def _load_weights(model, weights):
+    if weights is not None:
+        from keras_deeplab.weights.loading import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
 def _finish(inputs, logits, activation, name, weights):
     """Resizes logits to the input size, applies the activation, loads weights."""
     outputs = ResizeBilinear(name="upsampled_logits")([logits, inputs])
@@ -83,21 +91,23 @@ def _finish(inputs, logits, activation, name, weights):
         outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(
             outputs
         )
-    model = keras.Model(inputs, outputs, name=name)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return _load_weights(keras.Model(inputs, outputs, name=name), weights)
 
 
-def _backbone(backbone, input_shape, output_stride, multi_grid):
+def _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights=None):
     features_shape = (input_shape[0], input_shape[1], 3)
-    return get_backbone(
+    model = get_backbone(
         backbone,
         input_shape=features_shape,
         output_stride=output_stride,
         multi_grid=multi_grid,
         name=f"{backbone}_backbone",
     )
+    if backbone_weights is not None:
+        from keras_deeplab.weights.imagenet import load_backbone_weights
+
+        load_backbone_weights(model, backbone, backbone_weights)
+    return model
 
 
 def DeepLabV1(
@@ -109,6 +119,7 @@ def DeepLabV1(
     activation=None,
     include_preprocessing=True,
     weights=None,
+    backbone_weights=None,
     name="deeplabv1",
 ):
     """DeepLab v1 LargeFOV: VGG-16 trunk at output stride 8 + the LargeFOV head.
@@ -125,7 +136,10 @@ def DeepLabV1(
         activation: None (logits), `"softmax"` or `"sigmoid"`.
         include_preprocessing: the model takes RGB in [0, 255] (Caffe BGR mean
             subtraction inside); False: it takes preprocessed input.
-        weights: None or a `.weights.h5` path.
+        weights: None, a `.weights.h5` path or a named preset (see
+            `keras_deeplab.weights.resolve_weights`).
+        backbone_weights: None, `"imagenet"` (keras.applications download, for
+            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV1(num_classes=21)`
@@ -139,7 +153,7 @@ def DeepLabV1(
     _check_activation(activation)
     check_output_stride(output_stride)
     inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, None)(x)
+    features = _backbone(backbone, input_shape, output_stride, None, backbone_weights)(x)
     logits = largefov(features["final"], num_classes, dropout=dropout)
     return _finish(inputs, logits, activation, name, weights)
 
@@ -158,6 +172,7 @@ def DeepLabV2(
     activation=None,
     include_preprocessing=True,
     weights=None,
+    backbone_weights=None,
     name="deeplabv2",
 ):
     """DeepLab v2: atrous backbone + ASPP of summed atrous classifiers (+ optional MSC).
@@ -180,7 +195,10 @@ def DeepLabV2(
         dropout: dropout inside the VGG branches.
         activation: None (logits), `"softmax"` or `"sigmoid"`.
         include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None or a `.weights.h5` path.
+        weights: None, a `.weights.h5` path or a named preset (see
+            `keras_deeplab.weights.resolve_weights`).
+        backbone_weights: None, `"imagenet"` (keras.applications download, for
+            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV2(backbone="resnet101", aspp="L", multi_scale=True)`
@@ -203,7 +221,7 @@ def DeepLabV2(
             f"or {ASPP_S} (ASPP-S); got {atrous_rates}."
         )
     inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid)(x)
+    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
     logits = aspp_v2(
         features["final"],
         num_classes,
@@ -215,9 +233,7 @@ def DeepLabV2(
         return _finish(inputs, logits, activation, name, weights)
     single = _finish(inputs, logits, None, f"{name}_single_scale", None)
     model = MultiScaleInputs(single, scales=scales, activation=activation, name=name)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return _load_weights(model, weights)
 
 
 def DeepLabV3(
@@ -235,6 +251,7 @@ def DeepLabV3(
     activation=None,
     include_preprocessing=True,
     weights=None,
+    backbone_weights=None,
     name="deeplabv3",
 ):
     """DeepLab v3: atrous backbone + ASPP with image pooling (or the cascade head).
@@ -260,7 +277,10 @@ def DeepLabV3(
         dropout: dropout after the ASPP projection.
         activation: None (logits), `"softmax"` or `"sigmoid"`.
         include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None or a `.weights.h5` path.
+        weights: None, a `.weights.h5` path or a named preset (see
+            `keras_deeplab.weights.resolve_weights`).
+        backbone_weights: None, `"imagenet"` (keras.applications download, for
+            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8)`
@@ -273,7 +293,7 @@ def DeepLabV3(
         raise ValueError(f"head must be 'aspp' or 'cascade'; got {head!r}.")
     multi_grid = _default_multi_grid(backbone, multi_grid)
     inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid)(x)
+    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
     if head == "cascade":
         if not backbone.startswith("resnet"):
             raise ValueError(
@@ -314,6 +334,7 @@ def DeepLabV3Plus(
     activation=None,
     include_preprocessing=True,
     weights=None,
+    backbone_weights=None,
     name="deeplabv3plus",
 ):
     """DeepLab v3+: v3 encoder (ASPP) + decoder on the stride-4 low-level tap.
@@ -337,7 +358,10 @@ def DeepLabV3Plus(
         dropout: dropout after the ASPP projection.
         activation: None (logits), `"softmax"` or `"sigmoid"`.
         include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None or a `.weights.h5` path.
+        weights: None, a `.weights.h5` path or a named preset (see
+            `keras_deeplab.weights.resolve_weights`).
+        backbone_weights: None, `"imagenet"` (keras.applications download, for
+            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV3Plus(backbone="xception", num_classes=21)`
@@ -348,7 +372,7 @@ def DeepLabV3Plus(
     check_output_stride(output_stride)
     multi_grid = _default_multi_grid(backbone, multi_grid)
     inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid)(x)
+    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
     y = aspp(
         features["final"],
         atrous_rates=_v3_rates(backbone, output_stride, atrous_rates),
