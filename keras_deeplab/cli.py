@@ -1,8 +1,9 @@
 """`keras-deeplab` command line.
 
 Subcommands: `models` (list the registered models), `table` (parameters and
-multiply-adds per model), `demo` (build a model and segment an image; a
-placeholder until training lands: the model is randomly initialised).
+multiply-adds per model), `convert` (official TFLite files or TF checkpoints to
+`.weights.h5`), `demo` (build a model and segment an image; a placeholder until
+training lands: the model is randomly initialised).
 """
 
 import argparse
@@ -20,10 +21,55 @@ def _cmd_models(args):
     print("\n".join(list_models()))
 
 
+def _cmd_presets(args):
+    from keras_deeplab.weights.loading import presets_markdown
+
+    print(presets_markdown())
+
+
 def _cmd_table(args):
     from keras_deeplab.macs import markdown_table, zoo_rows
 
     print(markdown_table(zoo_rows(args.names or None, args.input_size), args.input_size))
+
+
+def _cmd_convert(args):
+    out = Path(args.out)
+    if not out.name.endswith(".weights.h5"):
+        raise ValueError(f"--out must end with .weights.h5 (Keras weights file); got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.from_tflite:
+        from keras_deeplab.weights.tflite import convert_tflite
+
+        name, config = convert_tflite(args.from_tflite, str(out))
+        print(f"model: {name}")
+        print("config: " + ", ".join(f"{k}={v!r}" for k, v in sorted(config.items())))
+        print(f"Load it with keras_deeplab.create_model({name!r}, weights={str(out)!r})")
+    else:
+        if not args.model:
+            raise ValueError(
+                "--from-tf-checkpoint needs --model NAME (see `keras-deeplab models`)."
+            )
+        from keras_deeplab.weights.checkpoint import convert_tf_checkpoint
+
+        model = convert_tf_checkpoint(
+            args.from_tf_checkpoint,
+            args.model,
+            args.num_classes,
+            str(out),
+            backbone_only=args.backbone_only,
+        )
+        print(
+            f"model: {args.model} (num_classes={args.num_classes}, {model.count_params():,} parameters)"
+        )
+        if args.backbone_only:
+            print(f"Use it as backbone weights: create_model(NAME, backbone_weights={str(out)!r})")
+        else:
+            print(
+                f"Load it with keras_deeplab.create_model({args.model!r}, "
+                f"num_classes={args.num_classes}, weights={str(out)!r})"
+            )
+    print(f"wrote {out}")
 
 
 def _demo_image(size):
@@ -77,10 +123,28 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="keras-deeplab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
+    sub.add_parser("presets", help="named weights presets and how to create them").set_defaults(
+        func=_cmd_presets
+    )
     table = sub.add_parser("table", help="parameters and multiply-adds of registered models")
     table.add_argument("names", nargs="*")
     table.add_argument("--input-size", type=int, default=513)
     table.set_defaults(func=_cmd_table)
+    convert = sub.add_parser(
+        "convert", help="convert official TFLite files or TF checkpoints to .weights.h5"
+    )
+    source = convert.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-tflite", metavar="FILE", help="official DeepLab .tflite file")
+    source.add_argument(
+        "--from-tf-checkpoint", metavar="PREFIX", help="official checkpoint prefix (.../model.ckpt)"
+    )
+    convert.add_argument("--model", help="registered model name (checkpoints only)")
+    convert.add_argument("--num-classes", type=int, default=21, help="classes of the checkpoint")
+    convert.add_argument(
+        "--backbone-only", action="store_true", help="load only the backbone (ImageNet checkpoints)"
+    )
+    convert.add_argument("--out", required=True, help="output .weights.h5 path")
+    convert.set_defaults(func=_cmd_convert)
     demo = sub.add_parser("demo", help="build a model and segment an image")
     demo.add_argument("--model", default="deeplabv3_mobilenetv2_dm05_os8")
     demo.add_argument("--size", type=int, default=257)
@@ -89,7 +153,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"keras-deeplab: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,71 @@
+"""The `keras-deeplab` command line: models, table, presets, convert and its errors."""
+
+import keras
+import numpy as np
+
+import keras_deeplab
+from keras_deeplab.cli import main
+from tests.official_tflite import official_tflite_dir
+from tests.tf1_checkpoints import randomize_weights, write_model_checkpoint
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.split() == keras_deeplab.list_models()
+
+
+def test_table_one_model(capsys):
+    assert main(["table", "deeplabv3_mobilenetv2", "--input-size", "513"]) == 0
+    out = capsys.readouterr().out
+    assert "| `deeplabv3_mobilenetv2` | 16 | 2,146,645 | 2,113,557 | 2.74G |" in out
+
+
+def test_presets(capsys):
+    assert main(["presets"]) == 0
+    assert "pascal_voc_mnv2_dm05_os8" in capsys.readouterr().out
+
+
+def test_convert_from_tflite(tmp_path, capsys):
+    out = tmp_path / "voc.weights.h5"
+    tflite = official_tflite_dir() / "deeplabv3_257_mv_gpu.tflite"
+    assert main(["convert", "--from-tflite", str(tflite), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "model: deeplabv3_mobilenetv2_dm05_os8" in printed
+    assert "output_stride=8" in printed and "num_classes=21" in printed
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", weights=str(out))
+    assert model(np.zeros((1, 33, 33, 3), "float32")).shape == (1, 33, 33, 21)
+
+
+def test_convert_from_tf_checkpoint(tmp_path, capsys):
+    source = keras_deeplab.create_model("deeplabv3_mobilenetv2", num_classes=19)
+    randomize_weights(source)
+    prefix, _ = write_model_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"), source)
+    out = tmp_path / "city.weights.h5"
+    argv = ["convert", "--from-tf-checkpoint", prefix, "--model", "deeplabv3_mobilenetv2"]
+    assert main(argv + ["--num-classes", "19", "--out", str(out)]) == 0
+    assert "deeplabv3_mobilenetv2" in capsys.readouterr().out
+    loaded = keras_deeplab.create_model("deeplabv3_mobilenetv2", num_classes=19, weights=str(out))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    np.testing.assert_array_equal(source(x), loaded(x))
+    # The wrong class count is one clear error on stderr, exit code 2, nothing written.
+    bad = tmp_path / "bad.weights.h5"
+    assert main(argv + ["--num-classes", "21", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("keras-deeplab: error:") and "Traceback" not in err
+    assert not bad.exists()
+    keras.backend.clear_session()
+
+
+def test_convert_errors(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    assert (
+        main(["convert", "--from-tflite", str(text), "--out", str(tmp_path / "x.weights.h5")]) == 2
+    )
+    assert str(text) in capsys.readouterr().err
+    assert main(["convert", "--from-tflite", str(text), "--out", str(tmp_path / "x.h5")]) == 2
+    assert ".weights.h5" in capsys.readouterr().err
+    assert (
+        main(["convert", "--from-tf-checkpoint", "p", "--out", str(tmp_path / "y.weights.h5")]) == 2
+    )
+    assert "--model" in capsys.readouterr().err
