@@ -1,0 +1,6 @@
+"""Deployment: SavedModel and TFLite export, each verified against the Keras model."""
+
+from keras_deeplab.export.saved_model import to_saved_model, verify_saved_model
+from keras_deeplab.export.tflite import to_tflite, verify_tflite
+
+__all__ = ["to_saved_model", "to_tflite", "verify_saved_model", "verify_tflite"]
