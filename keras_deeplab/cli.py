@@ -72,6 +72,66 @@ def _cmd_convert(args):
     print(f"wrote {out}")
 
 
+def _load_for_export(args):
+    import keras_deeplab
+
+    if args.from_tflite:
+        from keras_deeplab.weights.tflite import load_tflite
+
+        return load_tflite(args.from_tflite)
+    if not args.model:
+        raise ValueError(
+            "export needs --model NAME (see `keras-deeplab models`) or --from-tflite FILE."
+        )
+    return keras_deeplab.create_model(
+        args.model, num_classes=args.num_classes, weights=args.weights
+    )
+
+
+def _print_report(report):
+    diffs = report.get("max_abs_diff")
+    if isinstance(diffs, dict):
+        for output, value in diffs.items():
+            print(f"  max abs diff {output}: {value:.3g}")
+    elif diffs is not None:
+        print(f"  max abs diff: {diffs:.3g}")
+    for key in ("argmax_agreement", "class_map_agreement", "latency_ms", "size_bytes"):
+        if key in report:
+            print(f"  {key}: {report[key]}")
+
+
+def _cmd_export(args):
+    from keras_deeplab.export import VerificationError, to_saved_model, to_tflite
+
+    model = _load_for_export(args)
+    out = Path(args.out)
+    report_path = Path(str(out).rstrip("/") + ".report.json")
+    try:
+        if args.format == "saved_model":
+            report = to_saved_model(
+                model, str(out), report_path=str(report_path), overwrite=args.overwrite
+            )
+        else:
+            report = to_tflite(
+                model,
+                str(out),
+                input_size=args.input_size,
+                quantize=args.quantize,
+                representative_data=args.representative_data,
+                argmax=args.argmax,
+                report_path=str(report_path),
+            )
+    except VerificationError as error:
+        print(
+            f"keras-deeplab: verification FAILED: {error}\nreport: {report_path}", file=sys.stderr
+        )
+        return 1
+    print(f"exported {args.format} to {out} (verified against the Keras model)")
+    _print_report(report)
+    print(f"report: {report_path}")
+    return 0
+
+
 def _demo_image(size):
     """A VOC sample from ../shared when present, else a deterministic synthetic picture."""
     import numpy as np
@@ -145,6 +205,23 @@ def main(argv=None):
     )
     convert.add_argument("--out", required=True, help="output .weights.h5 path")
     convert.set_defaults(func=_cmd_convert)
+    export = sub.add_parser("export", help="export to SavedModel or TFLite, verified")
+    export.add_argument("--model", help="registered model name")
+    export.add_argument("--weights", help=".weights.h5 file or preset name")
+    export.add_argument("--from-tflite", metavar="FILE", help="an official DeepLab .tflite instead")
+    export.add_argument("--num-classes", type=int, default=21)
+    export.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    export.add_argument(
+        "--quantize", choices=("none", "float16", "dynamic", "int8"), default="none"
+    )
+    export.add_argument("--input-size", type=int, default=513, help="TFLite input size")
+    export.add_argument("--representative-data", metavar="DIR", help="images for int8 calibration")
+    export.add_argument("--argmax", action="store_true", help="TFLite outputs a uint8 class map")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing SavedModel dir"
+    )
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=_cmd_export)
     demo = sub.add_parser("demo", help="build a model and segment an image")
     demo.add_argument("--model", default="deeplabv3_mobilenetv2_dm05_os8")
     demo.add_argument("--size", type=int, default=257)
@@ -152,11 +229,10 @@ def main(argv=None):
     demo.set_defaults(func=_cmd_demo)
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ValueError, OSError) as error:
         print(f"keras-deeplab: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -69,3 +69,22 @@ def test_convert_errors(tmp_path, capsys):
         main(["convert", "--from-tf-checkpoint", "p", "--out", str(tmp_path / "y.weights.h5")]) == 2
     )
     assert "--model" in capsys.readouterr().err
+
+
+def test_export_saved_model_cli(tmp_path, capsys):
+    import json
+
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+    weights = tmp_path / "w.weights.h5"
+    model.save_weights(weights)
+    out = tmp_path / "sm" / "1"
+    argv = ["export", "--model", "deeplabv3_mobilenetv2_dm05_os8", "--num-classes", "3"]
+    argv += ["--weights", str(weights), "--format", "saved_model", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "verified" in printed and (out / "saved_model.pb").exists()
+    report = json.loads((tmp_path / "sm" / "1.report.json").read_text())
+    assert report["passed"] is True
+    # A second export to the same place is refused without --overwrite.
+    assert main(argv) == 2
+    assert "overwrite" in capsys.readouterr().err
