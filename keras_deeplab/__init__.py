@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from keras_deeplab.backbones import get_backbone, list_backbones  # noqa: E402
+from keras_deeplab.evaluation import ConfusionMatrix, Segmenter  # noqa: E402
 from keras_deeplab.macs import count_macs, count_params  # noqa: E402
 from keras_deeplab.models import (  # noqa: E402
     DeepLabV1,
@@ -23,11 +24,13 @@ from keras_deeplab.msc import MultiScaleInputs  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfusionMatrix",
     "DeepLabV1",
     "DeepLabV2",
     "DeepLabV3",
     "DeepLabV3Plus",
     "MultiScaleInputs",
+    "Segmenter",
     "count_macs",
     "count_params",
     "create_model",

@@ -1,0 +1,248 @@
+"""`Segmenter`: padding to k*OS+1, multi-scale / flip fusion, sliding window, batching."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_deeplab
+from keras_deeplab.evaluation import (
+    OFFICIAL_EVAL_SCALES,
+    Segmenter,
+    find_output_stride,
+    padded_size,
+)
+from keras_deeplab.layers import Conv2D, Preprocessing, ResizeBilinear
+
+
+def tiny_model(num_classes=4, strided=True, softmax=False, seed=0):
+    """Random DeepLab-like net taking RGB 0..255: output stride 4 (strided) or per-pixel."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    x = Preprocessing("symmetric")(inputs)
+    if strided:
+        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    else:
+        x = Conv2D(8, 1, activation="relu")(x)
+    x = Conv2D(num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=2.0))(x)
+    out = ResizeBilinear(name="upsampled_logits")([x, inputs])
+    if softmax:
+        out = keras.layers.Activation("softmax", name="probabilities")(out)
+    return keras.Model(inputs, out)
+
+
+def resize_align_corners(array, size):
+    """Reference bilinear resize with align_corners=True, in NumPy ([H, W, C])."""
+    array = np.asarray(array, np.float64)
+
+    def axis_weights(n_in, n_out):
+        pos = np.zeros(n_out) if n_out == 1 else np.arange(n_out) * (n_in - 1) / (n_out - 1)
+        low = np.floor(pos).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, pos - low
+
+    r0, r1, fr = axis_weights(array.shape[0], size[0])
+    c0, c1, fc = axis_weights(array.shape[1], size[1])
+    rows = array[r0] * (1 - fr)[:, None, None] + array[r1] * fr[:, None, None]
+    return rows[:, c0] * (1 - fc)[None, :, None] + rows[:, c1] * fc[None, :, None]
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height, width, 3)).astype(np.float32)
+    # Smooth a bit so resizing matters less than structure; keep it asymmetric.
+    return np.round(0.5 * base + 0.5 * np.roll(base, 3, axis=1)).astype(np.uint8)
+
+
+def spy_shapes(segmenter):
+    shapes = []
+    run = segmenter._run_batch
+
+    def recording(batch):
+        shapes.append(batch.shape)
+        return run(batch)
+
+    segmenter._run_batch = recording
+    return shapes
+
+
+def test_padded_size():
+    assert [padded_size(n, 8) for n in (1, 9, 10, 33, 34, 500)] == [1, 9, 17, 33, 41, 505]
+    assert padded_size(375, 16) == 385
+    assert padded_size(38, 1) == 38
+
+
+def test_pads_to_k_os_plus_one_and_crops_back():
+    model = tiny_model()
+    img = image(38, 54)
+    seg = Segmenter(model, output_stride=4)
+    shapes = spy_shapes(seg)
+    probs = seg.predict_proba(img)[0]
+    assert shapes == [(1, 41, 57, 3)]
+    padded = np.pad(img.astype(np.float32), ((0, 3), (0, 3), (0, 0)), constant_values=127.5)
+    expected = softmax(model(padded[None]).numpy()[0, :38, :54])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    # Without padding the model's resize grid differs: the padding matters.
+    unpadded = softmax(model(img[None].astype(np.float32)).numpy()[0])
+    assert np.abs(unpadded - probs).max() > 1e-3
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_multi_scale_matches_reference_on_odd_sizes(fusion):
+    model = tiny_model(strided=False)
+    img = image(37, 53)
+    scales = (0.5, 0.75, 1.25)
+    seg = Segmenter(model, scales=scales, fusion=fusion, output_stride=1)
+    shapes = spy_shapes(seg)
+    probs = seg.predict_proba([img])[0]
+    # Official scale_dimension: int((size - 1) * scale + 1).
+    assert [s[1:3] for s in shapes] == [(19, 27), (28, 40), (46, 66)]
+    per_scale = []
+    for scale in scales:
+        size = (int(36 * scale + 1), int(52 * scale + 1))
+        x = resize_align_corners(img, size).astype(np.float32)
+        logits = model(x[None]).numpy()[0]
+        per_scale.append(resize_align_corners(logits, (37, 53)))
+    if fusion == "mean":
+        expected = np.mean([softmax(x) for x in per_scale], axis=0)
+    else:
+        expected = softmax(np.max(per_scale, axis=0))
+    assert probs.shape == (37, 53, 4)
+    np.testing.assert_allclose(probs, expected, atol=2e-4)
+
+
+def test_flip_equivariance():
+    model = tiny_model()
+    img = image(35, 50)
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    seg = Segmenter(model, scales=(0.75, 1.0), flip=True, output_stride=4, batch_size=2)
+    a, b = seg.predict_proba([img, mirrored])
+    np.testing.assert_allclose(a[:, ::-1], b, atol=1e-6)
+    # The model itself is not flip-equivariant, so without flip averaging this fails.
+    plain = Segmenter(model, scales=(0.75, 1.0), output_stride=4)
+    a, b = plain.predict_proba([img, mirrored])
+    assert np.abs(a[:, ::-1] - b).max() > 0.05
+
+
+def test_flip_averages_both_passes():
+    model = tiny_model()
+    img = image(33, 41)
+    seg = Segmenter(model, flip=True, output_stride=4)
+    probs = seg.predict_proba(img)[0]
+    direct = softmax(model(img[None].astype(np.float32)).numpy()[0])
+    mirrored = softmax(model(img[None, :, ::-1].astype(np.float32)).numpy()[0, :, ::-1])
+    np.testing.assert_allclose(probs, 0.5 * (direct + mirrored), atol=1e-5)
+
+
+def test_sliding_window_equals_full_image_for_a_per_pixel_model():
+    model = tiny_model(strided=False)
+    img = image(37, 53)
+    full = Segmenter(model, output_stride=1).predict_proba(img)[0]
+    seg = Segmenter(model, output_stride=1, sliding_window=(17, 23), overlap=1 / 3, batch_size=4)
+    shapes = spy_shapes(seg)
+    windowed = seg.predict_proba(img)[0]
+    np.testing.assert_allclose(windowed, full, atol=1e-5)
+    # Rows start at 0, 10, 20 and columns at 0, 15, 30 (evenly spaced, >= 1/3 overlap).
+    assert sum(s[0] for s in shapes) == 9
+    assert all(s[1:3] == (17, 23) for s in shapes)
+
+
+def test_sliding_window_with_scales_and_flip_on_strided_model():
+    model = tiny_model()
+    img = image(45, 70)
+    seg = Segmenter(
+        model,
+        scales=(0.5, 1.25),
+        flip=True,
+        output_stride=4,
+        sliding_window=(33, 33),
+        batch_size=3,
+    )
+    shapes = spy_shapes(seg)
+    probs = seg.predict_proba(img)[0]
+    assert probs.shape == (45, 70, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert all((h - 1) % 4 == 0 and (w - 1) % 4 == 0 for _, h, w, _ in shapes)
+    assert max(h for _, h, _, _ in shapes) <= 33 and max(w for _, _, w, _ in shapes) <= 33
+    # The 0.5 view (23x35) needs 1x2 windows, the 1.25 view (56x87) 3x4.
+    assert sum(s[0] for s in shapes) == 2 * (2 + 12)
+    mirrored = seg.predict_proba(np.ascontiguousarray(img[:, ::-1]))[0]
+    np.testing.assert_allclose(probs[:, ::-1], mirrored, atol=1e-6)
+
+
+def test_batching_does_not_change_results():
+    model = tiny_model()
+    images = [image(33, 41, 0), image(40, 29, 1), image(33, 41, 2)]
+    kwargs = {"scales": (0.75, 1.0), "flip": True, "output_stride": 4}
+    one = Segmenter(model, batch_size=1, **kwargs)
+    many = Segmenter(model, batch_size=3, **kwargs)
+    shapes = spy_shapes(many)
+    for a, b in zip(one.predict_proba(images), many.predict_proba(images), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert max(s[0] for s in shapes) == 3
+    labels = one.predict(np.stack([images[0], images[2]]))
+    assert [lab.shape for lab in labels] == [(33, 41), (33, 41)]
+    assert labels[0].dtype == np.int32
+
+
+def test_softmax_output_model():
+    logits_model = tiny_model(seed=3)
+    probs_model = tiny_model(seed=3, softmax=True)
+    img = image(33, 45)
+    a = Segmenter(logits_model, scales=(0.5, 1.0), output_stride=4).predict_proba(img)[0]
+    b = Segmenter(probs_model, scales=(0.5, 1.0), output_stride=4).predict_proba(img)[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_input_checks():
+    model = tiny_model()
+    seg = Segmenter(model, output_stride=4)
+    with pytest.raises(ValueError, match="RGB"):
+        seg.predict([np.zeros((20, 20, 4), np.uint8)])
+    gray = seg.predict(np.full((21, 22), 100, np.uint8))
+    assert gray[0].shape == (21, 22)
+    with pytest.raises(ValueError, match="output_stride"):
+        Segmenter(model)
+    with pytest.raises(ValueError, match="fusion"):
+        Segmenter(model, output_stride=4, fusion="median")
+    with pytest.raises(ValueError, match="sliding_window"):
+        Segmenter(model, output_stride=4, sliding_window=(0, 10))
+    with pytest.raises(ValueError, match="CRF preset"):
+        Segmenter(model, output_stride=4, crf="nope")
+
+
+def test_builders_output_stride_and_odd_sizes(tmp_path):
+    model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8, num_classes=5)
+    assert find_output_stride(model) == 8
+    v3plus = keras_deeplab.DeepLabV3Plus(backbone="mobilenetv2", num_classes=3)
+    assert find_output_stride(v3plus) == 16
+    # The attribute is lost on reload; the stride is then probed from the backbone.
+    path = tmp_path / "m.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    backbone = reloaded.get_layer("mobilenetv2_dm05_backbone")
+    if hasattr(backbone, "output_stride"):
+        del backbone.output_stride
+    assert find_output_stride(reloaded) == 8
+    seg = Segmenter(reloaded, scales=(0.5, 1.0), flip=True, batch_size=2)
+    shapes = spy_shapes(seg)
+    labels = seg.predict([image(35, 47), image(50, 33, 1)])
+    assert [lab.shape for lab in labels] == [(35, 47), (50, 33)]
+    assert all((h - 1) % 8 == 0 and (w - 1) % 8 == 0 for _, h, w, _ in shapes)
+
+
+def test_msc_model():
+    model = keras_deeplab.DeepLabV2(backbone="mobilenetv2_dm05", multi_scale=True, num_classes=3)
+    assert find_output_stride(model) == 8
+    probs = Segmenter(model).predict_proba(image(41, 30))[0]
+    assert probs.shape == (41, 30, 3)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_official_scales():
+    assert OFFICIAL_EVAL_SCALES == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
