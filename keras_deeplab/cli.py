@@ -132,6 +132,112 @@ def _cmd_export(args):
     return 0
 
 
+def _segmentation_model(args):
+    """The model of eval/predict: a registered model + weights, or an official TFLite file."""
+    import keras_deeplab
+
+    if args.from_tflite:
+        from keras_deeplab.weights.tflite import load_tflite
+
+        return load_tflite(args.from_tflite)
+    if not args.weights:
+        raise ValueError("pass --weights W.weights.h5 (with --model NAME) or --from-tflite FILE.")
+    return keras_deeplab.create_model(
+        args.model, num_classes=args.num_classes, weights=args.weights
+    )
+
+
+def _segmenter(args, model):
+    from keras_deeplab.evaluation import Segmenter
+
+    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else (1.0,)
+    crf = None
+    if args.crf is not None:
+        crf = args.crf or "deeplabv2_resnet101"
+    return Segmenter(model, scales=scales, flip=args.flip, crf=crf)
+
+
+def _read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    from keras_deeplab.data.base import pil_image_to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_image_to_rgb(img, path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"{path}: cannot read this image ({error}); is it a valid JPEG/PNG?"
+        ) from None
+
+
+def _cmd_eval(args):
+    from keras_deeplab.data import load_data, validate
+    from keras_deeplab.evaluation.evaluate import evaluate, per_class_table, write_evaluation
+
+    model = _segmentation_model(args)
+    num_classes = int(model.output_shape[-1])
+    data = load_data(
+        args.data, args.split, **({} if args.data == "shapes" else {"num_classes": num_classes})
+    )
+    if data.num_classes != num_classes:
+        raise ValueError(
+            f"{args.data}: the data has {data.num_classes} classes, the model {num_classes}; "
+            "pass the matching --num-classes / weights."
+        )
+    if args.data != "shapes" and not args.data.startswith("tfds:"):
+        data = validate(data)
+    result = evaluate(_segmenter(args, model), data, limit=args.limit)
+    print(per_class_table(result))
+    paths = write_evaluation(result, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _cmd_predict(args):
+    from tqdm import tqdm
+
+    from keras_deeplab.data.base import IMAGE_EXTENSIONS
+    from keras_deeplab.evaluation.evaluate import save_prediction
+
+    source = Path(args.input)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder.")
+    elif source.is_file():
+        files = [source]
+    else:
+        raise ValueError(f"{source}: no such image or folder.")
+    segmenter = _segmenter(args, _segmentation_model(args))
+    for path in tqdm(files, desc="predicting", unit="img"):
+        image = _read_image(path)
+        (labels,) = segmenter.predict([image])
+        save_prediction(image, labels, args.out, path.stem)
+    print(f"wrote {len(files)} predictions (labels, overlays, panels) to {args.out}")
+
+
+def _add_model_arguments(parser):
+    parser.add_argument(
+        "--model", default="deeplabv3_mobilenetv2_dm05_os8", help="registered model"
+    )
+    parser.add_argument("--weights", help=".weights.h5 file or preset name")
+    parser.add_argument("--from-tflite", metavar="FILE", help="an official DeepLab .tflite instead")
+    parser.add_argument("--num-classes", type=int, default=21)
+    parser.add_argument(
+        "--scales", help="comma-separated eval scales, e.g. 0.5,0.75,1,1.25,1.5,1.75"
+    )
+    parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
+    parser.add_argument(
+        "--crf",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PRESET",
+        help="dense CRF post-processing (preset: deeplabv2_resnet101 (default), deeplabv1_largefov)",
+    )
+
+
 def _demo_image(size):
     """A VOC sample from ../shared when present, else a deterministic synthetic picture."""
     import numpy as np
@@ -222,6 +328,18 @@ def main(argv=None):
     )
     export.add_argument("--out", required=True)
     export.set_defaults(func=_cmd_export)
+    evaluate = sub.add_parser("eval", help="mIoU of a model on a dataset, with pictures")
+    evaluate.add_argument("--data", required=True, help="dataset folder, 'shapes' or 'tfds:NAME'")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evaluate.add_argument("--out", default="artifacts/eval")
+    _add_model_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
+    predict = sub.add_parser("predict", help="segment images: palette PNGs, overlays, panels")
+    predict.add_argument("input", help="an image or a folder of images")
+    predict.add_argument("--out", default="artifacts/predict")
+    _add_model_arguments(predict)
+    predict.set_defaults(func=_cmd_predict)
     demo = sub.add_parser("demo", help="build a model and segment an image")
     demo.add_argument("--model", default="deeplabv3_mobilenetv2_dm05_os8")
     demo.add_argument("--size", type=int, default=257)

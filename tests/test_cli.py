@@ -88,3 +88,50 @@ def test_export_saved_model_cli(tmp_path, capsys):
     # A second export to the same place is refused without --overwrite.
     assert main(argv) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+def test_eval_and_predict_with_official_tflite(tmp_path, capsys):
+    import json
+
+    from tests.official_tflite import shared_data_dir
+
+    voc = shared_data_dir() / "voc2012_samples"
+    tflite = str(official_tflite_dir() / "deeplabv3_257_mv_gpu.tflite")
+    assert main(["eval", "--data", str(voc), "--from-tflite", tflite, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "person" in printed
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["num_images"] == 8 and scores["miou"] > 0.75
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+    assert (tmp_path / "per_class.csv").read_text().startswith("class,iou")
+    image = voc / "JPEGImages" / "2007_000129.jpg"
+    assert main(["predict", str(image), "--from-tflite", tflite, "--out", str(tmp_path / "p")]) == 0
+    from PIL import Image
+
+    labels = Image.open(tmp_path / "p" / "2007_000129.png")
+    assert labels.mode == "P" and labels.size == Image.open(image).size
+    assert {2, 15} <= set(np.unique(np.asarray(labels)))  # bicycle, person
+    assert (tmp_path / "p" / "2007_000129_overlay.png").exists()
+    assert (tmp_path / "p" / "2007_000129_panel.png").exists()
+
+
+def test_predict_bad_image_is_one_clear_error(tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    weights = tmp_path / "w.weights.h5"
+    keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3).save_weights(
+        weights
+    )
+    argv = [
+        "predict",
+        str(bad),
+        "--num-classes",
+        "3",
+        "--weights",
+        str(weights),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err
