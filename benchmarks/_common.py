@@ -1,0 +1,150 @@
+"""Shared pieces of the benchmarks: data paths, VOC samples, mIoU, fair LiteRT timing."""
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def shared_data_dir():
+    """`../shared/data` beside the repository (or `$KERAS_DEEPLAB_SHARED_DATA`)."""
+    path = Path(
+        os.environ.get("KERAS_DEEPLAB_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data")
+    )
+    if not path.is_dir():
+        raise SystemExit(
+            f"shared data not found at {path}: put it beside the repository or set "
+            "KERAS_DEEPLAB_SHARED_DATA."
+        )
+    return path
+
+
+def voc_samples(size, data_dir=None):
+    """The VOC image / mask pairs: `[(name, rgb float32 [size, size, 3], mask uint8)]`.
+
+    Images are PIL-bilinear-resized to `size` (as the official file's provenance check);
+    masks stay at the image size (255 = ignore).
+    """
+    from PIL import Image
+
+    root = Path(data_dir or shared_data_dir()) / "voc2012_samples"
+    samples = []
+    for image_path in sorted((root / "JPEGImages").glob("*.jpg")):
+        mask_path = root / "SegmentationClass" / f"{image_path.stem}.png"
+        with Image.open(image_path) as image:
+            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+        with Image.open(mask_path) as mask:
+            labels = np.asarray(mask, np.uint8)
+        samples.append((image_path.stem, np.asarray(rgb, np.float32), labels))
+    if not samples:
+        raise SystemExit(f"no VOC samples under {root}")
+    return samples
+
+
+def resize_logits(logits, hw):
+    """`[H, W, C]` logits resized to `hw` with `tf.image.resize` bilinear.
+
+    The resize the official file's provenance check used (its mIoU 0.7559 on the 8 images).
+    """
+    import tensorflow as tf
+
+    return np.asarray(tf.image.resize(logits[None], hw, method="bilinear")[0])
+
+
+class Confusion:
+    """Confusion matrix summed over images; label 255 ignored."""
+
+    def __init__(self, num_classes):
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+
+    def add(self, labels, prediction):
+        keep = labels != 255
+        n = self.matrix.shape[0]
+        index = labels[keep].astype(np.int64) * n + prediction[keep].astype(np.int64)
+        self.matrix += np.bincount(index, minlength=n * n).reshape(n, n)
+
+    def scores(self):
+        """`{"miou", "pixel_accuracy", "classes"}`: mean IoU over classes present in the GT."""
+        m = self.matrix
+        true_positive = np.diag(m).astype(np.float64)
+        union = m.sum(0) + m.sum(1) - true_positive
+        present = m.sum(1) > 0
+        iou = true_positive[present] / union[present]
+        return {
+            "miou": float(iou.mean()),
+            "pixel_accuracy": float(true_positive.sum() / m.sum()),
+            "classes": int(present.sum()),
+        }
+
+
+def interpreter(path, num_threads):
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=num_threads)
+    it.allocate_tensors()
+    return it
+
+
+def run(it, x):
+    """One invocation; returns the (dequantized) output."""
+    detail = it.get_input_details()[0]
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+    it.set_tensor(detail["index"], x)
+    it.invoke()
+    out = it.get_output_details()[0]
+    y = it.get_tensor(out["index"])
+    if y.dtype != np.float32 and out["quantization"][0]:
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y
+
+
+def interleaved_latency(paths, num_threads, x, rounds=40, per_round=10, warmup=20):
+    """Median latency (ms) of each file, measured fairly in one process.
+
+    All interpreters are created first and warmed up; then in every round each file runs
+    `per_round` timed invocations, the order rotating from round to round, so slow phases
+    of a shared machine hit every file alike. Returns `{name: {"median_ms", "p10_ms",
+    "p90_ms", "samples"}}` and `{name: ratio}`, the median over rounds of the per-round
+    median ratio to the first file (paired, robust to load drift).
+    """
+    names = list(paths)
+    its = {name: interpreter(paths[name], num_threads) for name in names}
+    for name, it in its.items():
+        detail = it.get_input_details()[0]
+        it.set_tensor(detail["index"], x[name])
+        for _ in range(warmup):
+            it.invoke()
+    times = {name: [] for name in names}
+    per_round_ratio = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        medians = {}
+        for name in order:
+            it = its[name]
+            samples = []
+            for _ in range(per_round):
+                start = time.perf_counter()
+                it.invoke()
+                samples.append((time.perf_counter() - start) * 1e3)
+            times[name].extend(samples)
+            medians[name] = float(np.median(samples))
+        for name in names:
+            per_round_ratio[name].append(medians[name] / medians[names[0]])
+    stats = {
+        name: {
+            "median_ms": float(np.median(t)),
+            "p10_ms": float(np.percentile(t, 10)),
+            "p90_ms": float(np.percentile(t, 90)),
+            "samples": len(t),
+        }
+        for name, t in times.items()
+    }
+    ratios = {name: float(np.median(r)) for name, r in per_round_ratio.items()}
+    return stats, ratios
