@@ -135,3 +135,20 @@ def test_predict_bad_image_is_one_clear_error(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "Traceback" not in err
+
+
+def test_export_tflite_cli_with_argmax(tmp_path, capsys):
+    import json
+
+    weights = tmp_path / "w.weights.h5"
+    keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3).save_weights(
+        weights
+    )
+    out = tmp_path / "m.tflite"
+    argv = ["export", "--model", "deeplabv3_mobilenetv2_dm05_os8", "--num-classes", "3"]
+    argv += ["--weights", str(weights), "--format", "tflite", "--input-size", "49", "--argmax"]
+    assert main(argv + ["--out", str(out)]) == 0
+    assert "verified" in capsys.readouterr().out
+    assert out.exists() and (tmp_path / "m.labels.txt").exists()
+    report = json.loads((tmp_path / "m.tflite.report.json").read_text())
+    assert report["passed"] is True
