@@ -1,0 +1,530 @@
+"""Training configuration: dataclasses, YAML/JSON loading, validation, overrides.
+
+A `TrainConfig` has the sections `model`, `data`, `loss`, `optimizer`,
+`schedule`, `train` and `checkpoint`; defaults are the official DeepLab values
+(`research/deeplab/train.py`, `utils/train_utils.py`). `load_config` reads a YAML
+(`yaml.safe_load` rules, plus `1e-4`-style floats) or JSON file, applies
+`section.key=value` overrides typed by the field annotations, and reports *every*
+problem (unknown keys, wrong types, bad choices, unknown model names) in one
+`ConfigError` naming the key path and the expected type.
+
+Example:
+    ```python
+    config = load_config("configs/voc_deeplabv3plus_xception65.yaml",
+                         ["optimizer.learning_rate=0.01", "train.steps=100"])
+    ```
+"""
+
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from keras_deeplab.training.optim import OFFICIAL_LAST_LAYERS
+
+
+class ConfigError(ValueError):
+    """Invalid training configuration; the message lists every problem."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model to build (`keras_deeplab.create_model(name, ...)`).
+
+    Attributes:
+        name: registered model name (`keras-deeplab models`).
+        num_classes: classes to predict; None takes the data's class count.
+        output_stride: encoder output stride; None keeps the registry default.
+        weights: None, a `.weights.h5` file or a named preset for the whole model.
+        backbone_weights: None, `"imagenet"` or a backbone `.weights.h5` file.
+        options: further builder keyword arguments (e.g. `atrous_rates`).
+    """
+
+    name: str = "deeplabv3plus_xception65"
+    num_classes: int | None = None
+    output_stride: int | None = None
+    weights: str | None = None
+    backbone_weights: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Training/evaluation data (`keras_deeplab.data`) and the official augmentation.
+
+    Attributes:
+        source: `"shapes"` (built-in synthetic set), `"directory"` (VOC,
+            Cityscapes, ADE20K or paired-folder layouts) or `"tfds"`.
+        root: dataset directory (`directory`) or TFDS `data_dir` (`tfds`).
+        name: TFDS dataset name (`tfds`).
+        split: training split.
+        eval_split: evaluation split (None: no evaluation during training).
+        options: extra keyword arguments of the source function.
+        crop_size: training crop, an int or `[height, width]` (official 513).
+        min_scale, max_scale, scale_step: random scale augmentation (0.5, 2.0, 0.25).
+        flip: random horizontal flip.
+        eval_batch_size: evaluation batch size.
+    """
+
+    source: Literal["shapes", "directory", "tfds"] = "shapes"
+    root: str | None = None
+    name: str | None = None
+    split: str = "train"
+    eval_split: str | None = "val"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    crop_size: int | list[int] = 513
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+    scale_step: float = 0.25
+    flip: bool = True
+    eval_batch_size: int = 1
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Softmax cross-entropy options (official `train_utils.py`).
+
+    Attributes:
+        ignore_label: label without loss; None takes the data's (255, or ADE20K's).
+        class_weights: one loss weight per class (None: all 1).
+        top_k_percent_pixels: hard-pixel mining fraction (1.0: all pixels).
+        hard_example_mining_step: steps to anneal the kept fraction from 1 to the target.
+    """
+
+    ignore_label: int | None = None
+    class_weights: list[float] | None = None
+    top_k_percent_pixels: float = 1.0
+    hard_example_mining_step: int = 0
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """Optimizer, weight decay and learning-rate multipliers (see `training.optim`).
+
+    Attributes:
+        type: `"momentum"` (official, TF1 momentum semantics) or `"adam"`.
+        learning_rate: base learning rate (official VOC train_aug 0.007).
+        momentum: momentum (0.9).
+        weight_decay: L2 weight decay; None uses the backbone's official value.
+        regularize_depthwise: also decay depthwise kernels (official False).
+        bias_multiplier: gradient factor of biases (official 2).
+        last_layer_multiplier: gradient factor of `last_layers` (official 1; v2 10).
+        last_layers: layer-name prefixes of the "last layers".
+        batch_norm_multiplier: gradient factor of BN gamma/beta (0 freezes them).
+    """
+
+    type: Literal["momentum", "adam"] = "momentum"
+    learning_rate: float = 0.007
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    regularize_depthwise: bool = False
+    bias_multiplier: float = 2.0
+    last_layer_multiplier: float = 1.0
+    last_layers: list[str] = dataclasses.field(default_factory=lambda: list(OFFICIAL_LAST_LAYERS))
+    batch_norm_multiplier: float = 1.0
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Learning-rate policy (see `training.schedules`).
+
+    Attributes:
+        policy: `"poly"` or `"step"`.
+        power: poly power (0.9).
+        end_learning_rate: poly final rate (0).
+        decay_steps: step policy period (2000).
+        decay_rate: step policy factor (0.1).
+        warmup_steps: slow-start steps (0: none).
+        warmup_learning_rate: slow-start rate (official 1e-4).
+        warmup: `"linear"` ramp or `"constant"` (official burn-in `none`).
+    """
+
+    policy: Literal["poly", "step"] = "poly"
+    power: float = 0.9
+    end_learning_rate: float = 0.0
+    decay_steps: int = 2000
+    decay_rate: float = 0.1
+    warmup_steps: int = 0
+    warmup_learning_rate: float = 1e-4
+    warmup: Literal["linear", "constant"] = "linear"
+
+
+@dataclasses.dataclass
+class TrainLoopConfig:
+    """The training loop.
+
+    Attributes:
+        steps: total training steps (official `training_number_of_steps`).
+        batch_size: global batch size (split over replicas).
+        steps_per_epoch: steps per epoch; None derives it from the data size.
+        seed: seed of initialisation and data order (per-epoch seeds derive from it).
+        fine_tune_batch_norm: train BN statistics (False: official frozen-statistics mode).
+        sync_batch_norm: synchronise BN statistics across replicas (when fine-tuning
+            with more than one replica).
+        batch_norm_momentum: BN moving-average momentum during training (None: the
+            model's, officially 0.9997 / 0.997; use ~0.9 for runs of a few thousand steps).
+        mixed_precision: `"none"`, `"auto"` (bfloat16 on CPU, float16 on GPU),
+            `"bfloat16"` or `"float16"`.
+        strategy: `"auto"` (multi-worker from TF_CONFIG, all local GPUs, else one
+            device), `"default"`, `"mirrored"` or `"multi_worker"`.
+        eval_every_epochs: evaluate every n epochs (and at the end).
+        summary_every_steps: TensorBoard scalar period.
+        num_summary_images: images in the overlay summaries.
+        verbose: 1 shows a progress bar per epoch, 0 is silent.
+    """
+
+    steps: int = 30000
+    batch_size: int = 16
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    fine_tune_batch_norm: bool = True
+    sync_batch_norm: bool = True
+    batch_norm_momentum: float | None = None
+    mixed_precision: Literal["none", "auto", "bfloat16", "float16"] = "none"
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    eval_every_epochs: int = 1
+    summary_every_steps: int = 10
+    num_summary_images: int = 4
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Checkpoints and logs.
+
+    Attributes:
+        dir: run directory (checkpoints; re-running resumes from its latest one).
+        every_steps: save every n steps (and at every epoch end).
+        max_to_keep: checkpoints kept.
+        log_dir: TensorBoard directory (None: `<dir>/logs`).
+        tensorboard: write TensorBoard summaries.
+    """
+
+    dir: str = "runs/deeplab"
+    every_steps: int = 1000
+    max_to_keep: int = 3
+    log_dir: str | None = None
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything `train_from_config` needs; every section has official defaults."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainLoopConfig = dataclasses.field(default_factory=TrainLoopConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_yaml(self):
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also reads `1e-4` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _parse_text(text, what):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} is not valid YAML/JSON: {error}") from None
+
+
+# ----------------------------------------------------------------------- validation
+
+
+def _describe(tp):
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any value"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mapping (section)"
+    return tp.__name__
+
+
+def _got(value):
+    kind = "null" if value is None else type(value).__name__
+    return f"got {kind} {value!r}" if value is not None else "got null"
+
+
+def _convert(value, tp, path, errors):
+    """`value` checked against annotation `tp`; problems are appended to `errors`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin in (Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            trial = []
+            result = _convert(value, arm, path, trial)
+            if not trial:
+                return result
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_convert(v, item, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return _build(tp, value, path, errors)
+        errors.append(f"{path}: expected {_describe(tp)}, {_got(value)}")
+        return tp()
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    errors.append(f"{path}: expected {_describe(tp)}, {_got(value)}")
+    return value
+
+
+def _build(cls, raw, path, errors):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{where}: unknown key{hint}; valid keys: {', '.join(names)}")
+            continue
+        kwargs[key] = _convert(value, hints[key], where, errors)
+    return cls(**kwargs)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _semantic_checks(config, errors):
+    """Value checks beyond types (names, ranges, sizes); wrongly typed values are skipped."""
+    from keras_deeplab.models import list_models
+
+    name = config.model.name
+    if isinstance(name, str) and name not in list_models():
+        close = difflib.get_close_matches(name, list_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        errors.append(f"model.name: unknown model {name!r}{hint}; see `keras-deeplab models`")
+    at_least_one = {
+        "model.num_classes": config.model.num_classes,
+        "train.steps": config.train.steps,
+        "train.batch_size": config.train.batch_size,
+        "train.steps_per_epoch": config.train.steps_per_epoch,
+        "train.eval_every_epochs": config.train.eval_every_epochs,
+        "train.summary_every_steps": config.train.summary_every_steps,
+        "checkpoint.every_steps": config.checkpoint.every_steps,
+        "checkpoint.max_to_keep": config.checkpoint.max_to_keep,
+        "data.eval_batch_size": config.data.eval_batch_size,
+        "schedule.decay_steps": config.schedule.decay_steps,
+    }
+    for key, value in at_least_one.items():
+        if _number(value) and value < 1:
+            errors.append(f"{key}: must be >= 1, got {value}")
+    positive = {
+        "optimizer.learning_rate": config.optimizer.learning_rate,
+        "data.min_scale": config.data.min_scale,
+        "data.max_scale": config.data.max_scale,
+        "data.scale_step": config.data.scale_step,
+    }
+    for key, value in positive.items():
+        if _number(value) and value <= 0:
+            errors.append(f"{key}: must be > 0, got {value}")
+    if config.model.output_stride not in (None, 8, 16, 32) and _number(config.model.output_stride):
+        errors.append(
+            f"model.output_stride: must be 8, 16, 32 or null, got {config.model.output_stride}"
+        )
+    crop = config.data.crop_size
+    if isinstance(crop, list) and len(crop) != 2:
+        errors.append(f"data.crop_size: expected an int or [height, width], got {crop}")
+    momentum = config.train.batch_norm_momentum
+    if _number(momentum) and not 0.0 <= momentum < 1.0:
+        errors.append(f"train.batch_norm_momentum: must be in [0, 1), got {momentum}")
+    top_k = config.loss.top_k_percent_pixels
+    if _number(top_k) and not 0.0 < top_k <= 1.0:
+        errors.append(f"loss.top_k_percent_pixels: must be in (0, 1], got {top_k}")
+    lo, hi = config.data.min_scale, config.data.max_scale
+    if _number(lo) and _number(hi) and lo > hi:
+        errors.append(f"data.min_scale ({lo}) must be <= data.max_scale ({hi})")
+    if config.data.source == "directory" and not config.data.root:
+        errors.append("data.root: required when data.source is 'directory'")
+    if config.data.source == "tfds" and not config.data.name:
+        errors.append("data.name: required (the TFDS dataset name) when data.source is 'tfds'")
+
+
+# ------------------------------------------------------------------------ overrides
+
+
+def _field_type(path):
+    """Annotation of the dotted `path` (e.g. `optimizer.learning_rate`), or None."""
+    cls = TrainConfig
+    tp = None
+    for part in path.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        tp = hints[part]
+        cls = tp
+    return tp
+
+
+def _fits(value, tp):
+    trial = []
+    _convert(value, tp, "", trial)
+    return not trial
+
+
+def _override_value(path, text):
+    """`text` parsed as YAML, then adapted to the field type of `path` when that helps.
+
+    A string field keeps the raw text (`model.name=123`), and a list field also takes
+    comma-separated items (`data.crop_size=513,513`).
+    """
+    value = _parse_text(text, f"override {path}={text}")
+    tp = _field_type(path)
+    if tp is None or _fits(value, tp):
+        return value
+    if _fits(text, tp):
+        return text
+    if isinstance(value, str) and "," in value:
+        items = [_parse_text(part, f"override {path}={text}") for part in value.split(",")]
+        if _fits(items, tp):
+            return items
+    return value
+
+
+def apply_overrides(raw, overrides):
+    """Sets `section.key=value` entries in the raw config mapping `raw` (in place)."""
+    errors = []
+    for item in overrides or ():
+        if "=" not in item:
+            errors.append(f"override {item!r}: expected section.key=value")
+            continue
+        path, text = item.split("=", 1)
+        path = path.strip()
+        parts = path.split(".")
+        if len(parts) < 2:
+            errors.append(f"override {item!r}: the key must name a section, e.g. train.steps=100")
+            continue
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = _override_value(path, text.strip())
+    return errors
+
+
+# -------------------------------------------------------------------------- loading
+
+
+def _read(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    return _parse_text(text, str(path))
+
+
+def load_config(source=None, overrides=()):
+    """A validated `TrainConfig` from a YAML/JSON path, a mapping or a `TrainConfig`.
+
+    Args:
+        source: path (`.yaml`, `.yml` or `.json`), dict, `TrainConfig` or None (defaults).
+        overrides: `section.key=value` strings applied on top (values parsed as YAML
+            and checked against the field types).
+
+    Raises:
+        ConfigError: listing every unknown key, wrong type and invalid value with its
+            key path and the expected type.
+    """
+    what = ""
+    if source is None:
+        raw = {}
+    elif isinstance(source, TrainConfig):
+        raw = source.to_dict()
+    elif isinstance(source, dict):
+        raw = json.loads(json.dumps(source))
+    else:
+        what = f" {source}"
+        raw = _read(source)
+        if raw is None:
+            raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"Training config{what}: the top level must be a mapping of sections, "
+            f"got {type(raw).__name__}."
+        )
+    errors = apply_overrides(raw, overrides)
+    config = _build(TrainConfig, raw, "", errors)
+    _semantic_checks(config, errors)
+    if errors:
+        raise ConfigError(
+            f"Invalid training config{what} ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n"
+            + "\n".join(f"  - {e}" for e in errors)
+        )
+    return config

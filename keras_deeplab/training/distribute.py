@@ -1,0 +1,65 @@
+"""Distribution strategies for the trainer (one code path for all of them).
+
+`make_strategy("auto")` picks `MultiWorkerMirroredStrategy` when `TF_CONFIG`
+describes more than one task, `MirroredStrategy` when several GPUs are visible,
+and the default (one-device) strategy otherwise. Create the strategy before any
+other TensorFlow work: the multi-worker strategy configures the runtime's
+collectives at start-up.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+def _tf_config():
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+
+
+def _num_tasks(config):
+    return sum(len(tasks) for tasks in config.get("cluster", {}).values())
+
+
+def make_strategy(kind="auto", devices=None):
+    """A `tf.distribute.Strategy` of `kind` (see module docstring).
+
+    Args:
+        kind: `"auto"`, `"default"`, `"mirrored"` or `"multi_worker"`.
+        devices: device list for `"mirrored"` (default: all GPUs, else the CPU).
+    """
+    if kind not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {kind!r}; use one of {STRATEGIES}.")
+    if kind == "auto":
+        if _num_tasks(_tf_config()) > 1:
+            kind = "multi_worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "multi_worker":
+        if not _num_tasks(_tf_config()):
+            raise ValueError(
+                "strategy 'multi_worker' needs TF_CONFIG, e.g. "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}.'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def task_info(strategy):
+    """`(task_type, task_id, is_chief)`; single-process strategies are their own chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return None, 0, True
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return task_type, task_id, is_chief

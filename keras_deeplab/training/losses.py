@@ -1,0 +1,149 @@
+"""Segmentation losses: softmax cross-entropy with an ignore label, class weights,
+top-k hard-pixel mining, MSC per-scale terms and the L2 weight decay.
+
+Follows the official `research/deeplab/utils/train_utils.py`
+(`add_softmax_cross_entropy_loss_for_each_scale`): the per-pixel loss is weighted
+by `class_weights[label]` and 0 at `ignore_label`, and normalised by the number of
+non-ignored pixels (not by the weight sum). With `top_k_percent_pixels < 1` only
+the k largest weighted pixel losses count, normalised by how many of them are
+non-zero; `hard_example_mining_step` anneals k from 100 % down to the target.
+The weight decay is slim's `l2_regularizer`: `weight_decay * sum(w ** 2) / 2` over
+conv/dense kernels; depthwise kernels only with `regularize_depthwise`
+(official default False), biases and BatchNorm never.
+
+Each loss is returned as a `(total, count)` pair so a distributed step can
+normalise by the *global* count (see `Trainer`); `segmentation_loss` is the
+plain mean for single-device use.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def pixel_losses(labels, logits, ignore_label=255, class_weights=None):
+    """Weighted per-pixel cross-entropy and validity mask, both flat `[N]` float32.
+
+    Logits of ignored pixels are replaced by zeros *before* the softmax, so their
+    values (even inf/NaN) change neither the loss nor its gradient.
+
+    Args:
+        labels: int `[B, H, W]` (or `[B, H, W, 1]`) class ids or `ignore_label`.
+        logits: `[B, H, W, C]` logits (any float dtype; computed in float32).
+        ignore_label: label value that contributes nothing.
+        class_weights: optional length-C sequence of per-class loss weights.
+    """
+    num_classes = logits.shape[-1]
+    logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    valid = tf.not_equal(labels, ignore_label)
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    check = tf.debugging.assert_less(
+        safe_labels,
+        num_classes,
+        message=(
+            f"mask values must be in [0, {num_classes}) or the ignore label {ignore_label}; "
+            "check model.num_classes and loss.ignore_label"
+        ),
+    )
+    with tf.control_dependencies([check]):
+        safe_logits = tf.where(valid[:, None], logits, tf.zeros_like(logits))
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=safe_logits)
+    weights = tf.cast(valid, tf.float32)
+    if class_weights is not None:
+        table = tf.constant(class_weights, tf.float32)
+        if table.shape[0] != num_classes:
+            raise ValueError(
+                f"class_weights has {table.shape[0]} entries but the model predicts {num_classes} "
+                "classes; give one weight per class."
+            )
+        weights = weights * tf.gather(table, safe_labels)
+    return losses * weights, tf.cast(valid, tf.float32)
+
+
+def cross_entropy_terms(
+    labels,
+    logits,
+    ignore_label=255,
+    class_weights=None,
+    top_k_percent_pixels=1.0,
+    hard_example_mining_step=0,
+    step=None,
+):
+    """`(total, count)` of one logits tensor; the loss is `total / count`.
+
+    Args:
+        labels, logits, ignore_label, class_weights: see `pixel_losses`.
+        top_k_percent_pixels: fraction in (0, 1]; below 1 only the hardest pixels count.
+        hard_example_mining_step: steps over which the kept fraction decreases
+            linearly from 1 to `top_k_percent_pixels` (0: from the start).
+        step: current training step (needed when `hard_example_mining_step > 0`).
+    """
+    losses, valid = pixel_losses(labels, logits, ignore_label, class_weights)
+    if top_k_percent_pixels >= 1.0:
+        return tf.reduce_sum(losses), tf.reduce_sum(valid)
+    num_pixels = tf.cast(tf.size(losses), tf.float32)
+    fraction = tf.constant(top_k_percent_pixels, tf.float32)
+    if hard_example_mining_step and step is not None:
+        ratio = tf.minimum(1.0, tf.cast(step, tf.float32) / float(hard_example_mining_step))
+        fraction = ratio * top_k_percent_pixels + (1.0 - ratio)
+    k = tf.cast(fraction * num_pixels, tf.int32)
+    top, _ = tf.math.top_k(losses, k=k, sorted=False)
+    return tf.reduce_sum(top), tf.reduce_sum(tf.cast(tf.not_equal(top, 0.0), tf.float32))
+
+
+def loss_terms(labels, outputs, **kwargs):
+    """`[(total, count), ...]`: one term per logits tensor of `outputs`.
+
+    `outputs` is the model's training output: a logits tensor, or the dict of
+    `MultiScaleInputs` (`"fused"` plus one entry per scale, all at the input size),
+    which gives the DeepLab v2 MSC loss (one cross-entropy per output, summed).
+    Keyword arguments are those of `cross_entropy_terms`.
+    """
+    if isinstance(outputs, dict):
+        return [cross_entropy_terms(labels, outputs[k], **kwargs) for k in sorted(outputs)]
+    return [cross_entropy_terms(labels, outputs, **kwargs)]
+
+
+def segmentation_loss(labels, outputs, **kwargs):
+    """Mean loss on one device: the sum over `loss_terms` of `total / count`.
+
+    Example:
+        `loss = segmentation_loss(masks, model(images, training=True), ignore_label=255)`
+    """
+    return tf.add_n(
+        [
+            tf.math.divide_no_nan(total, count)
+            for total, count in loss_terms(labels, outputs, **kwargs)
+        ]
+    )
+
+
+def regularized_weights(model, regularize_depthwise=False):
+    """Kernels that get weight decay: conv/dense kernels; depthwise ones only on request."""
+    selected, seen = [], set()
+
+    def add(variable):
+        if variable is not None and id(variable) not in seen and variable.trainable:
+            seen.add(id(variable))
+            selected.append(variable)
+
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            if regularize_depthwise:
+                add(layer.kernel)
+        elif isinstance(layer, keras.layers.SeparableConv2D):
+            if regularize_depthwise:
+                add(layer.depthwise_kernel)
+            add(layer.pointwise_kernel)
+        elif isinstance(
+            layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Dense)
+        ):
+            add(layer.kernel)
+    return selected
+
+
+def weight_decay_loss(variables, weight_decay):
+    """slim `l2_regularizer`: `weight_decay * sum(w ** 2) / 2` summed over `variables`."""
+    if not weight_decay or not variables:
+        return tf.constant(0.0, tf.float32)
+    return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in variables])

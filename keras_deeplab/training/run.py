@@ -1,0 +1,143 @@
+"""`train_from_config`: config -> strategy, data, model -> `Trainer.fit`.
+
+The entry point of `keras-deeplab train --config FILE [section.key=value ...]`.
+"""
+
+import dataclasses
+import inspect
+
+import keras
+
+from keras_deeplab.training.config import TrainConfig, load_config
+from keras_deeplab.training.distribute import make_strategy
+from keras_deeplab.training.trainer import Trainer
+
+
+def _data_module():
+    try:
+        import keras_deeplab.data as data
+    except ImportError as error:  # pragma: no cover - the data package ships with the library
+        raise ValueError(f"keras_deeplab.data is not available ({error}).") from None
+    for name in ("load_data", "train_pipeline", "eval_pipeline", "steps_per_epoch"):
+        if not hasattr(data, name):  # pragma: no cover
+            raise ValueError(f"keras_deeplab.data lacks {name}(); update keras_deeplab.")
+    return data
+
+
+def load_source(data_config, split):
+    """The `SegmentationData` of `split` described by a `DataConfig`."""
+    data = _data_module()
+    options = dict(data_config.options)
+    if data_config.source == "shapes":
+        return data.load_data("shapes", split, **options)
+    if data_config.source == "tfds":
+        if data_config.root:
+            options.setdefault("data_dir", data_config.root)
+        return data.load_data(f"tfds:{data_config.name}", split, **options)
+    return data.load_data(data_config.root, split, **options)
+
+
+def model_output_stride(model_config):
+    """Output stride of the configured model (explicit, registry or builder default)."""
+    from keras_deeplab.models import model_config as registry_config
+
+    if model_config.output_stride is not None:
+        return model_config.output_stride
+    builder, fixed = registry_config(model_config.name)
+    if "output_stride" in model_config.options:
+        return model_config.options["output_stride"]
+    if "output_stride" in fixed:
+        return fixed["output_stride"]
+    return inspect.signature(builder).parameters["output_stride"].default
+
+
+def model_builder(model_config):
+    """A function building the configured model (called by the trainer in the strategy scope)."""
+    from keras_deeplab.models import create_model
+
+    kwargs = dict(model_config.options)
+    kwargs["num_classes"] = model_config.num_classes
+    for key in ("output_stride", "weights", "backbone_weights"):
+        value = getattr(model_config, key)
+        if value is not None:
+            kwargs[key] = value
+    return lambda: create_model(model_config.name, **kwargs)
+
+
+def train_from_config(config, overrides=(), strategy=None):
+    """Trains the model a training config describes; resumes if its run directory has checkpoints.
+
+    Args:
+        config: path to a YAML/JSON config, a mapping or a `TrainConfig`.
+        overrides: `section.key=value` strings (e.g. `["train.steps=100"]`).
+        strategy: a `tf.distribute.Strategy`; default from `train.strategy`.
+
+    Returns:
+        `TrainResult` (see `keras_deeplab.training.Trainer.fit`).
+
+    Raises:
+        ConfigError: invalid configuration (every problem listed).
+        NonFiniteLossError: the loss diverged (the last good checkpoint is kept).
+
+    Example:
+        ```python
+        result = train_from_config("configs/shapes_demo.yaml", ["train.steps=50"])
+        print(result.step, result.metrics)
+        ```
+    """
+    config = load_config(config, overrides)
+    strategy = strategy or make_strategy(config.train.strategy)
+    keras.utils.set_random_seed(config.train.seed)
+    data = _data_module()
+    source = load_source(config.data, config.data.split)
+    eval_source = (
+        load_source(config.data, config.data.eval_split) if config.data.eval_split else None
+    )
+
+    model = dataclasses.replace(
+        config.model, num_classes=config.model.num_classes or source.num_classes
+    )
+    loss = config.loss
+    if loss.ignore_label is None:
+        loss = dataclasses.replace(loss, ignore_label=source.ignore_label)
+    train = config.train
+    if train.steps_per_epoch is None:
+        per_epoch = data.steps_per_epoch(source, train.batch_size)
+        if not per_epoch:
+            raise ValueError(
+                f"{source.name}: the number of examples is unknown or smaller than the batch "
+                f"size {train.batch_size}; set train.steps_per_epoch."
+            )
+        train = dataclasses.replace(train, steps_per_epoch=per_epoch)
+    config = dataclasses.replace(config, model=model, loss=loss, train=train)
+    cfg_data = config.data
+
+    def train_data(seed, skip_batches=0):
+        return data.train_pipeline(
+            source,
+            train.batch_size,
+            crop_size=cfg_data.crop_size,
+            min_scale=cfg_data.min_scale,
+            max_scale=cfg_data.max_scale,
+            scale_step=cfg_data.scale_step,
+            flip=cfg_data.flip,
+            seed=seed,
+            skip_batches=skip_batches,
+        )
+
+    eval_data = None
+    if eval_source is not None:
+        eval_data = data.eval_pipeline(
+            eval_source, cfg_data.eval_batch_size, output_stride=model_output_stride(model)
+        )
+    trainer = Trainer(model_builder(model), config, strategy=strategy)
+    return trainer.fit(train_data, eval_data)
+
+
+__all__ = [
+    "TrainConfig",
+    "load_source",
+    "model_builder",
+    "model_output_stride",
+    "train_from_config",
+]

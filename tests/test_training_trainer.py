@@ -1,0 +1,137 @@
+"""The trainer in one process: resume, NaN stop, evaluation, summaries, `train_from_config`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_deeplab.training import NonFiniteLossError, Trainer, epoch_seed, train_from_config
+from tests.training_helpers import config, micro_model, random_batches, weights_of
+
+
+def _batches(seed):
+    return random_batches(seed, num_batches=3)
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    keras.utils.set_random_seed(0)
+    init = micro_model().get_weights()
+
+    def build():
+        keras.utils.set_random_seed(1)  # same dropout seed in every run
+        model = micro_model()  # with dropout: its RNG state is checkpointed too
+        model.set_weights(init)
+        return model
+
+    straight = Trainer(build, config(tmp_path / "a", train={"steps": 7}))
+    result = straight.fit(_batches)
+    assert (result.step, result.epoch, result.resumed_from) == (7, 2, None)
+    assert [h["step"] for h in result.history] == [3, 6, 7]
+
+    def interrupted(seed):  # the second epoch breaks off after its first batch (step 4)
+        return _batches(seed) if seed == epoch_seed(0, 0) else _batches(seed).take(1)
+
+    with pytest.raises(ValueError, match="ended after 1 batches in epoch 2"):
+        Trainer(build, config(tmp_path / "b", train={"steps": 7})).fit(interrupted)
+    assert tf.train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt-4")
+    second = Trainer(build, config(tmp_path / "b", train={"steps": 7}))
+    resumed = second.fit(_batches)
+    assert resumed.resumed_from.endswith("ckpt-4") and resumed.step == 7
+    assert int(second.optimizer.iterations.numpy()) == 7
+    for a, b in zip(weights_of(straight.model), weights_of(second.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Nothing left to do: a third run restores and returns at once.
+    again = Trainer(build, config(tmp_path / "b", train={"steps": 7})).fit(_batches)
+    assert again.step == 7 and again.history == []
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    def poisoned(seed):
+        images, masks = [], []
+        for x, y in random_batches(seed, num_batches=6):
+            images.append(x.numpy())
+            masks.append(y.numpy())
+        images[3][0, 0, 0, 0] = np.nan  # batch 4 (step 4) diverges
+        return tf.data.Dataset.from_tensor_slices((np.stack(images), np.stack(masks)))
+
+    trainer = Trainer(micro_model, config(tmp_path, train={"steps": 6}))
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(poisoned)
+    message = str(info.value)
+    assert "loss is nan at step 4" in message and "ckpt-2" in message
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-2")
+    assert not list(tmp_path.glob("ckpt-4*"))
+    restored = Trainer(micro_model, config(tmp_path, train={"steps": 6}))
+    assert restored.checkpoint.restore().endswith("ckpt-2")
+    assert all(np.isfinite(w).all() for w in weights_of(restored.model))
+    assert int(restored.optimizer.iterations.numpy()) == 2
+
+
+def _events(log_dir):
+    tags = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_evaluation_and_tensorboard_summaries(tmp_path):
+    cfg = config(
+        tmp_path,
+        train={"steps": 4, "steps_per_epoch": 2, "summary_every_steps": 1, "num_summary_images": 2},
+        checkpoint={"tensorboard": True},
+    )
+    result = Trainer(micro_model, cfg).fit(_batches, eval_data=random_batches(9, num_batches=2))
+    assert [h["step"] for h in result.history] == [2, 4]
+    assert 0.0 <= result.metrics["miou"] <= 1.0 and len(result.metrics["per_class_iou"]) == 3
+    assert result.history[-1]["miou"] == result.metrics["miou"]
+    tags = _events(tmp_path / "logs")
+    assert tags["train/loss"] == [1, 2, 3, 4] and tags["train/learning_rate"] == [1, 2, 3, 4]
+    assert tags["eval/miou"] == [2, 4]
+    assert tags["predictions/image_truth_prediction"] == [2, 4]
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def test_epoch_seeds_differ_and_are_stable():
+    seeds = [epoch_seed(0, e) for e in range(3)] + [epoch_seed(1, 0)]
+    assert len(set(seeds)) == 4 and epoch_seed(0, 2) == seeds[2]
+
+
+def test_short_data_is_a_clear_error(tmp_path):
+    trainer = Trainer(micro_model, config(tmp_path, train={"steps": 8, "steps_per_epoch": 5}))
+    with pytest.raises(ValueError, match="ended after 3 batches in epoch 1"):
+        trainer.fit(_batches)
+
+
+def test_train_from_config_on_shapes_with_bfloat16(tmp_path):
+    overrides = [
+        "model.name=deeplabv3_mobilenetv2_dm05",
+        "data.options={num_examples: 8, image_size: 40}",
+        "data.crop_size=33",
+        "data.eval_batch_size=4",
+        "train.batch_size=4",
+        "train.steps=2",
+        "train.verbose=0",
+        "train.mixed_precision=bfloat16",
+        f"checkpoint.dir={tmp_path}",
+        "checkpoint.tensorboard=false",
+    ]
+    result = train_from_config(None, overrides)
+    assert result.step == 2 and result.epoch == 1 and np.isfinite(result.loss)
+    assert result.model.dtype_policy.name == "mixed_bfloat16"
+    assert result.model.output_shape[-1] == 5  # num_classes from the shapes data
+    assert keras.config.dtype_policy().name == "float32"  # global policy restored
+    assert 0.0 <= result.metrics["miou"] <= 1.0
+    assert result.checkpoint.endswith("ckpt-2")
+
+
+def test_float16_uses_dynamic_loss_scaling(tmp_path):
+    cfg = config(tmp_path, train={"steps": 2, "mixed_precision": "float16"})
+    trainer = Trainer(micro_model, cfg)
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    result = trainer.fit(_batches)
+    assert trainer.model.get_layer("conv1").compute_dtype == "float16"
+    assert trainer.model.get_layer("conv1").kernel.dtype == "float32"
+    assert np.isfinite(result.loss) and result.step == 2
+    assert "trained to step 2 (epoch 0)" in result.summary()
