@@ -1,15 +1,14 @@
 """`keras-deeplab` command line.
 
-Subcommands: `models` (list the registered models), `table` (parameters and
-multiply-adds per model), `convert` (official TFLite files or TF checkpoints to
-`.weights.h5`), `demo` (build a model and segment an image; a placeholder until
-training lands: the model is randomly initialised).
+Subcommands: `models`, `table` (parameters and multiply-adds), `presets`,
+`convert` (official TFLite files or TF checkpoints to `.weights.h5`), `export`
+(SavedModel / TFLite, verified), `eval`, `predict`, `train` (from a config) and
+`demo` (train on synthetic shapes, evaluate, export).
 """
 
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -238,51 +237,111 @@ def _add_model_arguments(parser):
     )
 
 
-def _demo_image(size):
-    """A VOC sample from ../shared when present, else a deterministic synthetic picture."""
-    import numpy as np
-    from PIL import Image
+def _cmd_train(args):
+    from keras_deeplab.training import train_from_config
 
-    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2012_samples"
-    jpgs = sorted(sample.glob("**/*.jpg")) if sample.is_dir() else []
-    if jpgs:
-        return np.asarray(Image.open(jpgs[0]).convert("RGB").resize((size, size))), jpgs[0].name
-    yy, xx = np.mgrid[0:size, 0:size]
-    img = np.stack([xx * 255 // size, yy * 255 // size, ((xx + yy) % 64) * 4], -1)
-    return img.astype("uint8"), "synthetic gradient"
+    result = train_from_config(args.config, args.overrides)
+    print(f"trained to step {result.step} ({result.elapsed:.0f}s); checkpoint: {result.checkpoint}")
+    if result.metrics:
+        print(
+            f"eval mIoU {result.metrics['miou']:.4f}, pixel accuracy {result.metrics['pixel_accuracy']:.4f}"
+        )
+    if result.log_dir:
+        print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
+
+
+def _training_curve(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [h["loss"] for h in history], "o-", label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if any("miou" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(
+            steps,
+            [h.get("miou", float("nan")) for h in history],
+            "s-",
+            color="C1",
+            label="val mIoU",
+        )
+        ax2.set_ylabel("val mIoU")
+        ax2.set_ylim(0, 1)
+    ax.set_title("demo training on shapes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _cmd_demo(args):
     import numpy as np
     from PIL import Image
 
-    import keras_deeplab
+    from keras_deeplab.data import shapes
+    from keras_deeplab.export import to_saved_model, to_tflite
+    from keras_deeplab.training import train_from_config
+    from keras_deeplab.training.summaries import overlay_grid
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    config = Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml"
+    overrides = [f"checkpoint.dir={out / 'run'}"] + list(args.overrides)
     print(
-        f"Building {args.model} (random initialisation; training arrives with the training issue)..."
+        f"1/3 training a DeepLabV3+ (MobileNetV2 x0.5) on the synthetic shapes data ({config.name})"
     )
-    model = keras_deeplab.create_model(args.model)
-    total, trainable = keras_deeplab.count_params(model)
-    macs = keras_deeplab.count_macs(model, (args.size, args.size))
+    result = train_from_config(config, overrides)
+    model = result.model
+    miou = result.metrics["miou"] if result.metrics else float("nan")
+    print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
+    _training_curve(result.history, out / "training_curve.png")
+
+    val = shapes("val", num_examples=8)
+    images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)
+    images, masks = np.stack(images), np.stack(masks)
+    predictions = model.predict(images.astype("float32"), verbose=0).argmax(-1)
+    grid = overlay_grid(images, masks, predictions)
+    Image.fromarray(np.concatenate(list(grid), axis=0)).save(out / "overlays.png")
+
+    print("2/3 exporting a SavedModel (verified against the Keras model)")
+    sm = to_saved_model(
+        model,
+        str(out / "saved_model"),
+        overwrite=True,
+        report_path=str(out / "saved_model.report.json"),
+    )
+    print(f"    max abs diff {sm['max_abs_diff']}, class-map agreement {sm['class_map_agreement']}")
+    print("3/3 exporting an int8 TFLite (calibrated on shapes train images, verified)")
+    calibration = [img for img, _ in shapes("train", num_examples=32).dataset.as_numpy_iterator()]
+    size = images.shape[1]
+    tfl = to_tflite(
+        model,
+        str(out / "demo_int8.tflite"),
+        input_size=size,
+        quantize="int8",
+        representative_data=calibration,
+        sample_images=list(images[:4]),
+        report_path=str(out / "demo_int8.report.json"),
+    )
     print(
-        f"  parameters: {total:,} ({trainable:,} trainable); multiply-adds at {args.size}px: {macs / 1e9:.2f}G"
+        f"    argmax agreement with Keras {tfl.get('argmax_agreement')}, "
+        f"{tfl.get('size_bytes', 0) / 1e6:.2f} MB"
     )
-    image, source = _demo_image(args.size)
-    start = time.perf_counter()
-    logits = model.predict(image[None].astype("float32"), verbose=0)
-    elapsed = time.perf_counter() - start
-    labels = logits[0].argmax(-1).astype("uint8")
-    print(
-        f"  segmented {source} at {image.shape[1]}x{image.shape[0]} in {elapsed:.2f}s; "
-        f"logits {tuple(logits.shape)}"
-    )
-    palette = (np.random.default_rng(0).integers(0, 255, (256, 3))).astype("uint8")
-    panel = np.concatenate([image, palette[labels]], axis=1)
-    path = out / "demo_prediction.png"
-    Image.fromarray(panel).save(path)
-    print(f"  wrote {path} (image | predicted classes)")
+    print(f"\nheld-out shapes mIoU: {miou:.4f} (target >= 0.85)")
+    for name in (
+        "overlays.png",
+        "training_curve.png",
+        "saved_model",
+        "demo_int8.tflite",
+        "saved_model.report.json",
+        "demo_int8.report.json",
+        "run",
+    ):
+        print(f"  {out / name}")
 
 
 def main(argv=None):
@@ -340,10 +399,13 @@ def main(argv=None):
     predict.add_argument("--out", default="artifacts/predict")
     _add_model_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
-    demo = sub.add_parser("demo", help="build a model and segment an image")
-    demo.add_argument("--model", default="deeplabv3_mobilenetv2_dm05_os8")
-    demo.add_argument("--size", type=int, default=257)
+    train = sub.add_parser("train", help="train from a YAML/JSON config (resumes if interrupted)")
+    train.add_argument("--config", required=True)
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100")
+    train.set_defaults(func=_cmd_train)
+    demo = sub.add_parser("demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)")
     demo.add_argument("--out", default="artifacts/demo")
+    demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100")
     demo.set_defaults(func=_cmd_demo)
     args = parser.parse_args(argv)
     try:
