@@ -34,33 +34,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab.data.palette import VOC_CLASSES
 from keras_deeplab.export.report import VerificationError, write_report
 from keras_deeplab.layers import PREPROCESSING_MODES, Preprocessing
 from keras_deeplab.msc import MultiScaleInputs
 
-VOC_LABELS = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
+VOC_LABELS = tuple(VOC_CLASSES)
 LABELS_FILE = "labels.txt"
 SIGNATURES = ("serving_default", "serving_bytes", "serve")
 DEFAULT_TOLERANCE = 1e-4
