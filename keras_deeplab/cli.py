@@ -287,7 +287,11 @@ def _cmd_demo(args):
     from keras_deeplab.training import train_from_config
     from keras_deeplab.training.summaries import overlay_grid
 
+    import shutil
+
     out = Path(args.out)
+    if (out / "run").exists() and not args.resume:
+        shutil.rmtree(out / "run")  # a fresh demo each time unless --resume
     out.mkdir(parents=True, exist_ok=True)
     config = Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml"
     overrides = [f"checkpoint.dir={out / 'run'}"] + list(args.overrides)
@@ -298,7 +302,8 @@ def _cmd_demo(args):
     model = result.model
     miou = result.metrics["miou"] if result.metrics else float("nan")
     print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
-    _training_curve(result.history, out / "training_curve.png")
+    if result.history:
+        _training_curve(result.history, out / "training_curve.png")
 
     val = shapes("val", num_examples=8)
     images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)
@@ -405,6 +410,7 @@ def main(argv=None):
     train.set_defaults(func=_cmd_train)
     demo = sub.add_parser("demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)")
     demo.add_argument("--out", default="artifacts/demo")
+    demo.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100")
     demo.set_defaults(func=_cmd_demo)
     args = parser.parse_args(argv)
@@ -413,6 +419,9 @@ def main(argv=None):
     except (ValueError, OSError) as error:
         print(f"keras-deeplab: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # e.g. training.NonFiniteLossError (last good checkpoint kept)
+        print(f"keras-deeplab: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     for a, b in zip(weights_of(straight.model), weights_of(second.model), strict=True):
         np.testing.assert_array_equal(a, b)
     # Nothing left to do: a third run restores and returns at once.
-    again = Trainer(build, config(tmp_path / "b", train={"steps": 7})).fit(_batches)
-    assert again.step == 7 and again.history == []
+    again = Trainer(build, config(tmp_path / "b", train={"steps": 7}))
+    done = again.fit(_batches, eval_data=random_batches(9, num_batches=1))
+    assert done.step == 7 and done.history == [] and 0 <= done.metrics["miou"] <= 1
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -534,6 +534,8 @@ class Trainer:
                     self._write_images(writer, step, preview)
                     save()
                     history.append(record)
+            if metrics is None and eval_data is not None and not history:
+                metrics = self.evaluate(eval_data)  # nothing left to train: still report
         finally:
             writer.close()
         epoch = step // steps_per_epoch
