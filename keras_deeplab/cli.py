@@ -279,6 +279,8 @@ def _training_curve(history, path):
 
 
 def _cmd_demo(args):
+    import shutil
+
     import numpy as np
     from PIL import Image
 
@@ -286,8 +288,6 @@ def _cmd_demo(args):
     from keras_deeplab.export import to_saved_model, to_tflite
     from keras_deeplab.training import train_from_config
     from keras_deeplab.training.summaries import overlay_grid
-
-    import shutil
 
     out = Path(args.out)
     if (out / "run").exists() and not args.resume:
