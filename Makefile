@@ -21,12 +21,12 @@ demo: $(STAMP)
 	$(BIN)/keras-deeplab demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check keras_deeplab tests examples
-	$(BIN)/ruff format --check keras_deeplab tests examples
+	$(BIN)/ruff check keras_deeplab tests examples benchmarks export
+	$(BIN)/ruff format --check keras_deeplab tests examples benchmarks export
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix keras_deeplab tests examples
-	$(BIN)/ruff format keras_deeplab tests examples
+	$(BIN)/ruff check --fix keras_deeplab tests examples benchmarks export
+	$(BIN)/ruff format keras_deeplab tests examples benchmarks export
 
 test: lint
 	$(BIN)/python -m pytest -q
