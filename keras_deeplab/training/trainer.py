@@ -64,7 +64,8 @@ class TrainResult:
         epoch: epochs completed.
         loss: loss of the last step (None if no step ran).
         history: one dict per epoch ended in this run (`epoch`, `step`, `loss` mean,
-            `learning_rate`, and `miou`/`pixel_accuracy` when evaluated).
+            `learning_rate`, `elapsed` wall-clock seconds since `fit` started, measured
+            before this epoch's evaluation, and `miou`/`pixel_accuracy` when evaluated).
         checkpoint: latest checkpoint path.
         resumed_from: checkpoint this run started from (None: fresh start).
         log_dir: TensorBoard directory (None when disabled or not the chief).
@@ -511,6 +512,7 @@ class Trainer:
                         "step": step,
                         "loss": float(np.mean(losses)),
                         "learning_rate": float(self.schedule(self.optimizer.iterations)),
+                        "elapsed": time.perf_counter() - start,
                     }
                     every = cfg.train.eval_every_epochs
                     if eval_data is not None and ((epoch + 1) % every == 0 or step >= total):
