@@ -172,25 +172,50 @@ def _read_image(path):
 
 
 def _cmd_eval(args):
-    from keras_deeplab.data import load_data, validate
+    from keras_deeplab.data import load_data
     from keras_deeplab.evaluation.evaluate import evaluate, per_class_table, write_evaluation
 
     model = _segmentation_model(args)
     num_classes = int(model.output_shape[-1])
-    data = load_data(
-        args.data, args.split, **({} if args.data == "shapes" else {"num_classes": num_classes})
+    data = load_data(  # folders are validated (every file decoded) before use
+        args.data,
+        args.split,
+        skip_bad=args.skip_bad,
+        **({} if args.data == "shapes" else {"num_classes": num_classes}),
     )
     if data.num_classes != num_classes:
         raise ValueError(
             f"{args.data}: the data has {data.num_classes} classes, the model {num_classes}; "
             "pass the matching --num-classes / weights."
         )
-    if args.data != "shapes" and not args.data.startswith("tfds:"):
-        data = validate(data)
     result = evaluate(_segmenter(args, model), data, limit=args.limit)
     print(per_class_table(result))
     paths = write_evaluation(result, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def output_names(paths):
+    """`{path: stem}` for files written into one output folder, whatever the input paths.
+
+    Only the base name of each input is used (an input `../../x.jpg` or `/abs/x.jpg` gives
+    `x`), characters other than letters, digits, `-`, `_` and `.` become `_`, a leading dot
+    is dropped (no hidden or `..` names), and inputs sharing a stem (`a.jpg`, `a.png`)
+    keep their extension (`a_jpg`, `a_png`) so no output overwrites another.
+    """
+    import re
+
+    def clean(text):
+        text = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")
+        return text or "image"
+
+    paths = [Path(p) for p in paths]
+    stems = [clean(p.stem) for p in paths]
+    names = {}
+    for path, stem in zip(paths, stems, strict=True):
+        if stems.count(stem) > 1:
+            stem = clean(f"{path.stem}_{path.suffix.lstrip('.')}")
+        names[path] = stem
+    return names
 
 
 def _cmd_predict(args):
@@ -209,10 +234,11 @@ def _cmd_predict(args):
     else:
         raise ValueError(f"{source}: no such image or folder.")
     segmenter = _segmenter(args, _segmentation_model(args))
+    names = output_names(files)
     for path in tqdm(files, desc="predicting", unit="img"):
         image = _read_image(path)
         (labels,) = segmenter.predict([image])
-        save_prediction(image, labels, args.out, path.stem)
+        save_prediction(image, labels, args.out, names[path])
     print(f"wrote {len(files)} predictions (labels, overlays, panels) to {args.out}")
 
 
@@ -240,7 +266,10 @@ def _add_model_arguments(parser):
 def _cmd_train(args):
     from keras_deeplab.training import train_from_config
 
-    result = train_from_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.skip_bad:
+        overrides.append("data.options.skip_bad=true")
+    result = train_from_config(args.config, overrides)
     print(f"trained to step {result.step} ({result.elapsed:.0f}s); checkpoint: {result.checkpoint}")
     if result.metrics:
         print(
@@ -349,7 +378,8 @@ def _cmd_demo(args):
         print(f"  {out / name}")
 
 
-def main(argv=None):
+def build_parser():
+    """The `keras-deeplab` argument parser (also used to check the README's commands)."""
     parser = argparse.ArgumentParser(prog="keras-deeplab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
@@ -397,6 +427,9 @@ def main(argv=None):
     evaluate.add_argument("--split", default="val")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
     evaluate.add_argument("--out", default="artifacts/eval")
+    evaluate.add_argument(
+        "--skip-bad", action="store_true", help="leave out bad image/mask pairs (listed)"
+    )
     _add_model_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
     predict = sub.add_parser("predict", help="segment images: palette PNGs, overlays, panels")
@@ -407,13 +440,22 @@ def main(argv=None):
     train = sub.add_parser("train", help="train from a YAML/JSON config (resumes if interrupted)")
     train.add_argument("--config", required=True)
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100")
+    train.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out bad image/mask pairs found by the up-front scan (counted and listed)",
+    )
     train.set_defaults(func=_cmd_train)
     demo = sub.add_parser("demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)")
     demo.add_argument("--out", default="artifacts/demo")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100")
     demo.set_defaults(func=_cmd_demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, OSError) as error:

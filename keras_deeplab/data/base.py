@@ -8,8 +8,12 @@ skip cheap path records and decode in parallel afterwards (`tf.data.AUTOTUNE`).
 Decoding rules (the same in the pipeline and in `validate`):
 
 * Images: JPEG / PNG / BMP / GIF / WebP are decoded by TensorFlow, TIFF by PIL. Grayscale
-  is replicated to RGB; an alpha channel is dropped (not composited); 16-bit PNGs are scaled
-  to 8 bits (`v >> 8`, TensorFlow's rule).
+  is replicated to RGB (as the official `decode_image(channels=3)`); an alpha channel is
+  dropped (not composited); palette images are expanded to their colours; 16-bit PNGs are
+  scaled to 8 bits (`v >> 8`, TensorFlow's rule) and `validate` refuses 16-bit images whose
+  maximum is below 4096 (they would turn almost black: rescale them to 8 bits yourself).
+* `validate` also refuses empty, truncated (JPEG without end-of-image marker, PNG without
+  IEND), zero-sized and very large (> `MAX_IMAGE_PIXELS`, 8192 x 8192) files.
 * Masks are read with PIL so palette ('P') PNGs give their indices (TensorFlow would
   expand the palette to colours). Modes 'P', 'L', '1' are used as they are, 16-bit masks
   if every value is < 256, RGB masks only if their three channels are equal (a colour-coded
@@ -440,20 +444,149 @@ def list_files(folder, extensions, recursive=True):
 
 # --------------------------------------------------------------------------- validation
 
+# Largest image (pixels) `validate` accepts: 8192 x 8192. Bigger files are usually a mistake
+# (a scan, a panorama, a decompression bomb) and would take gigabytes once decoded and
+# augmented. Pass `validate(..., max_pixels=...)` to allow them.
+MAX_IMAGE_PIXELS = 8192 * 8192
+# 16-bit images are scaled to 8 bits by `v >> 8` (TensorFlow's rule); data whose maximum is
+# below this (e.g. 12-bit sensors) would collapse to a few gray levels, so it is an error.
+MIN_16BIT_MAXIMUM = 4096
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND\xaeB`\x82"
 
-def _check_pair(image_path, mask_path, lut, num_classes, ignore_label, check_values, decode):
-    """Reason string when the pair is bad, else None."""
+
+def _file_problem(path, kind):
+    """Reason string for a missing / empty file, a truncated JPEG/PNG or a 0-sized PNG, else None.
+
+    Reads only the first and last bytes, so it is cheap enough to run on every file.
+    """
     try:
-        with Image.open(image_path) as img:
-            image_hw = (img.height, img.width)
-            if img.mode == "F":
-                return f"{image_path}: floating-point image (mode F); save it as 8-bit RGB."
-            if decode:
-                pil_image_to_rgb(img, image_path)
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(32)
+            handle.seek(max(0, size - 64))
+            tail = handle.read()
+    except OSError as error:
+        return f"{path}: cannot read {kind} ({error.strerror or error})."
+    if size == 0:
+        return f"{path}: empty {kind} file (0 bytes); fix: copy it again or remove the pair."
+    if head.startswith(_PNG_SIGNATURE):
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if head[12:16] == b"IHDR" and (width == 0 or height == 0):
+            return (
+                f"{path}: zero-sized {kind} ({width}x{height} in its PNG header); "
+                "fix: export it again or remove the pair."
+            )
+        if _PNG_IEND not in tail:
+            return (
+                f"{path}: truncated PNG {kind} (no IEND chunk at the end, {size} bytes); "
+                "fix: copy or export it again, or remove the pair."
+            )
+    elif head.startswith(b"\xff\xd8"):
+        # Encoders may pad after the end-of-image marker; a missing marker means truncation.
+        if _JPEG_EOI not in tail.rstrip(b"\x00\n\r "):
+            return (
+                f"{path}: truncated JPEG {kind} (no end-of-image marker, {size} bytes); "
+                "fix: copy or export it again, or remove the pair."
+            )
+    return None
+
+
+def _too_large(path, kind, width, height, max_pixels):
+    return (
+        f"{path}: {kind} is {width}x{height} ({width * height / 1e6:.0f} MP), above the "
+        f"{max_pixels / 1e6:.0f} MP limit; fix: downscale or tile it (masks with nearest "
+        "neighbour), or raise validate(..., max_pixels=...)."
+    )
+
+
+def _open_header(path, kind, max_pixels):
+    """`(PIL image, None)` with only the header read, or `(None, reason)`."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as error:
+        return (
+            None,
+            f"{path}: {kind} too large to decode safely ({error}); fix: downscale or tile it.",
+        )
+    except Exception as error:  # PIL raises many types for broken files
+        return None, f"{path}: cannot read {kind} ({error}); is it a valid image file?"
+    if img.width * img.height > max_pixels:
+        img.close()
+        return None, _too_large(path, kind, img.width, img.height, max_pixels)
+    return img, None
+
+
+def _decode_image(path, img, use_tf):
+    """Decodes like the pipeline (TensorFlow for JPEG/PNG/..., PIL for TIFF); reason or None."""
+    if use_tf and not str(path).lower().endswith(PIL_IMAGE_EXTENSIONS):
+        try:
+            image = tf.io.decode_image(
+                tf.io.read_file(str(path)), channels=3, dtype=tf.uint8, expand_animations=False
+            )
+        except tf.errors.OpError as error:
+            message = " ".join(error.message.split("}}")[-1].split())
+            return (
+                f"{path}: TensorFlow cannot decode this image ({message}); fix: re-save it as "
+                "an 8-bit RGB JPEG/PNG or remove the pair."
+            )
+        if tuple(image.shape[:2]) != (img.height, img.width):
+            return f"{path}: decoded size {image.shape[:2]} differs from its header."
+        return None
+    try:
+        pil_image_to_rgb(img, path)
     except DataError as error:
         return str(error)
     except Exception as error:
-        return f"{image_path}: cannot read image ({error})."
+        return f"{path}: cannot decode image ({error}); fix: re-save it or remove the pair."
+    return None
+
+
+def _check_16bit(path, img):
+    maximum = int(np.asarray(img).max(initial=0))
+    if maximum < MIN_16BIT_MAXIMUM:
+        return (
+            f"{path}: 16-bit image whose maximum value is {maximum}: the 8-bit conversion "
+            f"(v >> 8) would leave {(maximum >> 8) + 1} gray level(s). Fix: rescale it to 8 bits "
+            "yourself (e.g. (a * 255 / a.max()).astype('uint8')) and save an 8-bit PNG."
+        )
+    return None
+
+
+def _check_pair(
+    image_path,
+    mask_path,
+    lut,
+    num_classes,
+    ignore_label,
+    check_values,
+    decode,
+    max_pixels=MAX_IMAGE_PIXELS,
+    use_tf=True,
+):
+    """Reason string when the pair is bad, else None."""
+    reason = _file_problem(image_path, "image")
+    if reason:
+        return reason
+    img, reason = _open_header(image_path, "image", max_pixels)
+    if reason:
+        return reason
+    with img:
+        image_hw = (img.height, img.width)
+        if img.mode == "F":
+            return f"{image_path}: floating-point image (mode F); save it as 8-bit RGB."
+        if _is_16bit(img.mode):
+            reason = _check_16bit(image_path, img)
+            if reason:
+                return reason
+        if decode:
+            reason = _decode_image(image_path, img, use_tf)
+            if reason:
+                return reason
+    reason = _file_problem(mask_path, "mask")
+    if reason:
+        return reason
     try:
         if check_values:
             read_mask(mask_path, lut, num_classes, ignore_label, image_hw, image_path)
@@ -469,14 +602,25 @@ def _check_pair(image_path, mask_path, lut, num_classes, ignore_label, check_val
 
 
 def validate(
-    data, *, skip_bad=False, check_values=True, decode_images=False, progress=True, workers=None
+    data,
+    *,
+    skip_bad=False,
+    check_values=True,
+    decode_images=False,
+    progress=True,
+    workers=None,
+    max_pixels=MAX_IMAGE_PIXELS,
 ):
     """Scan every example of `data` before training; one error lists all bad files.
 
-    File sources: image and mask headers (sizes must match) and, with `check_values`, every
-    mask decoded and checked against `[0, num_classes) ∪ {ignore_label}` after the label map;
-    `decode_images=True` also decodes every image (finds truncated files, slower). Other
-    sources (shapes, TFDS) are iterated and checked the same way.
+    File sources: every file is checked for being empty or truncated (JPEG end-of-image
+    marker, PNG IEND chunk: only the file's ends are read), image and mask headers (sizes
+    must match, at most `max_pixels`), 16-bit images (their range must survive `v >> 8`)
+    and, with `check_values`, every mask decoded and checked against
+    `[0, num_classes) ∪ {ignore_label}` after the label map. `decode_images=True` also
+    decodes every image with the pipeline's decoder (TensorFlow; PIL for TIFF), so nothing
+    the scan passes can fail inside an epoch. Other sources (shapes, TFDS) are iterated and
+    checked the same way.
 
     Args:
         data: a `SegmentationData`.
@@ -486,6 +630,7 @@ def validate(
         decode_images: also fully decode images.
         progress: show a tqdm progress bar.
         workers: threads for the scan (default: min(8, CPU count)).
+        max_pixels: largest image accepted (`MAX_IMAGE_PIXELS`, 8192 x 8192).
 
     Returns:
         `data` (unchanged) or, with `skip_bad`, a new source without the bad examples.
@@ -496,10 +641,20 @@ def validate(
         return _validate_dataset(data, skip_bad=skip_bad, progress=progress)
     lut = data.label_lut if data.label_lut is not None else np.arange(256, dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
+    # the pipeline decodes with PIL as soon as one image is a TIFF (see `file_source`)
+    use_tf = not any(i.lower().endswith(PIL_IMAGE_EXTENSIONS) for i, _ in data.files)
 
     def check(pair):
         return _check_pair(
-            pair[0], pair[1], lut, data.num_classes, data.ignore_label, check_values, decode_images
+            pair[0],
+            pair[1],
+            lut,
+            data.num_classes,
+            data.ignore_label,
+            check_values,
+            decode_images,
+            max_pixels,
+            use_tf,
         )
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

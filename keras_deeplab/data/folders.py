@@ -35,6 +35,7 @@ from keras_deeplab.data.base import (
     mask_from_pil,
     pair_by_stem,
 )
+from keras_deeplab.data.base import validate as validate_data
 from keras_deeplab.data.cityscapes import cityscapes, find_cityscapes_root
 from keras_deeplab.data.palette import CAMVID_CLASSES
 from keras_deeplab.data.voc import find_voc_root, voc
@@ -242,22 +243,41 @@ def from_directory(path, split="train", **kwargs):
     return paired_folders(images_dir, masks_dir, name=name, **options)
 
 
-def load_data(source, split="train", **kwargs):
+def load_data(source, split="train", *, validate=None, skip_bad=False, **kwargs):
     """One entry point for configs and the CLI.
 
     `source` is `"shapes"` (the synthetic set), `"tfds:<name>"` (a TFDS dataset) or a folder
     (`from_directory`). `kwargs` go to the reader.
+
+    Folder sources are scanned before they are returned (`validate(data, decode_images=True)`,
+    with a progress bar): every image is decoded with the pipeline's decoder and every mask
+    checked, so a bad file is reported up front, with its path and the fix, and never
+    crashes a training epoch.
+
+    Args:
+        source: `"shapes"`, `"tfds:<name>"` or a dataset folder.
+        split: split name.
+        validate: scan the examples first; None (default) scans folder sources only.
+        skip_bad: leave bad examples out (counted and listed in a warning, and in the
+            returned data's `skipped`) instead of raising `DataError`.
+        **kwargs: passed to the reader (`num_classes=`, `label_map=`, ...).
     """
     source = str(source)
     if source == "shapes":
         from keras_deeplab.data.shapes import shapes
 
-        return shapes(split, **kwargs)
-    if source.startswith("tfds:"):
+        data = shapes(split, **kwargs)
+    elif source.startswith("tfds:"):
         from keras_deeplab.data.tfds import tfds_dataset
 
-        return tfds_dataset(source[len("tfds:") :], split, **kwargs)
-    return from_directory(source, split, **kwargs)
+        data = tfds_dataset(source[len("tfds:") :], split, **kwargs)
+    else:
+        data = from_directory(source, split, **kwargs)
+        if validate is None:
+            validate = True
+    if validate or skip_bad:
+        data = validate_data(data, skip_bad=skip_bad, decode_images=True)
+    return data
 
 
 __all__ = ["camvid", "file_source", "from_directory", "load_data", "paired_folders"]
