@@ -5,6 +5,7 @@ JSON-serialisable dict. A failed check raises `VerificationError`, which carries
 (`error.report`) so callers (e.g. the CLI) can still write it and exit non-zero.
 """
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -47,14 +48,62 @@ def _jsonable(value):
     return value
 
 
+class DiskFullError(OSError):
+    """A write failed because the disk is full (`errno.ENOSPC`); nothing older was lost.
+
+    The message names the target, what was kept and the fix. It is an `OSError` with
+    `errno == ENOSPC`, so generic handlers (e.g. the CLI's) still catch it.
+    """
+
+    def __init__(self, message):
+        super().__init__(errno.ENOSPC, message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def is_disk_full(error):
+    """Whether `error` (an `OSError` or a TensorFlow error) means "no space left on device"."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(getattr(error, "message", "") or error)
+    return "No space left on device" in text or "ENOSPC" in text or "Disk quota exceeded" in text
+
+
+def disk_full_message(target, kept):
+    """One clear message: what could not be written, what is intact, how to fix it."""
+    return (
+        f"{target}: no space left on device; the write was abandoned and {kept}. "
+        "Fix: free disk space (or write to another disk) and run again."
+    )
+
+
+def _remove_stale_temporaries(path):
+    """Deletes `.<name>.<pid>.tmp` files left by killed writers (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. another user's live process
+            continue
+
+
 def atomic_write_bytes(path, data):
     """Writes `data` to `path` through a temporary file and a rename.
 
     An interrupted write leaves at most a hidden `.<name>.<pid>.tmp` file, never a truncated
-    `path`; an existing `path` is replaced only once the new content is complete on disk.
+    `path` (the next write to `path` deletes such leftovers of killed processes); an
+    existing `path` is replaced only once the new content is complete on disk. A full disk
+    raises `DiskFullError` and leaves `path` as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -62,6 +111,11 @@ def atomic_write_bytes(path, data):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        if is_disk_full(error):
+            kept = f"the existing {path.name} is unchanged" if path.exists() else "nothing was left"
+            raise DiskFullError(disk_full_message(path, kept)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -35,7 +35,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.data.palette import VOC_CLASSES
-from keras_deeplab.export.report import VerificationError, write_report
+from keras_deeplab.export.report import (
+    DiskFullError,
+    VerificationError,
+    disk_full_message,
+    is_disk_full,
+    write_report,
+)
 from keras_deeplab.layers import PREPROCESSING_MODES, Preprocessing
 from keras_deeplab.msc import MultiScaleInputs
 
@@ -312,8 +318,14 @@ def to_saved_model(
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export must be readable
         start = time.perf_counter()
-        _archive(model, preprocessing_mode).write_out(str(tmp), verbose=False)
-        (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
+        try:
+            _archive(model, preprocessing_mode).write_out(str(tmp), verbose=False)
+            (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
+        except (OSError, tf.errors.OpError) as error:
+            if not is_disk_full(error):
+                raise
+            kept = "the existing export is unchanged" if export_dir.exists() else "nothing was left"
+            raise DiskFullError(disk_full_message(export_dir, kept)) from None
         export_seconds = time.perf_counter() - start
         if verify:
             try:

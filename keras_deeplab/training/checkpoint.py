@@ -13,12 +13,19 @@ pointer file, through `file_io.atomic_write_string_to_file` (temp file + rename)
 pointer naming a complete checkpoint; a half-written newer prefix is ignored
 (and overwritten when that step is saved again).
 
+Faults: a SIGKILL at any point of a save leaves the previous checkpoint loadable (see
+tests/test_hardening_faults.py, which kills a writer inside the shard write and before the
+pointer update). A failed save (a full disk: `DiskFullError`, an `OSError` with
+`errno.ENOSPC`) removes the partial files of the new step, keeps every earlier checkpoint
+and says so in its message; training stops there and resumes from the last complete one.
+
 Multi-worker: every worker must take part in a save, but only the chief writes
 into the run directory; the others write to a private temporary directory that is
 deleted right after (the TF multi-worker recipe). All workers restore from the
 chief's directory.
 """
 
+import glob
 import os
 import shutil
 
@@ -47,6 +54,7 @@ class TrainingCheckpoint:
     def __init__(self, directory, model, optimizer, max_to_keep=3, is_chief=True, task_id=0):
         self.directory = str(directory)
         self.is_chief = is_chief
+        self.max_to_keep = max_to_keep
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.seed = tf.Variable(0, dtype=tf.int64, trainable=False, name="seed")
@@ -100,8 +108,45 @@ class TrainingCheckpoint:
         self.epoch.assign(epoch)
         self.seed.assign(seed)
         self.steps_per_epoch.assign(steps_per_epoch)
-        path = self.manager.save(checkpoint_number=step)
+        previous = self.latest
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            self._abandon(step)
+            raise self._save_error(error, step, previous) from None
         self.last_saved_step = step
         if not self.is_chief:
             shutil.rmtree(self.write_dir, ignore_errors=True)
         return path if self.is_chief else self.latest
+
+    def _abandon(self, step):
+        """Removes the partial files of a failed save of `step` and re-reads the manager state."""
+        prefix = os.path.join(self.write_dir, f"ckpt-{step}")
+        state = tf.train.get_checkpoint_state(self.write_dir)
+        recorded = set(state.all_model_checkpoint_paths) if state else set()
+        if not any(os.path.basename(p) == f"ckpt-{step}" for p in recorded):
+            for leftover in glob.glob(glob.escape(prefix) + ".*"):
+                if os.path.isfile(leftover):
+                    os.remove(leftover)
+            shutil.rmtree(prefix + "_temp", ignore_errors=True)
+        # the manager may have recorded the failed step in memory; start again from disk
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            self.write_dir,
+            max_to_keep=self.max_to_keep,
+            checkpoint_name="ckpt",
+        )
+
+    def _save_error(self, error, step, previous):
+        from keras_deeplab.export.report import DiskFullError, disk_full_message, is_disk_full
+
+        kept = (
+            f"the previous checkpoint {previous} is intact (resuming starts from it)"
+            if previous
+            else "no earlier checkpoint existed"
+        )
+        target = f"checkpoint step {step} in {self.write_dir}"
+        if is_disk_full(error):
+            return DiskFullError(disk_full_message(target, kept))
+        message = getattr(error, "message", None) or str(error)
+        return OSError(f"{target}: the save failed ({message.strip()}); {kept}.")
