@@ -152,3 +152,18 @@ def test_round_trip_through_yaml(tmp_path):
     path = tmp_path / "saved.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
+
+
+def test_eval_options_override_options_for_the_eval_split():
+    from keras_deeplab.training.run import load_source
+
+    config = load_config(
+        {"data": {"source": "shapes", "options": {"num_examples": 12, "image_size": 32}}},
+        ["data.eval_options.num_examples=5"],
+    )
+    assert config.data.eval_options == {"num_examples": 5}
+    train = load_source(config.data, "train")
+    val = load_source(config.data, "val", evaluation=True)
+    assert (train.num_examples, val.num_examples) == (12, 5)
+    image, _ = next(iter(val.dataset))
+    assert image.shape[:2] == (32, 32)  # options still apply to the eval split

@@ -66,6 +66,8 @@ class DataConfig:
         split: training split.
         eval_split: evaluation split (None: no evaluation during training).
         options: extra keyword arguments of the source function.
+        eval_options: keyword arguments overriding `options` for the evaluation split
+            (e.g. a different `num_examples` for `shapes`).
         crop_size: training crop, an int or `[height, width]` (official 513).
         min_scale, max_scale, scale_step: random scale augmentation (0.5, 2.0, 0.25).
         flip: random horizontal flip.
@@ -78,6 +80,7 @@ class DataConfig:
     split: str = "train"
     eval_split: str | None = "val"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     crop_size: int | list[int] = 513
     min_scale: float = 0.5
     max_scale: float = 2.0

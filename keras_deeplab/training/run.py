@@ -24,10 +24,15 @@ def _data_module():
     return data
 
 
-def load_source(data_config, split):
-    """The `SegmentationData` of `split` described by a `DataConfig`."""
+def load_source(data_config, split, evaluation=False):
+    """The `SegmentationData` of `split` described by a `DataConfig`.
+
+    `evaluation=True` merges `data_config.eval_options` over `data_config.options`.
+    """
     data = _data_module()
     options = dict(data_config.options)
+    if evaluation:
+        options.update(data_config.eval_options)
     if data_config.source == "shapes":
         return data.load_data("shapes", split, **options)
     if data_config.source == "tfds":
@@ -91,7 +96,9 @@ def train_from_config(config, overrides=(), strategy=None):
     data = _data_module()
     source = load_source(config.data, config.data.split)
     eval_source = (
-        load_source(config.data, config.data.eval_split) if config.data.eval_split else None
+        load_source(config.data, config.data.eval_split, evaluation=True)
+        if config.data.eval_split
+        else None
     )
 
     model = dataclasses.replace(
