@@ -307,6 +307,16 @@ def _training_curve(history, path):
     plt.close(fig)
 
 
+def _check_is_run_dir(run):
+    """Refuses to delete a folder that is not a training run directory (demo --out safety)."""
+    entries = list(run.iterdir()) if run.is_dir() else [run]
+    if entries and not (run / "config.yaml").is_file():
+        raise ValueError(
+            f"{run} exists and is not a keras-deeplab run directory (no config.yaml), so the "
+            "demo will not delete it; pass another --out or remove it yourself."
+        )
+
+
 def _cmd_demo(args):
     import shutil
 
@@ -320,6 +330,7 @@ def _cmd_demo(args):
 
     out = Path(args.out)
     if (out / "run").exists() and not args.resume:
+        _check_is_run_dir(out / "run")
         shutil.rmtree(out / "run")  # a fresh demo each time unless --resume
     out.mkdir(parents=True, exist_ok=True)
     config = Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml"

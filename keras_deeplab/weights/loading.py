@@ -276,6 +276,51 @@ def resolve_weights(weights):
 # Reading weight files and models as {layer-name path: arrays / layer}.
 
 
+class UnsafeArchiveError(ValueError):
+    """A `.keras` archive carries Python code (a Lambda layer / serialized function)."""
+
+
+def _code_objects(node, found):
+    """Names of Lambda layers / serialized Python lambdas anywhere in a Keras config."""
+    if isinstance(node, dict):
+        if node.get("class_name") == "Lambda":
+            found.append(str((node.get("config") or {}).get("name", "Lambda")))
+            return found  # its `function` entry is the same code
+        if node.get("class_name") == "__lambda__":
+            found.append("a serialized lambda")
+        for value in node.values():
+            _code_objects(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _code_objects(value, found)
+    return found
+
+
+def _refuse_code(path, archive):
+    """Refuses `.keras` archives holding code, as `keras.saving.load_model(safe_mode=True)`.
+
+    Only the weights are read from a `.keras` file (its config is never deserialized, nor is
+    anything unpickled), but an archive carrying a Lambda layer is not a DeepLab model of
+    this package and may be a trap: it is refused outright.
+    """
+    import json
+
+    if "config.json" not in archive.namelist():
+        return
+    try:
+        config = json.loads(archive.read("config.json"))
+    except ValueError:
+        raise ValueError("its config.json is not valid JSON") from None
+    found = _code_objects(config, [])
+    if found:
+        raise UnsafeArchiveError(
+            f"Refusing {path!r}: it contains Python code (Lambda: "
+            f"{', '.join(found[:5])}), which safe mode does not load. Fix: rebuild "
+            "the model without Lambda layers, or save only its weights "
+            "(model.save_weights('x.weights.h5')) from code you trust."
+        )
+
+
 @contextmanager
 def open_weights_file(path):
     """Opens the HDF5 weights of a `.weights.h5` / legacy `.h5` file or a `.keras` archive."""
@@ -285,10 +330,13 @@ def open_weights_file(path):
             with zipfile.ZipFile(path) as archive:
                 if "model.weights.h5" not in archive.namelist():
                     raise ValueError("the archive has no model.weights.h5")
+                _refuse_code(path, archive)
                 data = io.BytesIO(archive.read("model.weights.h5"))
             handle = h5py.File(data, "r")
         else:
             handle = h5py.File(path, "r")
+    except UnsafeArchiveError:
+        raise
     except (OSError, ValueError) as error:
         raise ValueError(
             f"Cannot read weights file {path!r}: not a Keras weights file "
