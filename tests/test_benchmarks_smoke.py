@@ -1,0 +1,105 @@
+"""Smoke test of `python -m benchmarks.run`'s building blocks at tiny sizes.
+
+Nothing here checks a speed: only that every measurement produces finite numbers and that
+the report renders with the expected columns.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import run
+
+SMALL = {"measure_budget_s": 0.0, "min_reps": 1, "max_reps": 1, "cell_budget_s": 1e9}
+
+
+def _finite_positive(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_measure_counts_reps_and_warmup():
+    calls = []
+    stats = run.measure(lambda: calls.append(1), min_reps=3, max_reps=3, budget_s=0.0)
+    assert len(calls) == 4 and stats["samples"] == 3  # one warm-up + three timed
+    assert set(stats) == {"median_ms", "min_ms", "samples", "warmup_ms"}
+
+
+def test_scaling_exponent_of_a_power_law():
+    cells = [
+        {"backend": "keras", "size": s, "batch": 1, "median_ms": 3.0 * (s * s) ** 0.9}
+        for s in (33, 65, 129)
+    ]
+    macs = {str(s): 7 * s * s for s in (33, 65, 129)}
+    out = run.scaling_exponents(cells, macs)
+    assert out["keras"] == pytest.approx(0.9) and out["macs"] == pytest.approx(1.0)
+
+
+def test_quick_path_core_functions_and_report():
+    peak = run.matmul_peak(n=256, reps=2)
+    assert _finite_positive(peak["gflops"])
+    backends = ["keras", "keras_fold", "saved_model_fold", "tflite_fp32"]
+    inference = run.bench_inference(
+        "deeplabv3_mobilenetv2_dm05", [33, 65], backends, batches=(1, 2), limits=SMALL
+    )
+    measured = [c for c in inference["cells"] if "median_ms" in c]
+    assert {(c["backend"], c["size"], c["batch"]) for c in measured} == {
+        (b, s, n) for b in backends for s in (33, 65) for n in (1, 2)
+    }
+    for c in measured:
+        assert _finite_positive(c["median_ms"]) and _finite_positive(c["gflops"])
+    assert set(inference["accuracy"]) == {"keras_fold", "saved_model_fold", "tflite_fp32"}
+    assert inference["accuracy"]["keras_fold"]["max_abs_diff"] < 1e-4
+    assert inference["accuracy"]["tflite_fp32"]["argmax_agreement"] >= 0.95
+    assert set(inference["scaling"]) >= {"keras", "macs"}
+    train = run.bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1)
+    assert _finite_positive(train["images_per_s"])
+    crf = run.bench_crf(size=33, images=2, processes=1)
+    assert _finite_positive(crf["serial_s_per_image"])
+    assert _finite_positive(crf["parallel_s_per_image"])
+
+    report = {
+        "command": "python -m benchmarks.run --quick",
+        "machine": run.machine_info(),
+        "wall_minutes": 0.1,
+        "peak": {"start": peak, "end": peak, "gflops": peak["gflops"]},
+        "inference": [inference, {"model": "broken", "error": "exit 1: boom"}],
+        "training": [{"model": "deeplabv3_mobilenetv2_dm05", **train, "peak_rss_mb": 1.0}],
+        "pipeline": {"error": "no data"},
+        "crf": {**crf, "peak_rss_mb": 1.0},
+        "peers": {"error": "venv missing"},
+    }
+    markdown = run.render_markdown(report)
+    header = (
+        "| model | px | GFLOP/img | backend | b1 ms | b1 GFLOP/s | b1 % peak | b8 img/s "
+        "| b8 GFLOP/s | b8 % peak |"
+    )
+    assert header in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| deeplabv3_mobilenet")]
+    for label in ("Keras tf.function", "Keras + BN folded", "TFLite fp32", "SavedModel"):
+        assert any(r.startswith("| deeplabv3_mobilenetv2_dm05 | 65 |") and label in r for r in rows)
+    assert "error: exit 1: boom" in markdown and "keras-hub: **not measured**" in markdown
+    assert "### Cost growth" in markdown and "dense CRF" in markdown
+    assert all("nan" not in row for row in rows)
+
+
+def test_peer_rows_ratios():
+    report = {
+        "peak": {"gflops": 400.0},
+        "peers": {
+            "gflop_per_image": 60.0,
+            "median_ms": 400.0,
+            "gflops": 150.0,
+            "macs_method": "test",
+            "train": {"crop": 512, "images_per_s": 1.0, "peak_rss_mb": 10.0},
+        },
+        "peer_ours": {
+            "gflop_per_image": 75.0,
+            "cells": {"keras": {"median_ms": 250.0, "gflops": 300.0}},
+        },
+        "training": [{"model": run.PEER_MODEL, "crop": 513, "images_per_s": 1.5}],
+    }
+    text = "\n".join(run.peer_rows(report))
+    assert "GFLOP/s **2.00x**" in text and "latency 0.62x" in text
+    assert "**1.50x**" in text
+    assert np.isfinite(report["peak"]["gflops"])

@@ -1,0 +1,160 @@
+"""Inference optimisations: BatchNorm folding and reduced-precision copies."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_deeplab
+from keras_deeplab.layers import Conv2D, DepthwiseConv2D
+from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.optimize import (
+    conv_bn_pairs,
+    count_batch_norms,
+    fold_batch_norm,
+    optimize_for_inference,
+    with_dtype_policy,
+)
+
+
+def _randomize_batch_norms(model, seed=0):
+    """Non-trivial BN statistics (fresh models have mean 0 / variance 1: folding is a no-op)."""
+    rng = np.random.default_rng(seed)
+
+    def walk(m):
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                walk(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                n = layer.moving_mean.shape[0]
+                layer.moving_mean.assign(rng.normal(0, 0.5, n))
+                layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+                if layer.scale:
+                    layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+                if layer.center:
+                    layer.beta.assign(rng.normal(0, 0.2, n))
+
+    walk(model.model if isinstance(model, MultiScaleInputs) else model)
+    return model
+
+
+def _images(size=65, batch=1, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (batch, size, size, 3)).astype("float32")
+
+
+def _max_rel_diff(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deeplabv3_mobilenetv2_dm05",  # v3, depthwise convs
+        "deeplabv3plus_resnet50",  # v3+, ResNet
+        "deeplabv2_resnet50_aspp_l",  # v2, ASPP-L
+        "deeplabv3plus_xception41",  # v3+, Xception (separable = depthwise + BN + 1x1 + BN)
+    ],
+)
+def test_fold_batch_norm_matches_each_family(name):
+    model = _randomize_batch_norms(keras_deeplab.create_model(name, num_classes=5))
+    x = _images(65)
+    before = np.asarray(model(x, training=False))
+    folded = fold_batch_norm(model)
+    assert count_batch_norms(model) > 0
+    assert count_batch_norms(folded) == 0  # every BN of these models follows a conv
+    after = np.asarray(folded(x, training=False))
+    assert after.shape == before.shape == (1, 65, 65, 5)
+    assert _max_rel_diff(before, after) <= 1e-4
+    # The original is untouched: its BNs still run and give the same result.
+    np.testing.assert_array_equal(np.asarray(model(x, training=False)), before)
+    # Sub-model names survive (export code finds the backbone by name).
+    assert {m.name for m in model.layers if isinstance(m, keras.Model)} == {
+        m.name for m in folded.layers if isinstance(m, keras.Model)
+    }
+
+
+def test_fold_batch_norm_without_batch_norms_is_identity_function():
+    model = keras_deeplab.create_model("deeplabv1_vgg16_largefov", num_classes=3)
+    folded = fold_batch_norm(model)
+    x = _images(33)
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-6)
+    assert count_batch_norms(folded) == 0
+
+
+def test_fold_batch_norm_msc_wrapper():
+    model = keras_deeplab.create_model("deeplabv2_resnet50_aspp_l", num_classes=4)
+    msc = _randomize_batch_norms(MultiScaleInputs(model, scales=(1.0, 0.5)))
+    folded = fold_batch_norm(msc)
+    assert isinstance(folded, MultiScaleInputs) and folded.scales == (1.0, 0.5)
+    assert count_batch_norms(folded) == 0
+    x = _images(49)
+    assert _max_rel_diff(msc(x, training=False), folded(x, training=False)) <= 1e-4
+
+
+def _handmade():
+    """Depth multiplier 2, grouped conv, a conv with activation, a conv with two consumers."""
+    inputs = keras.Input((17, 19, 4))
+    x = DepthwiseConv2D(3, padding="same", depth_multiplier=2, use_bias=False, name="dw")(inputs)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    x = Conv2D(6, 1, groups=2, use_bias=True, name="grouped")(x)
+    x = keras.layers.BatchNormalization(name="grouped_bn")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="relu_conv")(x)
+    x = keras.layers.BatchNormalization(name="after_relu_bn")(x)  # not foldable (activation)
+    shared = keras.layers.Conv2D(6, 1, name="shared")(x)
+    y = keras.layers.BatchNormalization(name="shared_bn")(shared)  # not foldable: 2 consumers
+    z = keras.layers.Add(name="add")([y, shared])
+    x = keras.layers.Conv2D(3, 3, padding="same", dilation_rate=2, name="last")(z)
+    outputs = keras.layers.BatchNormalization(name="last_bn", center=False, scale=False)(x)
+    return keras.Model(inputs, outputs, name="handmade")
+
+
+def test_fold_rules_on_handmade_graph():
+    model = _randomize_batch_norms(_handmade(), seed=3)
+    pairs = conv_bn_pairs(model)
+    assert {k: v.name for k, v in pairs.items()} == {
+        "dw": "dw_bn",
+        "grouped": "grouped_bn",
+        "last": "last_bn",
+    }
+    folded = fold_batch_norm(model)
+    names = {layer.name for layer in folded.layers}
+    assert {"after_relu_bn", "shared_bn"} <= names
+    assert not names & {"dw_bn", "grouped_bn", "last_bn"}
+    assert folded.get_layer("dw").use_bias and folded.get_layer("grouped").groups == 2
+    x = np.random.default_rng(1).normal(0, 1, (2, 17, 19, 4)).astype("float32")
+    assert _max_rel_diff(model(x, training=False), folded(x, training=False)) <= 1e-5
+
+
+def test_bfloat16_copy_computes_in_bfloat16_with_float32_output():
+    model = _randomize_batch_norms(
+        keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05", num_classes=5)
+    )
+    fast = optimize_for_inference(model, fold=True, dtype_policy="mixed_bfloat16")
+    plain = with_dtype_policy(model)
+    for m in (fast, plain):
+        convs = [
+            layer
+            for sub in m.layers
+            if isinstance(sub, keras.Model)
+            for layer in sub.layers
+            if isinstance(layer, keras.layers.Conv2D)
+        ]
+        assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+        assert all(w.dtype == "float32" for w in m.weights)
+    assert count_batch_norms(fast) == 0 and count_batch_norms(plain) > 0
+    x = _images(65)
+    reference = np.asarray(model(x, training=False))
+    out = fast(x, training=False)
+    assert out.dtype == "float32" and out.shape == reference.shape
+    # bfloat16 has 8 bits of mantissa: close, not equal.
+    assert _max_rel_diff(reference, out) < 0.05
+    assert not np.array_equal(reference, np.asarray(out))
+
+
+def test_optimize_rejects_subclassed_models():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="functional"):
+        fold_batch_norm(Net())
