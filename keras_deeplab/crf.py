@@ -173,7 +173,7 @@ def dense_crf(image, probs, crf=None, *, clip=1e-5, **params):
     model.addPairwiseBilateral(
         sxy=float(params["bi_xy_std"]),
         srgb=float(params["bi_rgb_std"]),
-        rgbim=image,
+        rgbim=image if image.flags.writeable else image.copy(),  # pydensecrf needs writable
         compat=float(params["bi_w"]),
     )
     marginals = np.asarray(model.inference(params["iterations"]), dtype=np.float32)
