@@ -10,8 +10,10 @@ What is measured (warm-up calls excluded, median latency):
 * fp32 matmul peak: a 4096x4096 float32 `tf.linalg.matmul` in a `tf.function`, best of
   several reps, measured at the start and the end of the run (the higher is used).
 * inference per model and size (257, 513, 1025): latency at batch 1 and throughput at
-  batch 8 for Keras `tf.function` (as built), the same after `fold_batch_norm`, folded +
-  `mixed_bfloat16` (CPUs with AVX512_BF16/AMX), XLA (`jit_compile=True`), the SavedModel
+  batch 8 for Keras `tf.function` (as built), after `fold_batch_norm` only (batch 1, an
+  ablation), after `optimize_for_inference` (BN folded + large-rate dilated depthwise via
+  space-to-batch), the same + `mixed_bfloat16` (CPUs with AVX512_BF16/AMX), XLA
+  (`jit_compile=True`), the SavedModel as exported by default and with `optimize=True`
   (`to_saved_model`, its `serve` signature) and TFLite float32 / int8 (LiteRT, 2 threads;
   files are batch-1, so their "batch 8" is 8 invocations). Multiply-adds from
   `keras_deeplab.macs.count_macs`; achieved GFLOP/s = 2 * MACs * images / s; fraction of
@@ -58,15 +60,16 @@ MAIN_MODELS = (
     "deeplabv2_resnet101_aspp_l",
 )
 SIZES = (257, 513, 1025)
-BACKENDS = ("keras", "keras_fold", "keras_fold_bf16", "xla", "saved_model", "saved_model_fold")
-BACKENDS = (*BACKENDS, "tflite_fp32", "tflite_int8")
+BACKENDS = ("keras", "keras_fold", "keras_opt", "keras_opt_bf16", "xla", "saved_model")
+BACKENDS = (*BACKENDS, "saved_model_opt", "tflite_fp32", "tflite_int8")
 BACKEND_LABELS = {
     "keras": "Keras tf.function",
-    "keras_fold": "Keras + BN folded",
-    "keras_fold_bf16": "Keras + BN folded + bf16",
+    "keras_fold": "Keras, BN folded only",
+    "keras_opt": "Keras optimised",
+    "keras_opt_bf16": "Keras optimised + bf16",
     "xla": "XLA (jit_compile)",
     "saved_model": "SavedModel",
-    "saved_model_fold": "SavedModel, BN folded",
+    "saved_model_opt": "SavedModel optimised",
     "tflite_fp32": "TFLite fp32",
     "tflite_int8": "TFLite int8",
 }
@@ -150,7 +153,7 @@ class _Backends:
 
     def __init__(self, model, workdir, num_threads=2):
         self.model, self.workdir, self.num_threads = model, Path(workdir), num_threads
-        self._folded = self._bf16 = None
+        self._folded = self._optimized = self._bf16 = None
         self._saved = {}
         self._fns = {}
         self.notes = {}
@@ -162,6 +165,13 @@ class _Backends:
             self._folded = fold_batch_norm(self.model)
         return self._folded
 
+    def optimized(self):
+        if self._optimized is None:
+            from keras_deeplab.optimize import optimize_for_inference
+
+            self._optimized = optimize_for_inference(self.model)
+        return self._optimized
+
     def bf16(self):
         if self._bf16 is None:
             from keras_deeplab.optimize import optimize_for_inference
@@ -169,19 +179,19 @@ class _Backends:
             self._bf16 = optimize_for_inference(self.model, dtype_policy="mixed_bfloat16")
         return self._bf16
 
-    def saved(self, fold):
-        if fold not in self._saved:
+    def saved(self, optimize):
+        if optimize not in self._saved:
             import tensorflow as tf
 
             from keras_deeplab.export import to_saved_model
 
-            name = "saved_model_fold" if fold else "saved_model"
+            name = "saved_model_opt" if optimize else "saved_model"
             path = self.workdir / name
             start = time.perf_counter()
-            to_saved_model(self.model, path, verify=False, overwrite=True, fold_batch_norm=fold)
+            to_saved_model(self.model, path, verify=False, overwrite=True, optimize=optimize)
             self.notes[f"{name}_export_s"] = round(time.perf_counter() - start, 2)
-            self._saved[fold] = tf.saved_model.load(str(path)).signatures["serve"]
-        return self._saved[fold]
+            self._saved[optimize] = tf.saved_model.load(str(path)).signatures["serve"]
+        return self._saved[optimize]
 
     def tflite(self, size, quantize):
         key = ("tflite", size, quantize)
@@ -216,19 +226,20 @@ class _Backends:
         """callable(x [B, size, size, 3] float32) -> output array, for `backend`."""
         import tensorflow as tf
 
-        if backend in ("keras", "keras_fold", "keras_fold_bf16", "xla"):
+        if backend in ("keras", "keras_fold", "keras_opt", "keras_opt_bf16", "xla"):
             if backend not in self._fns:
                 model = {
                     "keras": lambda: self.model,
                     "keras_fold": self.folded,
-                    "keras_fold_bf16": self.bf16,
+                    "keras_opt": self.optimized,
+                    "keras_opt_bf16": self.bf16,
                     "xla": lambda: self.model,
                 }[backend]()
                 self._fns[backend] = _keras_fn(model, jit_compile=backend == "xla")
             fn = self._fns[backend]
             return lambda x: fn(tf.constant(x)).numpy()
-        if backend in ("saved_model", "saved_model_fold"):
-            serve = self.saved(backend == "saved_model_fold")
+        if backend in ("saved_model", "saved_model_opt"):
+            serve = self.saved(backend == "saved_model_opt")
             return lambda x: next(iter(serve(images=tf.constant(x)).values())).numpy()
         if backend.startswith("tflite_"):
             from benchmarks._common import run as run_tflite
@@ -260,6 +271,8 @@ def _skip_reason(backend, size, batch, b1_ms, gflop, limits, remaining_s):
         return f"n/a (TFLite conversion at {size} px skipped: {gflop[size]:.0f} GFLOP/image)"
     if backend == "tflite_int8" and batch > 1:
         return "n/a (int8 batch 8 skipped: same per-image cost as batch 1)"
+    if backend == "keras_fold" and batch > 1:
+        return "n/a (ablation: batch 1 only)"
     if remaining_s <= 0:
         return "n/a (model's time budget used up)"
     if b1_ms is not None:
@@ -301,7 +314,7 @@ def bench_inference(name, sizes, backends, batches=(1, 8), limits=None, num_clas
         "accuracy": {},
     }
     if not cpu_has_bf16():
-        backends = [b for b in backends if b != "keras_fold_bf16"]
+        backends = [b for b in backends if b != "keras_opt_bf16"]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="keras_deeplab_bench_") as workdir:
         runners = _Backends(model, workdir)
@@ -664,10 +677,11 @@ def render_markdown(report):
                 lines.append("| " + " | ".join(row) + " |")
     lines += ["", "### Optimisations (same run, batch 1; speed-up over Keras as built)", ""]
     lines += [
-        "| model | px | BN folded | BN folded + bf16 | XLA | SavedModel | SavedModel BN folded "
-        "| bf16 argmax agreement |"
+        "| model | px | "
+        + " | ".join(BACKEND_LABELS[b] for b in BACKENDS[1:7])
+        + " | bf16 argmax agreement |"
     ]
-    lines += ["|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["|---|---:|" + "---:|" * 7]
     for result in report["inference"]:
         if "error" in result:
             continue
@@ -677,17 +691,11 @@ def render_markdown(report):
             if not base or "median_ms" not in base:
                 continue
             row = [result["model"], str(size)]
-            for backend in (
-                "keras_fold",
-                "keras_fold_bf16",
-                "xla",
-                "saved_model",
-                "saved_model_fold",
-            ):
+            for backend in BACKENDS[1:7]:
                 c = _cell(result, backend, size, 1)
                 ok = c is not None and "median_ms" in c
                 row.append(f"{base['median_ms'] / c['median_ms']:.2f}x" if ok else "n/a")
-            agreement = result.get("accuracy", {}).get("keras_fold_bf16")
+            agreement = result.get("accuracy", {}).get("keras_opt_bf16")
             row.append(
                 f"{100 * agreement['argmax_agreement']:.2f}% @{agreement['size']}"
                 if agreement
@@ -873,7 +881,7 @@ def main(argv=None):
                 "kind": "infer",
                 "model": PEER_MODEL,
                 "sizes": [PEER_SIZE],
-                "backends": ["keras", "keras_fold", "keras_fold_bf16"],
+                "backends": ["keras", "keras_opt", "keras_opt_bf16"],
                 "batches": [1],
                 "limits": {"measure_budget_s": 8.0, "min_reps": 3},
             }

@@ -38,7 +38,7 @@ def test_scaling_exponent_of_a_power_law():
 def test_quick_path_core_functions_and_report():
     peak = run.matmul_peak(n=256, reps=2)
     assert _finite_positive(peak["gflops"])
-    backends = ["keras", "keras_fold", "saved_model_fold", "tflite_fp32"]
+    backends = ["keras", "keras_opt", "saved_model_opt", "tflite_fp32"]
     inference = run.bench_inference(
         "deeplabv3_mobilenetv2_dm05", [33, 65], backends, batches=(1, 2), limits=SMALL
     )
@@ -48,8 +48,8 @@ def test_quick_path_core_functions_and_report():
     }
     for c in measured:
         assert _finite_positive(c["median_ms"]) and _finite_positive(c["gflops"])
-    assert set(inference["accuracy"]) == {"keras_fold", "saved_model_fold", "tflite_fp32"}
-    assert inference["accuracy"]["keras_fold"]["max_abs_diff"] < 1e-4
+    assert set(inference["accuracy"]) == {"keras_opt", "saved_model_opt", "tflite_fp32"}
+    assert inference["accuracy"]["keras_opt"]["max_abs_diff"] < 1e-4
     assert inference["accuracy"]["tflite_fp32"]["argmax_agreement"] >= 0.95
     assert set(inference["scaling"]) >= {"keras", "macs"}
     train = run.bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1)
@@ -76,7 +76,7 @@ def test_quick_path_core_functions_and_report():
     )
     assert header in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| deeplabv3_mobilenet")]
-    for label in ("Keras tf.function", "Keras + BN folded", "TFLite fp32", "SavedModel"):
+    for label in ("Keras tf.function", "Keras optimised", "TFLite fp32", "SavedModel optimised"):
         assert any(r.startswith("| deeplabv3_mobilenetv2_dm05 | 65 |") and label in r for r in rows)
     assert "error: exit 1: boom" in markdown and "keras-hub: **not measured**" in markdown
     assert "### Cost growth" in markdown and "dense CRF" in markdown

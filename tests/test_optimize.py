@@ -8,6 +8,7 @@ import keras_deeplab
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D
 from keras_deeplab.msc import MultiScaleInputs
 from keras_deeplab.optimize import (
+    SpaceToBatchDepthwiseConv2D,
     conv_bn_pairs,
     count_batch_norms,
     fold_batch_norm,
@@ -71,6 +72,34 @@ def test_fold_batch_norm_matches_each_family(name):
     assert {m.name for m in model.layers if isinstance(m, keras.Model)} == {
         m.name for m in folded.layers if isinstance(m, keras.Model)
     }
+
+
+def _space_to_batch_layers(model):
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found += _space_to_batch_layers(layer)
+        elif isinstance(layer, SpaceToBatchDepthwiseConv2D):
+            found.append(layer.name)
+    return found
+
+
+def test_optimize_for_inference_runs_large_rate_depthwise_through_space_to_batch():
+    # DeepLabV3+ separable ASPP: depthwise rates 6, 12, 18 at OS16; 8 and more are rewritten.
+    model = _randomize_batch_norms(
+        keras_deeplab.create_model("deeplabv3plus_resnet50", num_classes=5), seed=2
+    )
+    fast = optimize_for_inference(model)
+    assert sorted(_space_to_batch_layers(fast)) == ["aspp2_depthwise", "aspp3_depthwise"]
+    assert count_batch_norms(fast) == 0
+    assert _space_to_batch_layers(fold_batch_norm(model)) == []
+    x = _images(97, batch=2)
+    assert _max_rel_diff(model(x, training=False), fast(x, training=False)) <= 1e-4
+    # Without BN after it (fold=False), the rewrite keeps the layer's own weights.
+    unfolded = optimize_for_inference(model, fold=False)
+    assert count_batch_norms(unfolded) == count_batch_norms(model)
+    assert len(_space_to_batch_layers(unfolded)) == 2
+    assert _max_rel_diff(model(x, training=False), unfolded(x, training=False)) <= 1e-4
 
 
 def test_fold_batch_norm_without_batch_norms_is_identity_function():

@@ -280,7 +280,7 @@ def to_saved_model(
     preprocessing=None,
     overwrite=False,
     tolerance=DEFAULT_TOLERANCE,
-    fold_batch_norm=False,
+    optimize=False,
 ):
     """Exports `model` as a SavedModel with serving signatures, then verifies it.
 
@@ -300,10 +300,11 @@ def to_saved_model(
             normalisation the serving graph applies to RGB [0, 255], "symmetric" or "caffe".
         overwrite: replace a non-empty `export_dir`.
         tolerance: max abs difference allowed for logits and probabilities.
-        fold_batch_norm: serve a copy of the model with every Conv -> BatchNorm pair folded
-            into one biased conv (`keras_deeplab.optimize.fold_batch_norm`; inference-only,
-            faster on CPU, see the README's Benchmarks; equal up to float rounding, about
-            1e-5 on probabilities); the files are still verified against `model` itself.
+        optimize: serve `keras_deeplab.optimize.optimize_for_inference(model)` instead of
+            `model`: BatchNorm folded into the convolutions and large-rate dilated depthwise
+            convs through space-to-batch (inference-only, faster on CPU, see the README's
+            Benchmarks; equal up to float rounding, about 1e-5 on probabilities). The files
+            are still verified against `model` itself.
 
     Returns:
         The report dict (see `verify_saved_model`; without verification: path, size,
@@ -325,10 +326,10 @@ def to_saved_model(
         start = time.perf_counter()
         try:
             served = model
-            if fold_batch_norm:
-                from keras_deeplab.optimize import fold_batch_norm as fold
+            if optimize:
+                from keras_deeplab.optimize import optimize_for_inference
 
-                served = fold(model)
+                served = optimize_for_inference(model)
             _archive(served, preprocessing_mode).write_out(str(tmp), verbose=False)
             (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
         except (OSError, tf.errors.OpError) as error:
@@ -362,7 +363,7 @@ def to_saved_model(
             labels_path=str(export_dir / LABELS_FILE),
             num_classes=len(labels),
             export_seconds=round(export_seconds, 3),
-            batch_norm_folded=bool(fold_batch_norm),
+            optimized=bool(optimize),
             published=True,
         )
         _publish(tmp, export_dir)
