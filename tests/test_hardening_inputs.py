@@ -405,3 +405,22 @@ def test_config_with_unknown_keys_and_wrong_types(tmp_path):
     assert str(path) in message and "2 problems" in message
     assert "data.crop_sise: unknown key (did you mean 'crop_size'?)" in message
     assert "train.steps: expected int, got str 'many'" in message
+
+
+def test_train_cli_skip_bad_reaches_the_data_scan(monkeypatch, capsys):
+    """`keras-deeplab train --skip-bad` becomes the `data.options.skip_bad` the scan reads."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def train(config, overrides):
+        seen["overrides"] = overrides
+        return SimpleNamespace(step=0, elapsed=0.0, checkpoint=None, metrics=None, log_dir=None)
+
+    monkeypatch.setattr("keras_deeplab.training.train_from_config", train)
+    assert main(["train", "--config", "c.yaml", "train.steps=5", "--skip-bad"]) == 0
+    assert seen["overrides"] == ["train.steps=5", "data.options.skip_bad=true"]
+    from keras_deeplab.training import load_config
+
+    config = load_config(None, seen["overrides"])
+    assert config.data.options == {"skip_bad": True}
