@@ -94,7 +94,7 @@ def _render(rng, yy, xx, max_objects):
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(1, len(CLASS_NAMES)))
         for _attempt in range(6):
-            r = rng.uniform(0.12, 0.24) * side
+            r = rng.uniform(0.15, 0.27) * side
             cy, cx = rng.uniform(r * 0.8, h - r * 0.8), rng.uniform(r * 0.8, w - r * 0.8)
             angle = rng.uniform(0, 2 * np.pi)
             y0, y1 = max(int(cy - 1.2 * r), 0), min(int(cy + 1.2 * r) + 2, h)
