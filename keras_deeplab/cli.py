@@ -279,7 +279,7 @@ def _cmd_train(args):
         print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
 
 
-def _training_curve(history, path):
+def _training_curve(history, path, loss_label="training loss"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,17 +289,18 @@ def _training_curve(history, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [h["loss"] for h in history], "o-", label="training loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if any("miou" in h for h in history):
+    ax.set_ylabel(loss_label)
+    evaluated = [h for h in history if "miou" in h]
+    if evaluated:
         ax2 = ax.twinx()
         ax2.plot(
-            steps,
-            [h.get("miou", float("nan")) for h in history],
+            [h["step"] for h in evaluated],
+            [h["miou"] for h in evaluated],
             "s-",
             color="C1",
             label="val mIoU",
         )
-        ax2.set_ylabel("val mIoU")
+        ax2.set_ylabel("held-out mIoU", color="C1")
         ax2.set_ylim(0, 1)
     ax.set_title("demo training on shapes")
     fig.tight_layout()
@@ -325,7 +326,7 @@ def _cmd_demo(args):
 
     from keras_deeplab.data import shapes
     from keras_deeplab.export import to_saved_model, to_tflite
-    from keras_deeplab.training import train_from_config
+    from keras_deeplab.training import load_config, train_from_config
     from keras_deeplab.training.summaries import overlay_grid
 
     out = Path(args.out)
@@ -343,7 +344,14 @@ def _cmd_demo(args):
     miou = result.metrics["miou"] if result.metrics else float("nan")
     print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
     if result.history:
-        _training_curve(result.history, out / "training_curve.png")
+        loss = load_config(config, overrides).loss
+        label = "training loss"
+        if loss.top_k_percent_pixels < 1:
+            label += (
+                f" (hardest {loss.top_k_percent_pixels:.0%} of pixels"
+                f" from step {loss.hard_example_mining_step})"
+            )
+        _training_curve(result.history, out / "training_curve.png", label)
 
     val = shapes("val", num_examples=8)
     images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)

@@ -152,3 +152,29 @@ def test_export_tflite_cli_with_argmax(tmp_path, capsys):
     assert out.exists() and (tmp_path / "m.labels.txt").exists()
     report = json.loads((tmp_path / "m.tflite.report.json").read_text())
     assert report["passed"] is True
+
+
+def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
+    """`make demo`'s job with a few steps: trains, evaluates, writes the PNGs and verified exports."""
+    import json
+
+    out = tmp_path / "demo"
+    overrides = [
+        "train.steps=3",
+        "data.options.num_examples=32",
+        "data.eval_options.num_examples=8",
+        "data.options.image_size=48",
+        "data.crop_size=49",
+        "checkpoint.every_steps=1000",
+    ]
+    assert main(["demo", "--out", str(out), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out shapes mIoU" in printed
+    for name in ("overlays.png", "training_curve.png", "demo_int8.tflite", "saved_model"):
+        assert (out / name).exists(), name
+        assert str(out / name) in printed
+    assert (out / "saved_model" / "saved_model.pb").exists()
+    report = json.loads((out / "demo_int8.report.json").read_text())
+    assert report["quantize"] == "int8" and 0 <= report["argmax_agreement"] <= 1
+    saved = json.loads((out / "saved_model.report.json").read_text())
+    assert max(saved["max_abs_diff"].values()) < 1e-3
