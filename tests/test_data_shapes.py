@@ -1,6 +1,5 @@
 """The synthetic `shapes` set: determinism, splits, speed, colour carries no class information."""
 
-
 import numpy as np
 import pytest
 
