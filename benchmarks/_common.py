@@ -148,3 +148,27 @@ def interleaved_latency(paths, num_threads, x, rounds=40, per_round=10, warmup=2
     }
     ratios = {name: float(np.median(r)) for name, r in per_round_ratio.items()}
     return stats, ratios
+
+
+def measure(fn, min_reps=3, max_reps=10, budget_s=10.0):
+    """Runs `fn` once (warm-up, timed separately), then until `max_reps` or the budget.
+
+    Returns `{"median_ms", "min_ms", "samples", "warmup_ms"}`; at least `min_reps` samples.
+    """
+    start = time.perf_counter()
+    fn()
+    warmup = time.perf_counter() - start
+    samples = []
+    begin = time.perf_counter()
+    while len(samples) < max_reps and (
+        len(samples) < min_reps or time.perf_counter() - begin < budget_s
+    ):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return {
+        "median_ms": 1e3 * float(np.median(samples)),
+        "min_ms": 1e3 * float(np.min(samples)),
+        "samples": len(samples),
+        "warmup_ms": 1e3 * warmup,
+    }

@@ -20,10 +20,11 @@ size and reported beside `keras_deeplab.macs.count_macs` as a cross-check of the
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import measure
 
 RESULT_TAG = "BENCHMARK_RESULT:"
 REPO = Path(__file__).resolve().parents[1]
@@ -66,25 +67,6 @@ def profiled_gflop(model, size):
     per_op = {child.name: child.total_float_ops for child in stats.children}
     counted = sum(v for k, v in per_op.items() if k in COUNTED_OPS)
     return counted / 1e9, {k: v / 1e9 for k, v in per_op.items() if v}
-
-
-def measure(fn, min_reps=3, max_reps=10, budget_s=10.0):
-    start = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - start
-    samples, begin = [], time.perf_counter()
-    while len(samples) < max_reps and (
-        len(samples) < min_reps or time.perf_counter() - begin < budget_s
-    ):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return {
-        "median_ms": 1e3 * float(np.median(samples)),
-        "min_ms": 1e3 * float(np.min(samples)),
-        "samples": len(samples),
-        "warmup_ms": 1e3 * warmup,
-    }
 
 
 def infer(size):

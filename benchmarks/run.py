@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR
+from benchmarks._common import RESULTS_DIR, measure
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = Path(__file__).parent / ".venv-peers" / "bin" / "python"
@@ -88,30 +88,6 @@ TRAIN_MODELS = ("deeplabv3plus_mobilenetv2", "deeplabv3plus_resnet50")
 
 
 # ---------------------------------------------------------------- timing
-
-
-def measure(fn, min_reps=3, max_reps=10, budget_s=10.0):
-    """Runs `fn` once (warm-up, timed separately), then until `max_reps` or the budget.
-
-    Returns `{"median_ms", "min_ms", "samples", "warmup_ms"}`; at least `min_reps` samples.
-    """
-    start = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - start
-    samples = []
-    begin = time.perf_counter()
-    while len(samples) < max_reps and (
-        len(samples) < min_reps or time.perf_counter() - begin < budget_s
-    ):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return {
-        "median_ms": 1e3 * float(np.median(samples)),
-        "min_ms": 1e3 * float(np.min(samples)),
-        "samples": len(samples),
-        "warmup_ms": 1e3 * warmup,
-    }
 
 
 def matmul_peak(n=4096, reps=6):
