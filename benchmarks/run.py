@@ -75,12 +75,12 @@ BACKEND_LABELS = {
 }
 # Seconds of measuring per model in the full run (cells beyond it are reported "n/a").
 MODEL_BUDGETS = {
-    "deeplabv3plus_xception65": 300,
-    "deeplabv3plus_resnet50": 240,
-    "deeplabv3plus_resnet101": 300,
-    "deeplabv3_mobilenetv2_dm05": 120,
-    "deeplabv3_mobilenetv2": 150,
-    "deeplabv2_resnet101_aspp_l": 330,
+    "deeplabv3plus_xception65": 420,
+    "deeplabv3plus_resnet50": 360,
+    "deeplabv3plus_resnet101": 420,
+    "deeplabv3_mobilenetv2_dm05": 200,
+    "deeplabv3_mobilenetv2": 240,
+    "deeplabv2_resnet101_aspp_l": 420,
 }
 PEER_SIZE = 512
 PEER_MODEL = "deeplabv3plus_resnet50"
@@ -120,6 +120,26 @@ def _keras_fn(model, jit_compile=False):
     return tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
 
 
+def _has_voc_samples():
+    from benchmarks._common import shared_data_dir
+
+    try:
+        return (shared_data_dir() / "voc2012_samples" / "JPEGImages").is_dir()
+    except (OSError, SystemExit):
+        return False
+
+
+def calibration_images(size):
+    """int8 calibration set: the 8 VOC 2012 val images at `size` (synthetic without them)."""
+    if _has_voc_samples():
+        from benchmarks._common import voc_samples
+
+        return [rgb for _, rgb, _ in voc_samples(size)]
+    from keras_deeplab.export.tflite import synthetic_images
+
+    return synthetic_images((size, size), count=8)
+
+
 def _agreement(a, b):
     return float(np.mean(np.asarray(a).argmax(-1) == np.asarray(b).argmax(-1)))
 
@@ -133,6 +153,7 @@ class _Backends:
         self._saved = {}
         self._fns = {}
         self.notes = {}
+        self.voc = _has_voc_samples()
 
     def folded(self):
         if self._folded is None:
@@ -175,19 +196,22 @@ class _Backends:
             from ai_edge_litert.interpreter import Interpreter
 
             from keras_deeplab.export import to_tflite
-            from keras_deeplab.export.tflite import synthetic_images
 
             path = self.workdir / f"model_{size}_{quantize}.tflite"
+            calibration = None
+            if quantize == "int8":
+                calibration = calibration_images(size)
+                self.notes["int8_calibration"] = (
+                    f"{len(calibration)} {'VOC 2012 val' if self.voc else 'synthetic'} images"
+                )
             start = time.perf_counter()
             to_tflite(
                 self.model,
                 path,
                 input_size=size,
                 quantize="none" if quantize == "fp32" else "int8",
-                representative_data=synthetic_images((size, size), count=2)
-                if quantize == "int8"
-                else None,
-                representative_steps=2,
+                representative_data=calibration,
+                representative_steps=None if calibration is None else len(calibration),
                 verify=False,
             )
             self.notes[f"tflite_{quantize}_{size}_convert_s"] = round(
@@ -239,12 +263,36 @@ def plan_cells(sizes, backends, batches=(1, 8)):
     return cells
 
 
+def predict_b1_ms(b1, backend, size, previous=None):
+    """Expected batch-1 ms of `(backend, size)` from what was measured so far (None: no idea).
+
+    Measured: that. Else the backend's latency at a smaller size scaled as Keras' grew
+    (XLA runs several times slower than Keras here, so Keras alone would mislead). Else
+    Keras at this size; else the last Keras latency scaled by the pixel count.
+    """
+    if (backend, size) in b1:
+        return b1[(backend, size)]
+    smaller = [s for (b, s) in b1 if b == backend and s < size and ("keras", s) in b1]
+    if smaller and ("keras", size) in b1:
+        s0 = max(smaller)
+        return b1[(backend, s0)] * b1[("keras", size)] / b1[("keras", s0)]
+    if ("keras", size) in b1:
+        return b1[("keras", size)]
+    if previous is not None:
+        prev_size, prev_ms = previous
+        return prev_ms * (size / prev_size) ** 2
+    return None
+
+
 def _skip_reason(backend, size, batch, b1_ms, gflop, limits, remaining_s):
     """Why a cell is skipped (None: measure it). `b1_ms`: predicted batch-1 latency."""
     if backend.startswith("tflite") and (
         gflop[size] > limits["tflite_max_gflop"] or size > limits["tflite_max_size"]
     ):
-        return f"n/a (TFLite conversion at {size} px skipped: {gflop[size]:.0f} GFLOP/image)"
+        return (
+            f"n/a (TFLite skipped: {gflop[size]:.0f} GFLOP/image > "
+            f"{limits['tflite_max_gflop']:.0f}, conversion + calibration too slow)"
+        )
     if backend == "tflite_int8" and batch > 1:
         return "n/a (int8 batch 8 skipped: same per-image cost as batch 1)"
     if backend == "keras_fold" and batch > 1:
@@ -261,7 +309,7 @@ def _skip_reason(backend, size, batch, b1_ms, gflop, limits, remaining_s):
 DEFAULT_LIMITS = {
     "cell_budget_s": 30.0,
     "model_budget_s": 1e9,
-    "tflite_max_size": 513,
+    "tflite_max_size": 1025,
     "measure_budget_s": 6.0,
     "min_reps": 2,
     "max_reps": 10,
@@ -297,10 +345,7 @@ def bench_inference(name, sizes, backends, batches=(1, 8), limits=None, num_clas
         b1 = {}  # (backend, size) -> measured batch-1 latency
         previous = None
         for backend, size, batch in plan_cells(sizes, backends, batches):
-            base = b1.get((backend, size), b1.get(("keras", size)))
-            if base is None and previous is not None:  # predict from the last size
-                prev_size, prev_ms = previous
-                base = prev_ms * (size / prev_size) ** 2
+            base = predict_b1_ms(b1, backend, size, previous)
             remaining = limits["model_budget_s"] - (time.perf_counter() - started)
             reason = _skip_reason(backend, size, batch, base, gflop, limits, remaining)
             if backend == "keras" and batch == 1:
@@ -384,15 +429,23 @@ def scaling_exponents(cells, macs):
 # ---------------------------------------------------------------- training / pipeline / CRF
 
 
-def bench_train(name, crop=513, batch=8, steps=3, budget_s=60.0, num_classes=21):
-    """Images/s of one SGD step (pixel cross-entropy, momentum 0.9) at `crop`, `batch`."""
+def bench_train(name, crop=513, batch=8, steps=3, budget_s=60.0, num_classes=21, fused_bn=True):
+    """Images/s of one SGD step (pixel cross-entropy, momentum 0.9) at `crop`, `batch`.
+
+    `fused_bn=False` runs every BatchNorm through Keras' own (unfused) training path: the
+    "before" of the fused-BatchNorm optimisation.
+    """
     import keras
     import tensorflow as tf
 
     import keras_deeplab
+    from keras_deeplab.training.batchnorm import batch_norm_layers
 
     model = keras_deeplab.create_model(name, num_classes=num_classes)
-    return _train_loop(model, crop, batch, steps, budget_s, num_classes, keras, tf)
+    for layer in batch_norm_layers(model):
+        layer.fused = fused_bn
+    out = _train_loop(model, crop, batch, steps, budget_s, num_classes, keras, tf)
+    return {**out, "fused_bn": fused_bn}
 
 
 def _train_loop(model, crop, batch, steps, budget_s, num_classes, keras, tf):
@@ -495,7 +548,13 @@ def _worker(task):
             task.get("limits"),
         )
     elif kind == "train":
-        out = bench_train(task["model"], task["crop"], task["batch"], task.get("steps", 3))
+        out = bench_train(
+            task["model"],
+            task["crop"],
+            task["batch"],
+            task.get("steps", 3),
+            fused_bn=task.get("fused_bn", True),
+        )
     elif kind == "pipeline":
         out = bench_pipeline(task["crop"], task["batch"], task.get("batches", 12))
     elif kind == "crf":
@@ -705,8 +764,9 @@ def render_markdown(report):
         if "error" in t:
             lines.append(f"| train {t.get('model', '?')} | n/a | | {t['error']} |")
             continue
+        bn = "" if t.get("fused_bn", True) else ", Keras BatchNorm (before)"
         lines.append(
-            f"| train {t['model']} crop {t['crop']} batch {t['batch']} | "
+            f"| train {t['model']} crop {t['crop']} batch {t['batch']}{bn} | "
             f"{_fmt(t['images_per_s'], 2)} | {_fmt(t['peak_rss_mb'], 0)} | "
             f"median of {t['samples']} steps, {_fmt(t['median_ms'] / 1e3, 2)} s/step |"
         )
@@ -737,7 +797,24 @@ def render_markdown(report):
         )
     elif c:
         lines.append(f"| dense CRF | n/a | | {c['error']} |")
+    speedups = fused_bn_speedups(report.get("training", []))
+    if speedups:
+        lines += ["", "Training step, fused BatchNorm (ours) over Keras' BatchNorm, same run:"]
+        lines += [f"* {model}: **{ratio:.2f}x** images/s" for model, ratio in speedups.items()]
     return "\n".join(lines) + "\n"
+
+
+def fused_bn_speedups(training):
+    """`{model: fused images/s / Keras-BN images/s}` for models measured both ways."""
+    rates = {}
+    for t in training:
+        if "images_per_s" in t:
+            rates[(t["model"], t.get("fused_bn", True))] = t["images_per_s"]
+    return {
+        model: rates[(model, True)] / rates[(model, False)]
+        for model, fused in rates
+        if fused and (model, False) in rates
+    }
 
 
 def peer_rows(report):
@@ -771,7 +848,7 @@ def peer_rows(report):
         (
             t
             for t in report.get("training", [])
-            if t.get("model") == PEER_MODEL and "images_per_s" in t
+            if t.get("model") == PEER_MODEL and t.get("fused_bn", True) and "images_per_s" in t
         ),
         None,
     )
@@ -876,9 +953,20 @@ def main(argv=None):
         report["training"] = [
             {
                 "model": m,
-                **run_task({"kind": "train", "model": m, "crop": c, "batch": b, "steps": s}),
+                "fused_bn": fused,
+                **run_task(
+                    {
+                        "kind": "train",
+                        "model": m,
+                        "crop": c,
+                        "batch": b,
+                        "steps": s,
+                        "fused_bn": fused,
+                    }
+                ),
             }
             for m, c, b, s in plan["train"]
+            for fused in (True, False)
         ]
         report["pipeline"] = run_task({"kind": "pipeline", **plan["pipeline"]})
         report["crf"] = run_task({"kind": "crf", **plan["crf"]})

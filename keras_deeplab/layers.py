@@ -10,6 +10,9 @@ save to `.keras` and load back with `safe_mode=True` (no Lambda layers).
 * `Conv2D` / `DepthwiseConv2D`: Keras convolutions whose dilation lowers to the
   native dilated TF op. Keras' own dilated convolutions go through
   space-to-batch, which becomes SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND in TFLite.
+* `BatchNormalization`: Keras' BatchNorm whose training step runs as one fused
+  kernel (`FusedBatchNormV3` and its gradient) instead of about ten element-wise
+  ops; the official implementation used the fused kernel too (`slim.batch_norm`).
 * `Preprocessing`: RGB in [0, 255] to the backbone's input convention.
 """
 
@@ -106,6 +109,71 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             return self.activation(outputs)
         return outputs
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` with a fused training path.
+
+    In training mode Keras 3 computes the batch moments and the normalisation as
+    separate element-wise ops (mean, squared difference, mean, multiply, add, and as
+    many again in the gradient). With `fused=True` (the default) a 4-D channels-last
+    input runs through TF's `FusedBatchNormV3` instead, one oneDNN kernel forward and
+    one backward (fused with the following ReLU by TF's graph optimiser); on DeepLabV3+
+    resnet50 at 513 px this makes the training step faster (see the README's
+    Benchmarks). Semantics are Keras': the output uses the biased batch variance, and
+    so does the moving-variance update (the fused kernel returns the unbiased one,
+    which is rescaled). Inference mode, masks, renorm, `synchronized=True` and other
+    layouts take Keras' own path, unchanged.
+
+    Args:
+        fused: use the fused kernel in training mode when possible.
+        **kwargs: `keras.layers.BatchNormalization` arguments.
+    """
+
+    def __init__(self, fused=True, **kwargs):
+        super().__init__(**kwargs)
+        self.fused = bool(fused)
+
+    def _can_fuse(self, inputs, training, mask):
+        return (
+            self.fused
+            and training
+            and self.trainable
+            and mask is None
+            and not self.synchronized
+            and not self.renorm
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._can_fuse(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # as Keras: BN statistics in float32
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+        y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x,
+            scale=gamma,
+            offset=beta,
+            mean=tf.zeros([0]),
+            variance=tf.zeros([0]),
+            epsilon=self.epsilon,
+            exponential_avg_factor=1.0,
+            data_format="NHWC",
+            is_training=True,
+        )
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        variance = unbiased_variance * (tf.maximum(count - 1.0, 0.0) / count)
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+        return tf.cast(y, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
 
 
 # Per-backbone input conventions (official `core/feature_extractor.py`).

@@ -103,3 +103,22 @@ def test_peer_rows_ratios():
     assert "GFLOP/s **2.00x**" in text and "latency 0.62x" in text
     assert "**1.50x**" in text
     assert np.isfinite(report["peak"]["gflops"])
+
+
+def test_fused_bn_speedup_and_ablation_rows():
+    training = [
+        {"model": "m", "fused_bn": True, "crop": 33, "batch": 2, "images_per_s": 3.0},
+        {"model": "m", "fused_bn": False, "crop": 33, "batch": 2, "images_per_s": 2.0},
+        {"model": "other", "crop": 33, "batch": 2, "images_per_s": 1.0},
+    ]
+    assert run.fused_bn_speedups(training) == {"m": 1.5}
+    slow = run.bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1, fused_bn=False)
+    assert slow["fused_bn"] is False and _finite_positive(slow["images_per_s"])
+
+
+def test_cost_prediction_scales_each_backend_by_its_own_latency():
+    b1 = {("keras", 257): 100.0, ("xla", 257): 800.0, ("keras", 513): 400.0}
+    assert run.predict_b1_ms(b1, "xla", 513) == 3200.0  # not Keras' 400
+    assert run.predict_b1_ms(b1, "keras_opt", 513) == 400.0
+    assert run.predict_b1_ms({}, "keras", 513, previous=(257, 100.0)) > 390.0
+    assert run.predict_b1_ms({}, "keras", 513) is None

@@ -15,6 +15,8 @@ Each model also carries `feature_channels` (dict tap -> channels) and
 
 import keras
 
+from keras_deeplab.layers import BatchNormalization
+
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
 
@@ -89,7 +91,7 @@ class StridePlanner:
 
 
 def batch_norm(x, name, momentum, epsilon):
-    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
+    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
 
 
 def finish_backbone(inputs, taps, name, output_stride):

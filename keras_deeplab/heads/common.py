@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_deeplab.layers import Conv2D, DepthwiseConv2D
+from keras_deeplab.layers import BatchNormalization, Conv2D, DepthwiseConv2D
 
 # ASPP, image pooling, concat projection and decoder BatchNorm (official model.py).
 HEAD_BN_MOMENTUM = 0.9997
@@ -14,7 +14,7 @@ def conv_bn_relu(x, filters, kernel_size, name, rate=1):
     x = Conv2D(filters, kernel_size, padding="same", dilation_rate=rate, use_bias=False, name=name)(
         x
     )
-    x = keras.layers.BatchNormalization(
+    x = BatchNormalization(
         momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_BatchNorm"
     )(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -30,7 +30,7 @@ def split_separable_conv_bn_relu(x, filters, name, rate=1):
         depthwise_initializer=keras.initializers.TruncatedNormal(stddev=0.33),
         name=f"{name}_depthwise",
     )(x)
-    x = keras.layers.BatchNormalization(
+    x = BatchNormalization(
         momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_depthwise_BatchNorm"
     )(x)
     x = keras.layers.ReLU(name=f"{name}_depthwise_relu")(x)
@@ -41,7 +41,7 @@ def split_separable_conv_bn_relu(x, filters, name, rate=1):
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.06),
         name=f"{name}_pointwise",
     )(x)
-    x = keras.layers.BatchNormalization(
+    x = BatchNormalization(
         momentum=HEAD_BN_MOMENTUM, epsilon=HEAD_BN_EPSILON, name=f"{name}_pointwise_BatchNorm"
     )(x)
     return keras.layers.ReLU(name=f"{name}_pointwise_relu")(x)
