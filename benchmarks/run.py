@@ -817,6 +817,62 @@ def fused_bn_speedups(training):
     }
 
 
+SUMMARY_B1 = ("keras", "keras_opt", "keras_opt_bf16", "xla", "saved_model", "saved_model_opt")
+SUMMARY_B1 = (*SUMMARY_B1, "tflite_fp32", "tflite_int8")
+SUMMARY_LABELS = {
+    "keras": "Keras",
+    "keras_opt": "Keras opt.",
+    "keras_opt_bf16": "opt. + bf16",
+    "xla": "XLA",
+    "saved_model": "SavedModel",
+    "saved_model_opt": "SavedModel opt.",
+    "tflite_fp32": "TFLite fp32",
+    "tflite_int8": "TFLite int8",
+}
+
+
+def render_summary(report):
+    """The README's compact tables: one row per model and size, one column per backend."""
+    peak = report["peak"]["gflops"]
+
+    def table(batch, backends, value):
+        head = "| model | px | GFLOP | " + " | ".join(SUMMARY_LABELS[b] for b in backends) + " |"
+        rows = [head, "|---|---:|---:|" + "---:|" * len(backends)]
+        for result in report["inference"]:
+            if "error" in result:
+                continue
+            for size_key, macs in result["macs"].items():
+                cells = [_cell(result, b, int(size_key), batch) for b in backends]
+                if not any(c and "median_ms" in c for c in cells):
+                    continue
+                row = [result["model"], size_key, _fmt(2 * macs / 1e9)]
+                for c in cells:
+                    ok = c is not None and "median_ms" in c
+                    row.append(f"{value(c)} ({100 * c['gflops'] / peak:.0f}%)" if ok else "n/a")
+                rows.append("| " + " | ".join(row) + " |")
+        return rows
+
+    lines = ["Batch-1 latency, ms (% of the fp32 matmul peak):", ""]
+    lines += table(1, SUMMARY_B1, lambda c: _fmt(c["median_ms"], 0 if c["median_ms"] >= 100 else 1))
+    lines += ["", "Batch-8 throughput, images/s (% of the fp32 matmul peak):", ""]
+    lines += table(
+        8, SUMMARY_B1[:-1], lambda c: _fmt(c["images_per_s"], 1 if c["images_per_s"] >= 10 else 2)
+    )
+    lines += [
+        "",
+        "Latency growth with pixel count, batch 1, over the measured sizes (fitted exponent):",
+        "",
+    ]
+    lines += ["| model | " + " | ".join(SUMMARY_LABELS[b] for b in SUMMARY_B1) + " |"]
+    lines += ["|---|" + "---:|" * len(SUMMARY_B1)]
+    for result in report["inference"]:
+        if "error" not in result:
+            s = result.get("scaling", {})
+            row = " | ".join(_fmt(s.get(b), 2) for b in SUMMARY_B1)
+            lines.append(f"| {result['model']} | {row} |")
+    return "\n".join(lines) + "\n"
+
+
 def peer_rows(report):
     """Rows comparing keras-hub with our DeepLabV3+ resnet50 at `PEER_SIZE`."""
     peers, peak = report["peers"], report["peak"]["gflops"]
@@ -978,6 +1034,7 @@ def main(argv=None):
     Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     markdown = render_markdown(report)
     Path(f"{stem}.md").write_text(markdown)
+    Path(f"{stem}_summary.md").write_text(render_summary(report))
     print(markdown)
     return report
 

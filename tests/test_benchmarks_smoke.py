@@ -81,6 +81,8 @@ def test_quick_path_core_functions_and_report():
     assert "error: exit 1: boom" in markdown and "keras-hub: **not measured**" in markdown
     assert "### Cost growth" in markdown and "dense CRF" in markdown
     assert all("nan" not in row for row in rows)
+    summary = run.render_summary(report)
+    assert "| deeplabv3_mobilenetv2_dm05 | 65 |" in summary and "TFLite int8" in summary
 
 
 def test_peer_rows_ratios():
