@@ -1,8 +1,10 @@
 """One entry point for the speed benchmarks: inference, training, input pipeline, CRF, peers.
 
-Run: `python -m benchmarks.run` (full, about 40 min on 2 cores) or `--quick` (one small model
-at 129/257 px, 1-2 min). Writes `benchmarks/results/run.json` and `run.md` (`run_quick.*` with
-`--quick`). Every measurement runs in its own subprocess (`--worker`), so peak resident memory
+Run: `python -m benchmarks.run` (full, 46 min on the 2-core Xeon of the README's run) or
+`--quick` (one small model at 129/257 px, about 3 min); `--models`, `--sizes`, `--backends`,
+`--batches`, `--no-peers`, `--no-train` and `--out` narrow a run. Writes
+`benchmarks/results/run.json`, `run.md` (every cell, skip reasons) and `run_summary.md` (the
+README's compact tables); `run_quick.*` with `--quick`. Every measurement runs in its own subprocess (`--worker`), so peak resident memory
 is per configuration and one model's memory never slows the next.
 
 What is measured (warm-up calls excluded, median latency):
@@ -955,6 +957,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one small model, 129/257 px")
     parser.add_argument("--models", nargs="+", default=None, help="override the model list")
     parser.add_argument("--sizes", nargs="+", type=int, default=None)
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=None, help="override the backends"
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, default=None, help="inference batch sizes (1 8)"
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip the keras-hub peer")
     parser.add_argument("--no-train", action="store_true", help="skip training/pipeline/CRF")
     parser.add_argument("--out", default=None, help="output stem (default results/run[_quick])")
@@ -970,6 +978,9 @@ def main(argv=None):
         plan["models"] = args.models
     if args.sizes:
         plan["sizes"] = args.sizes
+    if args.backends:
+        plan["backends"] = args.backends
+    plan["batches"] = args.batches or [1, 8]
     stem = Path(args.out) if args.out else RESULTS_DIR / ("run_quick" if args.quick else "run")
     command = "python -m benchmarks.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     report = {"command": command.strip(), "machine": machine_info(), "plan": plan}
@@ -981,6 +992,7 @@ def main(argv=None):
             "model": name,
             "sizes": plan["sizes"],
             "backends": plan["backends"],
+            "batches": plan["batches"],
             "limits": {**plan["limits"], "model_budget_s": plan["budgets"].get(name, 1e9)},
         }
         report["inference"].append({"model": name, **run_task(task)})
