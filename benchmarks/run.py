@@ -4,8 +4,9 @@ Run: `python -m benchmarks.run` (full, 46 min on the 2-core Xeon of the README's
 `--quick` (one small model at 129/257 px, about 3 min); `--models`, `--sizes`, `--backends`,
 `--batches`, `--no-peers`, `--no-train` and `--out` narrow a run. Writes
 `benchmarks/results/run.json`, `run.md` (every cell, skip reasons) and `run_summary.md` (the
-README's compact tables); `run_quick.*` with `--quick`. Every measurement runs in its own subprocess (`--worker`), so peak resident memory
-is per configuration and one model's memory never slows the next.
+README's compact tables); `run_quick.*` with `--quick`. Every measurement runs in its own
+subprocess (`--worker`), so peak resident memory is per configuration and one model's memory
+never slows the next.
 
 What is measured (warm-up calls excluded, median latency):
 
@@ -122,24 +123,17 @@ def _keras_fn(model, jit_compile=False):
     return tf.function(lambda x: model(x, training=False), jit_compile=jit_compile)
 
 
-def _has_voc_samples():
-    from benchmarks._common import shared_data_dir
+def calibration_images(size):
+    """`(images, source)`: the 8 VOC 2012 val images at `size`, or 8 synthetic ones without
+    `../shared/data`."""
+    from benchmarks._common import voc_samples
 
     try:
-        return (shared_data_dir() / "voc2012_samples" / "JPEGImages").is_dir()
-    except (OSError, SystemExit):
-        return False
+        return [rgb for _, rgb, _ in voc_samples(size)], "VOC 2012 val"
+    except SystemExit:  # shared data missing
+        from keras_deeplab.export.tflite import synthetic_images
 
-
-def calibration_images(size):
-    """int8 calibration set: the 8 VOC 2012 val images at `size` (synthetic without them)."""
-    if _has_voc_samples():
-        from benchmarks._common import voc_samples
-
-        return [rgb for _, rgb, _ in voc_samples(size)]
-    from keras_deeplab.export.tflite import synthetic_images
-
-    return synthetic_images((size, size), count=8)
+        return synthetic_images((size, size), count=8), "synthetic"
 
 
 def _agreement(a, b):
@@ -155,7 +149,6 @@ class _Backends:
         self._saved = {}
         self._fns = {}
         self.notes = {}
-        self.voc = _has_voc_samples()
 
     def folded(self):
         if self._folded is None:
@@ -202,10 +195,8 @@ class _Backends:
             path = self.workdir / f"model_{size}_{quantize}.tflite"
             calibration = None
             if quantize == "int8":
-                calibration = calibration_images(size)
-                self.notes["int8_calibration"] = (
-                    f"{len(calibration)} {'VOC 2012 val' if self.voc else 'synthetic'} images"
-                )
+                calibration, source = calibration_images(size)
+                self.notes["int8_calibration"] = f"{len(calibration)} {source} images"
             start = time.perf_counter()
             to_tflite(
                 self.model,
@@ -819,8 +810,7 @@ def fused_bn_speedups(training):
     }
 
 
-SUMMARY_B1 = ("keras", "keras_opt", "keras_opt_bf16", "xla", "saved_model", "saved_model_opt")
-SUMMARY_B1 = (*SUMMARY_B1, "tflite_fp32", "tflite_int8")
+SUMMARY_B1 = tuple(b for b in BACKENDS if b != "keras_fold")  # folding: an ablation in run.md
 SUMMARY_LABELS = {
     "keras": "Keras",
     "keras_opt": "Keras opt.",
@@ -1021,7 +1011,6 @@ def main(argv=None):
         report["training"] = [
             {
                 "model": m,
-                "fused_bn": fused,
                 **run_task(
                     {
                         "kind": "train",
