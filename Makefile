@@ -11,7 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# tensorflow-cpu (the requirement before `tensorflow` + the `gpu` extra) and tensorflow share one
+# `tensorflow/` folder: installing one over the other, then removing either, deletes that folder.
+# A venv that has tensorflow-cpu loses both, and the install below brings `tensorflow` back whole.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	if $(BIN)/python -m pip show --quiet tensorflow-cpu >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu tensorflow; fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
