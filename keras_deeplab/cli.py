@@ -4,14 +4,188 @@ Subcommands: `models`, `table` (parameters and multiply-adds), `presets`,
 `convert` (official TFLite files or TF checkpoints to `.weights.h5`), `export`
 (SavedModel / TFLite, verified), `eval`, `predict`, `train` (from a config) and
 `demo` (train on synthetic shapes, evaluate, export).
+
+Nothing heavy is imported before the arguments are parsed, so `--help` and argument
+errors answer at once. TensorFlow's start-up logs are hidden unless `--verbose`.
 """
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_MODEL = "deeplabv3_mobilenetv2_dm05_os8"
+DEFAULT_CLASSES = 21  # without weights to read the class count from (Pascal VOC)
+CRF_PRESET_NAMES = ("deeplabv2_resnet101", "deeplabv1_largefov", "densecrf_default")
+
+
+# ---------------------------------------------------------------- output hygiene
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    text = " ".join(str(message).split())
+    print(f"keras-deeplab: warning: {text}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet(verbose):
+    """Hides native (C++) start-up logs and third-party deprecations; warnings on one line.
+
+    Native libraries (TensorFlow, oneDNN, absl, LiteRT/XNNPACK) write to file descriptor 2
+    directly; unless `verbose`, that descriptor points at /dev/null while Python's
+    `sys.stderr` keeps writing to the terminal (our errors, warnings and progress bars).
+    """
+    if verbose:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    saved_stderr, replaced = sys.stderr, False
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        if sys.stderr.fileno() == 2:  # the real terminal (not a test's capture)
+            sys.stderr.flush()
+            sys.stderr = os.fdopen(
+                os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace"
+            )
+            replaced = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    native = os.dup(2)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.showwarning = _one_line_warning
+            yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(native, 2)
+        os.close(native)
+        if replaced:
+            with contextlib.suppress(Exception):
+                sys.stderr.close()
+            sys.stderr = saved_stderr
+
+
+# ---------------------------------------------------------------- models from arguments
+
+
+def _tflite_input_size(path):
+    from keras_deeplab.weights.tflite import inspect_tflite
+
+    shape = inspect_tflite(path)["input_shape"]
+    return int(shape[0]) if shape and shape[0] else None
+
+
+def _load_model(args, need_weights=True):
+    """`(model, class_names)` from --run / --weights / --from-tflite (+ --model, --num-classes).
+
+    The class count comes from the run or the weights file when --num-classes is not given;
+    a weights file of another class count than the model is an error here (evaluating,
+    predicting or exporting with re-initialised logits would score garbage).
+    """
+    import keras_deeplab
+    from keras_deeplab.training.run_dir import load_run, run_dir_of
+
+    if args.from_tflite:
+        if args.model or args.num_classes:
+            raise ValueError(
+                "--from-tflite reads the architecture and classes from the file; drop --model "
+                "and --num-classes."
+            )
+        from keras_deeplab.weights.tflite import load_tflite
+
+        return load_tflite(args.from_tflite), None
+    run_path = args.run
+    if run_path is None and args.weights and run_dir_of(args.weights) is not None:
+        run_path = args.weights
+    if run_path is not None:
+        if run_dir_of(run_path) is None:
+            raise ValueError(
+                f"--run {run_path}: not a training run (a `keras-deeplab train` checkpoint.dir "
+                "with model.json or config.yaml, its model.weights.h5 or a ckpt-N prefix)."
+            )
+        run = load_run(run_path)
+        if args.model and args.model != run.name:
+            raise ValueError(
+                f"--model {args.model} differs from the run's model {run.name}; drop --model."
+            )
+        classes = int(run.model.output_shape[-1])
+        if args.num_classes and args.num_classes != classes:
+            raise ValueError(
+                f"--num-classes {args.num_classes} differs from the run's {classes} classes; "
+                "drop --num-classes."
+            )
+        print(f"model: {run.name} ({classes} classes) from {run.source}")
+        return run.model, run.class_names
+    if not args.weights:
+        if need_weights:
+            raise ValueError(
+                "pass --run DIR (a training run), --weights FILE (.weights.h5, .keras or a preset "
+                "name, with --model NAME) or --from-tflite FILE."
+            )
+        return keras_deeplab.create_model(
+            args.model or DEFAULT_MODEL, num_classes=args.num_classes or DEFAULT_CLASSES
+        ), None
+    from keras_deeplab.weights.loading import load_weights, weights_num_classes
+
+    file_classes = weights_num_classes(args.weights)
+    num_classes = args.num_classes or file_classes or DEFAULT_CLASSES
+    model = keras_deeplab.create_model(args.model or DEFAULT_MODEL, num_classes=num_classes)
+    load_weights(model, args.weights, class_mismatch="error")
+    return model, None
+
+
+def _check_crf(args):
+    if not getattr(args, "crf", False):
+        return
+    from keras_deeplab.crf import is_available
+
+    if not is_available():
+        raise ValueError(
+            "--crf needs pydensecrf: pip install 'keras-deeplab[crf]' (a C++ compiler is "
+            "needed to build it), or drop --crf."
+        )
+
+
+def _segmenter(args, model):
+    from keras_deeplab.evaluation import Segmenter
+
+    scales = (1.0,)
+    if args.scales:
+        try:
+            scales = tuple(float(s) for s in args.scales.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--scales {args.scales!r}: give comma-separated numbers, e.g. 0.5,0.75,1"
+            ) from None
+    crf = args.crf_preset if args.crf else None
+    return Segmenter(model, scales=scales, flip=args.flip, crf=crf)
+
+
+def _read_image(path):
+    from PIL import Image, UnidentifiedImageError
+
+    from keras_deeplab.data.base import pil_image_to_rgb
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_image_to_rgb(img, path)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"{path}: cannot read this image ({error}); is it a valid JPEG/PNG? "
+            "(--skip-bad leaves unreadable images out)"
+        ) from None
+
+
+# ---------------------------------------------------------------- commands
 
 
 def _cmd_models(args):
@@ -71,22 +245,6 @@ def _cmd_convert(args):
     print(f"wrote {out}")
 
 
-def _load_for_export(args):
-    import keras_deeplab
-
-    if args.from_tflite:
-        from keras_deeplab.weights.tflite import load_tflite
-
-        return load_tflite(args.from_tflite)
-    if not args.model:
-        raise ValueError(
-            "export needs --model NAME (see `keras-deeplab models`) or --from-tflite FILE."
-        )
-    return keras_deeplab.create_model(
-        args.model, num_classes=args.num_classes, weights=args.weights
-    )
-
-
 def _print_report(report):
     diffs = report.get("max_abs_diff")
     if isinstance(diffs, dict):
@@ -100,9 +258,18 @@ def _print_report(report):
 
 
 def _cmd_export(args):
+    input_size = args.input_size
+    if input_size is None:
+        input_size = (_tflite_input_size(args.from_tflite) if args.from_tflite else None) or 513
+    model, _ = _load_model(args, need_weights=False)
+    if not (args.run or args.weights or args.from_tflite):
+        print(
+            "keras-deeplab: warning: no --run/--weights/--from-tflite: exporting randomly "
+            "initialised weights.",
+            file=sys.stderr,
+        )
     from keras_deeplab.export import VerificationError, to_saved_model, to_tflite
 
-    model = _load_for_export(args)
     out = Path(args.out)
     report_path = Path(str(out).rstrip("/") + ".report.json")
     try:
@@ -114,7 +281,7 @@ def _cmd_export(args):
             report = to_tflite(
                 model,
                 str(out),
-                input_size=args.input_size,
+                input_size=input_size,
                 quantize=args.quantize,
                 representative_data=args.representative_data,
                 argmax=args.argmax,
@@ -125,57 +292,23 @@ def _cmd_export(args):
             f"keras-deeplab: verification FAILED: {error}\nreport: {report_path}", file=sys.stderr
         )
         return 1
-    print(f"exported {args.format} to {out} (verified against the Keras model)")
+    size = f" at {input_size}x{input_size}" if args.format == "tflite" else ""
+    print(f"exported {args.format}{size} to {out} (verified against the Keras model)")
     _print_report(report)
     print(f"report: {report_path}")
     return 0
 
 
-def _segmentation_model(args):
-    """The model of eval/predict: a registered model + weights, or an official TFLite file."""
-    import keras_deeplab
-
-    if args.from_tflite:
-        from keras_deeplab.weights.tflite import load_tflite
-
-        return load_tflite(args.from_tflite)
-    if not args.weights:
-        raise ValueError("pass --weights W.weights.h5 (with --model NAME) or --from-tflite FILE.")
-    return keras_deeplab.create_model(
-        args.model, num_classes=args.num_classes, weights=args.weights
-    )
-
-
-def _segmenter(args, model):
-    from keras_deeplab.evaluation import Segmenter
-
-    scales = tuple(float(s) for s in args.scales.split(",")) if args.scales else (1.0,)
-    crf = None
-    if args.crf is not None:
-        crf = args.crf or "deeplabv2_resnet101"
-    return Segmenter(model, scales=scales, flip=args.flip, crf=crf)
-
-
-def _read_image(path):
-    from PIL import Image, UnidentifiedImageError
-
-    from keras_deeplab.data.base import pil_image_to_rgb
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_image_to_rgb(img, path)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(
-            f"{path}: cannot read this image ({error}); is it a valid JPEG/PNG?"
-        ) from None
+def _generated_names(names):
+    return all(name == f"class_{i}" for i, name in enumerate(names))
 
 
 def _cmd_eval(args):
+    _check_crf(args)
+    model, run_names = _load_model(args)
     from keras_deeplab.data import load_data
     from keras_deeplab.evaluation.evaluate import evaluate, per_class_table, write_evaluation
 
-    model = _segmentation_model(args)
     num_classes = int(model.output_shape[-1])
     data = load_data(  # folders are validated (every file decoded) before use
         args.data,
@@ -186,9 +319,12 @@ def _cmd_eval(args):
     if data.num_classes != num_classes:
         raise ValueError(
             f"{args.data}: the data has {data.num_classes} classes, the model {num_classes}; "
-            "pass the matching --num-classes / weights."
+            "evaluate a model trained on this data (--run DIR or --weights FILE of "
+            f"{data.num_classes} classes)."
         )
     result = evaluate(_segmenter(args, model), data, limit=args.limit)
+    if run_names and _generated_names(result["class_names"]):
+        result["class_names"] = list(run_names)
     print(per_class_table(result))
     paths = write_evaluation(result, args.out)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -219,10 +355,7 @@ def output_names(paths):
 
 
 def _cmd_predict(args):
-    from tqdm import tqdm
-
     from keras_deeplab.data.base import IMAGE_EXTENSIONS
-    from keras_deeplab.evaluation.evaluate import save_prediction
 
     source = Path(args.input)
     if source.is_dir():
@@ -233,184 +366,198 @@ def _cmd_predict(args):
         files = [source]
     else:
         raise ValueError(f"{source}: no such image or folder.")
-    segmenter = _segmenter(args, _segmentation_model(args))
-    names = output_names(files)
-    for path in tqdm(files, desc="predicting", unit="img"):
-        image = _read_image(path)
+    _check_crf(args)
+    images = {}
+    for path in files:  # read every image first: a bad file fails before the model loads
+        try:
+            images[path] = _read_image(path)
+        except ValueError as error:
+            if not args.skip_bad:
+                raise
+            print(f"keras-deeplab: skipped {error}", file=sys.stderr)
+    if not images:
+        raise ValueError(f"{source}: none of the {len(files)} images could be read.")
+    model, _ = _load_model(args)
+    segmenter = _segmenter(args, model)
+    from tqdm import tqdm
+
+    from keras_deeplab.evaluation.evaluate import save_prediction
+
+    names = output_names(list(images))
+    for path, image in tqdm(images.items(), desc="predicting", unit="img"):
         (labels,) = segmenter.predict([image])
         save_prediction(image, labels, args.out, names[path])
-    print(f"wrote {len(files)} predictions (labels, overlays, panels) to {args.out}")
+    skipped = len(files) - len(images)
+    print(
+        f"wrote {len(images)} predictions (labels, overlays, panels) to {args.out}"
+        + (f"; skipped {skipped} unreadable image(s)" if skipped else "")
+    )
 
 
-def _add_model_arguments(parser):
-    parser.add_argument(
-        "--model", default="deeplabv3_mobilenetv2_dm05_os8", help="registered model"
-    )
-    parser.add_argument("--weights", help=".weights.h5 file or preset name")
-    parser.add_argument("--from-tflite", metavar="FILE", help="an official DeepLab .tflite instead")
-    parser.add_argument("--num-classes", type=int, default=21)
-    parser.add_argument(
-        "--scales", help="comma-separated eval scales, e.g. 0.5,0.75,1,1.25,1.5,1.75"
-    )
-    parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
-    parser.add_argument(
-        "--crf",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PRESET",
-        help="dense CRF post-processing (preset: deeplabv2_resnet101 (default), deeplabv1_largefov)",
-    )
+def _recipe(config):
+    if Path(config).is_file():
+        return config
+    from keras_deeplab.configs import recipe_path
+
+    return recipe_path(config)
+
+
+def _interrupted(config, overrides):
+    """One line saying where the last checkpoint of an interrupted `train` run is."""
+    try:
+        from keras_deeplab.training import load_config
+
+        run_dir = load_config(config, overrides).checkpoint.dir
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(str(run_dir))
+    except Exception:  # noqa: BLE001 - reporting must not raise over the interrupt
+        latest, run_dir = None, None
+    if latest:
+        return (
+            f"keras-deeplab: interrupted; the last checkpoint is {latest}: run the same "
+            "command again to resume from it."
+        )
+    where = f" in {run_dir}" if run_dir else ""
+    return f"keras-deeplab: interrupted before the first checkpoint{where}; nothing to resume."
 
 
 def _cmd_train(args):
     from keras_deeplab.training import train_from_config
 
+    config = _recipe(args.config)
     overrides = list(args.overrides)
     if args.skip_bad:
         overrides.append("data.options.skip_bad=true")
-    result = train_from_config(args.config, overrides)
+    try:
+        result = train_from_config(config, overrides)
+    except KeyboardInterrupt:
+        print(_interrupted(config, overrides), file=sys.stderr)
+        return 130
+    if result.resumed_from:
+        print(f"resumed from {result.resumed_from}")
     print(f"trained to step {result.step} ({result.elapsed:.0f}s); checkpoint: {result.checkpoint}")
     if result.metrics:
         print(
             f"eval mIoU {result.metrics['miou']:.4f}, pixel accuracy {result.metrics['pixel_accuracy']:.4f}"
         )
+    run_dir = Path(result.checkpoint).parent if result.checkpoint else None
+    if run_dir is not None:
+        print(f"use it with: keras-deeplab eval|predict|export --run {run_dir} ...")
     if result.log_dir:
         print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
 
 
-def _training_curve(history, path, loss_label="training loss"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["step"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, [h["loss"] for h in history], "o-", label="training loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel(loss_label)
-    evaluated = [h for h in history if "miou" in h]
-    if evaluated:
-        ax2 = ax.twinx()
-        ax2.plot(
-            [h["step"] for h in evaluated],
-            [h["miou"] for h in evaluated],
-            "s-",
-            color="C1",
-            label="val mIoU",
-        )
-        ax2.set_ylabel("held-out mIoU", color="C1")
-        ax2.set_ylim(0, 1)
-    ax.set_title("demo training on shapes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _check_is_run_dir(run):
-    """Refuses to delete a folder that is not a training run directory (demo --out safety)."""
-    entries = list(run.iterdir()) if run.is_dir() else [run]
-    if entries and not (run / "config.yaml").is_file():
-        raise ValueError(
-            f"{run} exists and is not a keras-deeplab run directory (no config.yaml), so the "
-            "demo will not delete it; pass another --out or remove it yourself."
-        )
-
-
 def _cmd_demo(args):
-    import shutil
+    from keras_deeplab.demo import run_demo
 
-    import numpy as np
-    from PIL import Image
+    try:
+        run_demo(args.out, resume=args.resume, overrides=args.overrides)
+    except KeyboardInterrupt:
+        print(
+            f"keras-deeplab: interrupted; `keras-deeplab demo --out {args.out} --resume` "
+            "continues from the last checkpoint.",
+            file=sys.stderr,
+        )
+        return 130
 
-    from keras_deeplab.data import shapes
-    from keras_deeplab.export import to_saved_model, to_tflite
-    from keras_deeplab.training import load_config, train_from_config
-    from keras_deeplab.training.summaries import overlay_grid
 
-    out = Path(args.out)
-    if (out / "run").exists() and not args.resume:
-        _check_is_run_dir(out / "run")
-        shutil.rmtree(out / "run")  # a fresh demo each time unless --resume
-    out.mkdir(parents=True, exist_ok=True)
-    config = Path(__file__).resolve().parents[1] / "configs" / "shapes_demo.yaml"
-    overrides = [f"checkpoint.dir={out / 'run'}"] + list(args.overrides)
-    print(
-        f"1/3 training a DeepLabV3+ (MobileNetV2 x0.5) on the synthetic shapes data ({config.name})"
+# ---------------------------------------------------------------- parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to an option's help when it has a meaningful default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and "default" not in text
+            and default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _verbose_parent():
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show TensorFlow's start-up logs and every library warning",
     )
-    result = train_from_config(config, overrides)
-    model = result.model
-    miou = result.metrics["miou"] if result.metrics else float("nan")
-    print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
-    if result.history:
-        loss = load_config(config, overrides).loss
-        label = "training loss"
-        if loss.top_k_percent_pixels < 1:
-            label += (
-                f" (hardest {loss.top_k_percent_pixels:.0%} of pixels"
-                f" from step {loss.hard_example_mining_step})"
-            )
-        _training_curve(result.history, out / "training_curve.png", label)
+    return parent
 
-    val = shapes("val", num_examples=8)
-    images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)
-    images, masks = np.stack(images), np.stack(masks)
-    predictions = model.predict(images.astype("float32"), verbose=0).argmax(-1)
-    grid = overlay_grid(images, masks, predictions)
-    Image.fromarray(np.concatenate(list(grid), axis=0)).save(out / "overlays.png")
 
-    print("2/3 exporting a SavedModel (verified against the Keras model)")
-    sm = to_saved_model(
-        model,
-        str(out / "saved_model"),
-        overwrite=True,
-        report_path=str(out / "saved_model.report.json"),
+def _add_model_arguments(parser, weights_required=True):
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a `keras-deeplab train` run directory (checkpoint.dir), its model.weights.h5 or a "
+        "ckpt-N prefix: rebuilds the trained model, no --model/--num-classes needed",
     )
-    print(f"    max abs diff {sm['max_abs_diff']}, class-map agreement {sm['class_map_agreement']}")
-    print("3/3 exporting an int8 TFLite (calibrated on shapes train images, verified)")
-    calibration = [img for img, _ in shapes("train", num_examples=32).dataset.as_numpy_iterator()]
-    size = images.shape[1]
-    tfl = to_tflite(
-        model,
-        str(out / "demo_int8.tflite"),
-        input_size=size,
-        quantize="int8",
-        representative_data=calibration,
-        sample_images=list(images[:4]),
-        report_path=str(out / "demo_int8.report.json"),
+    source.add_argument(
+        "--weights",
+        metavar="FILE",
+        help=".weights.h5 or .keras file, preset name, or run directory"
+        + ("" if weights_required else " (default: random initialisation)"),
     )
-    print(
-        f"    argmax agreement with Keras {tfl.get('argmax_agreement')}, "
-        f"{tfl.get('size_bytes', 0) / 1e6:.2f} MB"
+    source.add_argument(
+        "--from-tflite", metavar="FILE", help="an official DeepLab .tflite file instead"
     )
-    print(f"\nheld-out shapes mIoU: {miou:.4f} (target >= 0.85)")
-    for name in (
-        "overlays.png",
-        "training_curve.png",
-        "saved_model",
-        "demo_int8.tflite",
-        "saved_model.report.json",
-        "demo_int8.report.json",
-        "run",
-    ):
-        print(f"  {out / name}")
+    parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"registered model (`keras-deeplab models`) for --weights (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        metavar="N",
+        help="classes of the model (default: read from the run or the weights file; "
+        f"{DEFAULT_CLASSES} without weights)",
+    )
+
+
+def _add_segmenter_arguments(parser):
+    parser.add_argument(
+        "--scales", help="comma-separated eval scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 (default: 1)"
+    )
+    parser.add_argument("--flip", action="store_true", help="add left-right flipped inputs")
+    parser.add_argument(
+        "--crf", action="store_true", help="dense CRF post-processing (needs the [crf] extra)"
+    )
+    parser.add_argument(
+        "--crf-preset",
+        choices=CRF_PRESET_NAMES,
+        default=CRF_PRESET_NAMES[0],
+        help="CRF parameters, with --crf",
+    )
 
 
 def build_parser():
     """The `keras-deeplab` argument parser (also used to check the README's commands)."""
-    parser = argparse.ArgumentParser(prog="keras-deeplab", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
-    sub.add_parser("presets", help="named weights presets and how to create them").set_defaults(
-        func=_cmd_presets
+    verbose = _verbose_parent()
+    common = {"formatter_class": _HelpFormatter, "parents": [verbose]}
+    parser = argparse.ArgumentParser(
+        prog="keras-deeplab", description=__doc__.split("\n")[0], **common
     )
-    table = sub.add_parser("table", help="parameters and multiply-adds of registered models")
-    table.add_argument("names", nargs="*")
-    table.add_argument("--input-size", type=int, default=513)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("models", help="list registered models", **common).set_defaults(func=_cmd_models)
+    sub.add_parser(
+        "presets", help="named weights presets and how to create them", **common
+    ).set_defaults(func=_cmd_presets)
+    table = sub.add_parser("table", help="parameters and multiply-adds of models", **common)
+    table.add_argument("names", nargs="*", help="registered models (default: all)")
+    table.add_argument("--input-size", type=int, default=513, help="square input side in pixels")
     table.set_defaults(func=_cmd_table)
     convert = sub.add_parser(
-        "convert", help="convert official TFLite files or TF checkpoints to .weights.h5"
+        "convert", help="convert official TFLite files or TF checkpoints to .weights.h5", **common
     )
     source = convert.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-tflite", metavar="FILE", help="official DeepLab .tflite file")
@@ -418,46 +565,69 @@ def build_parser():
         "--from-tf-checkpoint", metavar="PREFIX", help="official checkpoint prefix (.../model.ckpt)"
     )
     convert.add_argument("--model", help="registered model name (checkpoints only)")
-    convert.add_argument("--num-classes", type=int, default=21, help="classes of the checkpoint")
+    convert.add_argument(
+        "--num-classes", type=int, default=21, help="classes of the checkpoint (checkpoints only)"
+    )
     convert.add_argument(
         "--backbone-only", action="store_true", help="load only the backbone (ImageNet checkpoints)"
     )
     convert.add_argument("--out", required=True, help="output .weights.h5 path")
     convert.set_defaults(func=_cmd_convert)
-    export = sub.add_parser("export", help="export to SavedModel or TFLite, verified")
-    export.add_argument("--model", help="registered model name")
-    export.add_argument("--weights", help=".weights.h5 file or preset name")
-    export.add_argument("--from-tflite", metavar="FILE", help="an official DeepLab .tflite instead")
-    export.add_argument("--num-classes", type=int, default=21)
+
+    export = sub.add_parser("export", help="export to SavedModel or TFLite, verified", **common)
+    _add_model_arguments(export, weights_required=False)
     export.add_argument("--format", choices=("saved_model", "tflite"), required=True)
     export.add_argument(
-        "--quantize", choices=("none", "float16", "dynamic", "int8"), default="none"
+        "--quantize",
+        choices=("none", "float16", "dynamic", "int8"),
+        default="none",
+        help="TFLite weight/activation quantisation",
     )
-    export.add_argument("--input-size", type=int, default=513, help="TFLite input size")
+    export.add_argument(
+        "--input-size",
+        type=int,
+        help="TFLite input side in pixels (default: the --from-tflite file's own, else 513)",
+    )
     export.add_argument("--representative-data", metavar="DIR", help="images for int8 calibration")
     export.add_argument("--argmax", action="store_true", help="TFLite outputs a uint8 class map")
     export.add_argument(
         "--overwrite", action="store_true", help="replace an existing SavedModel dir"
     )
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", required=True, help="SavedModel directory or .tflite file")
     export.set_defaults(func=_cmd_export)
-    evaluate = sub.add_parser("eval", help="mIoU of a model on a dataset, with pictures")
+
+    evaluate = sub.add_parser("eval", help="mIoU of a model on a dataset, with pictures", **common)
     evaluate.add_argument("--data", required=True, help="dataset folder, 'shapes' or 'tfds:NAME'")
-    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--split", default="val", help="dataset split")
     evaluate.add_argument("--limit", type=int, help="evaluate the first N images only")
-    evaluate.add_argument("--out", default="artifacts/eval")
+    evaluate.add_argument("--out", default="artifacts/eval", help="folder for scores and PNGs")
     evaluate.add_argument(
         "--skip-bad", action="store_true", help="leave out bad image/mask pairs (listed)"
     )
     _add_model_arguments(evaluate)
+    _add_segmenter_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
-    predict = sub.add_parser("predict", help="segment images: palette PNGs, overlays, panels")
+
+    predict = sub.add_parser(
+        "predict", help="segment images: palette PNGs, overlays, panels", **common
+    )
     predict.add_argument("input", help="an image or a folder of images")
-    predict.add_argument("--out", default="artifacts/predict")
+    predict.add_argument("--out", default="artifacts/predict", help="output folder")
+    predict.add_argument(
+        "--skip-bad", action="store_true", help="leave out unreadable images (listed)"
+    )
     _add_model_arguments(predict)
+    _add_segmenter_arguments(predict)
     predict.set_defaults(func=_cmd_predict)
-    train = sub.add_parser("train", help="train from a YAML/JSON config (resumes if interrupted)")
-    train.add_argument("--config", required=True)
+
+    train = sub.add_parser(
+        "train", help="train from a YAML/JSON config (resumes if interrupted)", **common
+    )
+    train.add_argument(
+        "--config",
+        required=True,
+        help="a config file, or a shipped recipe name (e.g. shapes_demo; see configs/)",
+    )
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100")
     train.add_argument(
         "--skip-bad",
@@ -465,8 +635,11 @@ def build_parser():
         help="leave out bad image/mask pairs found by the up-front scan (counted and listed)",
     )
     train.set_defaults(func=_cmd_train)
-    demo = sub.add_parser("demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)")
-    demo.add_argument("--out", default="artifacts/demo")
+
+    demo = sub.add_parser(
+        "demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)", **common
+    )
+    demo.add_argument("--out", default="artifacts/demo", help="output folder")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo run")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=100")
     demo.set_defaults(func=_cmd_demo)
@@ -475,14 +648,21 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except (ValueError, OSError) as error:
-        print(f"keras-deeplab: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # e.g. training.NonFiniteLossError (last good checkpoint kept)
-        print(f"keras-deeplab: error: {error}", file=sys.stderr)
-        return 1
+    verbose = getattr(args, "verbose", False) or bool(os.environ.get("KERAS_DEEPLAB_VERBOSE"))
+    with _quiet(verbose):
+        try:
+            return args.func(args) or 0
+        except KeyboardInterrupt:
+            print("keras-deeplab: interrupted.", file=sys.stderr)
+            return 130
+        except (ValueError, OSError) as error:
+            print(f"keras-deeplab: error: {error}", file=sys.stderr)
+            return 2
+        except (
+            RuntimeError
+        ) as error:  # e.g. training.NonFiniteLossError (last good checkpoint kept)
+            print(f"keras-deeplab: error: {error}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

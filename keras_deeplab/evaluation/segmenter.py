@@ -348,6 +348,12 @@ class Segmenter:
                 )
             if min(image.shape[:2]) < 1:
                 raise ValueError(f"image {i} is empty: shape {image.shape}.")
+            if self.pad_value > 1.0 and image.dtype.kind == "f" and 0.0 < image.max() <= 1.0:
+                raise ValueError(
+                    f"image {i} has values in [0, 1], but the model takes RGB in 0..255 (it "
+                    "would predict nearly all background): multiply the image by 255 (models "
+                    "built with include_preprocessing=False take pad_value=0.0 instead)."
+                )
             prepared.append(image)
         return prepared
 

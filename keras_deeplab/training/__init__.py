@@ -35,11 +35,13 @@ from keras_deeplab.training.optim import (
     gradient_multipliers,
 )
 from keras_deeplab.training.run import train_from_config
+from keras_deeplab.training.run_dir import LoadedRun, load_run
 from keras_deeplab.training.schedules import PolyDecay, StepDecay, build_schedule
 from keras_deeplab.training.trainer import NonFiniteLossError, Trainer, TrainResult, epoch_seed
 
 __all__ = [
     "OFFICIAL_LAST_LAYERS",
+    "LoadedRun",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
@@ -64,6 +66,7 @@ __all__ = [
     "epoch_seed",
     "gradient_multipliers",
     "load_config",
+    "load_run",
     "loss_terms",
     "make_strategy",
     "pixel_losses",

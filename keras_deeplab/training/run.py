@@ -5,9 +5,11 @@ The entry point of `keras-deeplab train --config FILE [section.key=value ...]`.
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import keras
 
+from keras_deeplab.training import run_dir as run_files
 from keras_deeplab.training.config import TrainConfig, load_config
 from keras_deeplab.training.distribute import make_strategy
 from keras_deeplab.training.trainer import Trainer
@@ -56,16 +58,22 @@ def model_output_stride(model_config):
     return inspect.signature(builder).parameters["output_stride"].default
 
 
-def model_builder(model_config):
-    """A function building the configured model (called by the trainer in the strategy scope)."""
-    from keras_deeplab.models import create_model
-
+def build_kwargs(model_config):
+    """`create_model(model_config.name, **build_kwargs(model_config))` builds the configured model."""
     kwargs = dict(model_config.options)
     kwargs["num_classes"] = model_config.num_classes
     for key in ("output_stride", "weights", "backbone_weights"):
         value = getattr(model_config, key)
         if value is not None:
             kwargs[key] = value
+    return kwargs
+
+
+def model_builder(model_config):
+    """A function building the configured model (called by the trainer in the strategy scope)."""
+    from keras_deeplab.models import create_model
+
+    kwargs = build_kwargs(model_config)
     return lambda: create_model(model_config.name, **kwargs)
 
 
@@ -138,11 +146,23 @@ def train_from_config(config, overrides=(), strategy=None):
             eval_source, cfg_data.eval_batch_size, output_stride=model_output_stride(model)
         )
     trainer = Trainer(model_builder(model), config, strategy=strategy)
-    return trainer.fit(train_data, eval_data)
+    run_dir = config.checkpoint.dir
+    if trainer.is_chief:  # how eval/predict/export rebuild the model (`load_run`)
+        spec_step = None
+        if (Path(run_dir) / run_files.MODEL_FILE).is_file():
+            spec_step = run_files.read_model_spec(run_dir).get("weights_step")
+        run_files.write_model_spec(
+            run_dir, model.name, build_kwargs(model), source.class_names, spec_step
+        )
+    result = trainer.fit(train_data, eval_data)
+    if trainer.is_chief:
+        run_files.write_final_weights(run_dir, result.model, result.step)
+    return result
 
 
 __all__ = [
     "TrainConfig",
+    "build_kwargs",
     "load_source",
     "model_builder",
     "model_output_stride",

@@ -444,6 +444,8 @@ class Trainer:
             )
             steps_per_epoch = saved_spe
         total = cfg.train.steps
+        if resumed and self.is_chief and cfg.train.verbose:
+            print(f"Resuming from {resumed} (step {step} of {total}).")
         if self.is_chief:
             Path(cfg.checkpoint.dir).mkdir(parents=True, exist_ok=True)
             (Path(cfg.checkpoint.dir) / "config.yaml").write_text(cfg.to_yaml())
