@@ -93,11 +93,17 @@ def test_evaluate_msc_crf():
     )
     rows = re.findall(r"^\| (.+?) \| (\d\.\d{4}) \| (\d\.\d{4}) \|", out, re.M)
     names = [r[0] for r in rows]
-    assert names[:2] == ["single scale", "scales 0.75,1 + flip"]
     from keras_deeplab import crf
 
     if crf.is_available():  # the CRF row runs on dataset images (read-only numpy arrays)
-        assert names[2] == "... + CRF deeplabv2_resnet101"
+        assert names == ["single scale", "scales 0.75,1 + flip", "... + CRF deeplabv2_resnet101"]
+        return
+    assert names == ["single scale", "scales 0.75,1 + flip"]
+    assert "dense CRF not installed" in out
+    reason = "pydensecrf is not installed (pip install 'keras-deeplab[crf]'): CRF row not checked"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must install it (dev extra).")
+    pytest.skip(reason)
 
 
 def test_export_tflite(tmp_path):
