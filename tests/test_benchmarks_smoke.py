@@ -6,7 +6,6 @@ the report renders with the expected columns.
 
 import math
 
-import numpy as np
 import pytest
 
 from benchmarks import run
@@ -87,7 +86,7 @@ def test_quick_path_core_functions_and_report():
 
 def test_peer_rows_ratios():
     report = {
-        "peak": {"gflops": 400.0},
+        "peak": {"gflops": 500.0},
         "peers": {
             "gflop_per_image": 60.0,
             "median_ms": 400.0,
@@ -101,10 +100,16 @@ def test_peer_rows_ratios():
         },
         "training": [{"model": run.PEER_MODEL, "crop": 513, "images_per_s": 1.5}],
     }
-    text = "\n".join(run.peer_rows(report))
+    rows = run.peer_rows(report)
+    text = "\n".join(rows)
     assert "GFLOP/s **2.00x**" in text and "latency 0.62x" in text
     assert "**1.50x**" in text
-    assert np.isfinite(report["peak"]["gflops"])
+    # % peak = achieved / matmul peak (150 and 300 of 500 GFLOP/s); train columns from "train"
+    hub = (
+        "| keras-hub DeepLabV3ImageSegmenter (ResNet50, P2) | 60.0 | 400.0 | 150 | 30 | 1.00 | 10 |"
+    )
+    assert rows[2] == hub
+    assert rows[3].endswith("| 75.0 | 250.0 | 300 | 60 | | |"), rows[3]
 
 
 def test_fused_bn_speedup_and_ablation_rows():
