@@ -218,3 +218,43 @@ def test_keras_archive_loads_too(tmp_path):
     target = keras_deeplab.DeepLabV3(backbone=BACKBONE, num_classes=3)
     load_weights(target, str(tmp_path / "model.keras"))
     _assert_equal(source, target)
+
+
+def _fit_one_step(model, optimizer):
+    """One `fit` step of the compiled model, so its optimizer holds state."""
+    import keras
+
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (2, 33, 33, 3)).astype("float32")
+    y = rng.integers(0, 3, (2, 33, 33))
+    model.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    return x
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "loss_scale"])
+def test_plain_keras_save_of_a_compiled_model_loads(tmp_path, optimizer):
+    import h5py
+    import keras
+
+    name = "deeplabv3_mobilenetv2_dm05_os8"
+    source = keras_deeplab.create_model(name, num_classes=3)
+    opt = keras.optimizers.Adam(1e-3)
+    if optimizer == "loss_scale":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    x = _fit_one_step(source, opt)
+    assert source.optimizer.iterations.numpy() == 1
+    source.save(tmp_path / "m.keras")
+    source.save_weights(tmp_path / "m.weights.h5")
+    with h5py.File(tmp_path / "m.weights.h5") as handle:  # the layout this test is about
+        assert "optimizer" in handle and len(handle["optimizer/vars"]) > 0
+    expected = source.predict(x, verbose=0)
+    for path in (tmp_path / "m.keras", tmp_path / "m.weights.h5"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loaded = keras_deeplab.create_model(name, num_classes=3, weights=str(path))
+        assert np.array_equal(loaded.predict(x, verbose=0), expected), path.name

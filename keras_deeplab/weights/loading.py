@@ -16,9 +16,17 @@ Weights are matched by Keras layer name (the official slim scope names, see
 `keras_deeplab.models`), not by the file's internal object paths, so a file
 saved from a single-scale `DeepLabV2` loads into its `multi_scale=True` twin and
 back. A file made for another class count loads everything except the logits
-layers (`logits_semantic*` / `fc8*`) with one `UserWarning`; any other
-difference (another backbone, head or setting) is one `ValueError` naming the
-file and the layers that differ, and leaves the model untouched.
+layers (`logits_semantic*` / `fc8*`) with one `UserWarning` (fine-tuning), or is
+one `ClassCountMismatchError` with `class_mismatch="error"` (evaluation,
+prediction, export); `weights_num_classes(weights)` reads that class count. Any
+other difference (another backbone, head or setting) is one `ValueError` naming
+the file and the layers that differ, and leaves the model untouched.
+
+Files written by plain Keras from a compiled model (`model.save("m.keras")`,
+`model.save_weights("m.weights.h5")` after `fit`) also hold the optimizer's
+state in a top-level `optimizer` group (Keras 3.15: `optimizer/vars`, plus
+`optimizer/inner_optimizer/vars` for a `LossScaleOptimizer`); it is not model
+weights and is ignored.
 """
 
 import io
@@ -38,6 +46,11 @@ DEFAULT_WEIGHTS_DIR = os.path.join("~", ".keras", "keras_deeplab")
 WEIGHTS_SUFFIX = ".weights.h5"
 # Class-logits layers: skipped (with a warning) when the class count differs.
 LOGITS_LAYER = re.compile(r"^(logits_semantic|fc8)(_\d+)?$")
+# Top-level groups of a weights file that hold training state, not layers: Keras 3
+# writes the compiled optimizer's variables under `optimizer/` (checked with 3.15 for
+# Adam, SGD and LossScaleOptimizer; metrics and losses write nothing).
+TRAINING_STATE_GROUPS = ("optimizer",)
+CLASS_MISMATCH = ("skip", "error")
 _MAX_LISTED = 6
 _TF_MODELS = "http://download.tensorflow.org/models/"
 _TFLITE_GPU = "https://storage.googleapis.com/download.tensorflow.org/models/tflite/gpu/"
@@ -409,9 +422,12 @@ def _visit(group, names, layers, containers, path):
         keys = sorted(node.keys(), key=int)
         if keys:
             layers[names] = [_read_dataset(node[k]) for k in keys]
+    at_root = group.name == "/"
     names = () if names is None else names
     before = len(layers)
     for key, child in group.items():
+        if at_root and key in TRAINING_STATE_GROUPS:
+            continue
         if key != "vars" and isinstance(child, h5py.Group):
             _visit(child, names, layers, containers, path)
     if names and len(layers) > before and names not in layers:
@@ -531,35 +547,105 @@ def describe_mismatch(path, missing, extra, mismatched, file_containers, contain
     return f"Weights file {str(path)!r} does not match the model: " + "; ".join(parts) + "."
 
 
+def _logits_width(key, shapes):
+    """Class count of a logits layer (`key` matches `LOGITS_LAYER`) from its variable shapes.
+
+    The kernel's last axis and every other variable (the bias) give the same count; None
+    for any other layer.
+    """
+    if not LOGITS_LAYER.match(key.rsplit("/", 1)[-1]) or not shapes or not shapes[0]:
+        return None
+    classes = shapes[0][-1]
+    if any(tuple(shape) != (classes,) for shape in shapes[1:]):
+        return None
+    return int(classes)
+
+
 def _logits_classes(key, file_shapes, shapes):
     """`(file classes, model classes)` if `key` is a logits conv differing only in classes."""
-    if not LOGITS_LAYER.match(key.rsplit("/", 1)[-1]) or len(file_shapes) != len(shapes):
+    if len(file_shapes) != len(shapes) or not shapes or file_shapes[0][:-1] != shapes[0][:-1]:
         return None
-    if not shapes or file_shapes[0][:-1] != shapes[0][:-1]:
-        return None
-    file_classes, classes = file_shapes[0][-1], shapes[0][-1]
-    if any(
-        fs != (file_classes,) or ms != (classes,)
-        for fs, ms in zip(file_shapes[1:], shapes[1:], strict=True)
-    ):
+    file_classes, classes = _logits_width(key, file_shapes), _logits_width(key, shapes)
+    if file_classes is None or classes is None:
         return None
     return file_classes, classes
 
 
-def load_weights(model, weights):
+class ClassCountMismatchError(ValueError):
+    """A weights file's logits predict another number of classes than the model.
+
+    Attributes:
+        path: the weights file.
+        file_classes: classes of the file's logits layer.
+        model_classes: classes of the model's logits layer.
+    """
+
+    def __init__(self, path, file_classes, model_classes):
+        self.path, self.file_classes, self.model_classes = path, file_classes, model_classes
+        super().__init__(
+            f"{path} holds {file_classes} classes, the model {model_classes}: build it with "
+            f"num_classes={file_classes} (CLI: --num-classes {file_classes}, or leave "
+            "--num-classes out to infer it from the weights)"
+        )
+
+
+def _one_count(path, counts):
+    """The single class count of `counts` (`{layer: classes}`), else a `ValueError`."""
+    if len(set(counts.values())) > 1:
+        raise ValueError(
+            f"Weights file {path!r}: the logits layers disagree on the class counts "
+            f"{sorted(set(counts.values()))}."
+        )
+    return next(iter(counts.values()))
+
+
+def weights_num_classes(weights):
+    """Number of classes of the logits layer(s) stored in a weights file, or None.
+
+    Args:
+        weights: a `.weights.h5` / `.keras` path or a preset name (as `resolve_weights`).
+
+    Returns:
+        The class count, or None when the file has no logits layer (backbone-only files).
+
+    Raises:
+        ValueError: unreadable file, or logits layers with different class counts.
+
+    Example:
+        `create_model(name, num_classes=weights_num_classes("camvid.weights.h5"), ...)`
+    """
+    path = resolve_weights(weights)
+    _, file_layers, _ = read_weights_file(path)
+    counts = {}
+    for names, arrays in file_layers.items():
+        classes = _logits_width(names[-1], [tuple(a.shape) for a in arrays])
+        if classes is not None:
+            counts["/".join(names)] = classes
+    return _one_count(path, counts) if counts else None
+
+
+def load_weights(model, weights, *, class_mismatch="skip"):
     """Loads a weights file or preset into `model` (matched by layer name, bitwise).
 
     A file for another class count loads everything but the logits layers and
-    emits one `UserWarning`; any other mismatch raises one `ValueError` naming
-    the file and what differs, before any weight is changed.
+    emits one `UserWarning` (`class_mismatch="skip"`, right for fine-tuning), or
+    raises `ClassCountMismatchError` (`class_mismatch="error"`, for evaluation,
+    prediction and export). Any other mismatch raises one `ValueError` naming the
+    file and what differs. Nothing is changed in the model when it raises.
 
     Args:
         model: a keras_deeplab model (also `MultiScaleInputs`).
         weights: a `.weights.h5` / `.keras` path or a preset name (`list_presets()`).
+        class_mismatch: `"skip"` or `"error"` (see above).
 
     Example:
-        `load_weights(model, "pascal_voc_mnv2_dm05_os8")`
+        `load_weights(model, "pascal_voc_mnv2_dm05_os8", class_mismatch="error")`
     """
+    if class_mismatch not in CLASS_MISMATCH:
+        raise ValueError(
+            f"class_mismatch must be one of {', '.join(map(repr, CLASS_MISMATCH))}; "
+            f"got {class_mismatch!r}."
+        )
     name = str(weights)
     if name in PRESETS and PRESETS[name]["kind"] == "backbone" and not os.path.exists(name):
         raise ValueError(
@@ -584,15 +670,13 @@ def load_weights(model, weights):
             file_classes, classes = next(iter(logits.values()))
             message += f" (The logits also differ: {file_classes} classes in the file, {classes} in the model.)"
         raise ValueError(message)
-    counts = set(logits.values())
-    if len(counts) > 1:
-        raise ValueError(
-            f"Weights file {path!r}: the logits layers disagree on the class counts {sorted(counts)}."
-        )
+    if logits:
+        file_classes, classes = _one_count(path, logits)
+        if class_mismatch == "error":
+            raise ClassCountMismatchError(path, file_classes, classes)
 
     assign(pairs)
     if logits:
-        file_classes, classes = counts.pop()
         warnings.warn(
             f"Loaded {path!r} except the logits layer(s) {', '.join(sorted(logits))}: the file "
             f"has {file_classes} classes, the model {classes}. Those layers keep their initial "
