@@ -57,9 +57,22 @@ def test_schedules_serialize():
         assert type(restored) is type(schedule)
         assert restored.get_config() == schedule.get_config()
         assert float(restored(7)) == float(schedule(7))
-    optimizer = Momentum(PolyDecay(0.007, 1000), momentum=0.9)
-    clone = Momentum.from_config(optimizer.get_config())
-    assert isinstance(clone.learning_rate, float) or clone.momentum == 0.9
+
+
+def test_momentum_keeps_its_schedule_through_model_save_and_load(tmp_path):
+    schedule = PolyDecay(0.007, 1000, warmup_steps=5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=Momentum(schedule, momentum=0.8), loss="mse")
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=3, batch_size=4, verbose=0)  # 3 steps
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras").optimizer
+    assert type(restored) is Momentum and restored.momentum == 0.8
+    # still on the warm-up ramp at step 3: 1e-4 + (0.007 - 1e-4) * 3 / 5, not a constant 0.007
+    assert float(restored.learning_rate) == pytest.approx(float(schedule(3)), rel=1e-6)
+    assert int(restored.iterations.numpy()) == 3
+    assert float(schedule(3)) == pytest.approx(0.00424)
+    saved = keras.saving.deserialize_keras_object(restored.get_config()["learning_rate"])
+    assert isinstance(saved, PolyDecay) and saved.get_config() == schedule.get_config()
 
 
 def test_build_schedule_decays_over_steps_after_warm_up():
