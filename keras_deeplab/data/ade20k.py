@@ -15,6 +15,7 @@ from keras_deeplab.data.base import (
     MASK_EXTENSIONS,
     DataError,
     file_source,
+    fixed_classes,
     label_lut,
     list_files,
     pair_by_stem,
@@ -60,13 +61,17 @@ def _class_names(root):
     return ADE20K_CLASSES
 
 
-def ade20k(root, split="train", *, label_map=None, ignore_label=255):
+def ade20k(
+    root, split="train", *, label_map=None, ignore_label=255, num_classes=None, class_names=None
+):
     """ADE20K source (150 classes).
 
     Args:
         root: `ADEChallengeData2016/` or its parent.
         split: "train"/"training" or "val"/"validation".
         label_map: replaces the 0 -> ignore, v -> v - 1 mapping (dict or 256 entries).
+        ignore_label: label of raw 0 ("other").
+        num_classes, class_names: must be 150 / 150 names, unless `label_map` relabels.
 
     Example:
         >>> data = ade20k("/data/ADEChallengeData2016", "val")  # doctest: +SKIP
@@ -90,12 +95,15 @@ def ade20k(root, split="train", *, label_map=None, ignore_label=255):
     files = pair_by_stem(
         images, list_files(mask_dir, MASK_EXTENSIONS), image_dir, mask_dir, "ADE20K", ""
     )
+    num_classes, class_names = fixed_classes(
+        f"ade20k:{SPLITS[split]}", _class_names(found), num_classes, class_names, label_map
+    )
     base = ade20k_lut(ignore_label) if label_map is None else None
     return file_source(
         files,
-        150,
+        num_classes,
         ignore_label=ignore_label,
-        class_names=_class_names(found),
+        class_names=class_names,
         name=f"ade20k:{SPLITS[split]}",
         label_lut=label_lut(label_map, base=base),
     )

@@ -177,6 +177,28 @@ def _mask_fix_hint(num_classes, ignore_label, raw_values):
     return "; or ".join(hints)
 
 
+def fixed_classes(where, names, num_classes=None, class_names=None, label_map=None):
+    """`(num_classes, class_names)` of a dataset with a fixed class list `names`.
+
+    An explicit `num_classes` / `class_names` must agree with `names` unless the caller
+    relabels the masks with its own `label_map`; otherwise it is a `DataError` naming both
+    counts.
+    """
+    if label_map is not None:
+        if class_names is not None:
+            return num_classes or len(class_names), class_names
+        num_classes = num_classes or len(names)
+        return num_classes, names if num_classes == len(names) else None
+    wanted = len(class_names) if class_names is not None else num_classes
+    if wanted is not None and wanted != len(names):
+        raise DataError(
+            f"{where}: num_classes={wanted} but the dataset has {len(names)} classes; fix: "
+            f"pass num_classes={len(names)} (CLI: --num-classes {len(names)}) or leave it out, "
+            "or relabel the masks with a label_map."
+        )
+    return len(names), tuple(class_names) if class_names is not None else names
+
+
 # --------------------------------------------------------------------------- PIL readers
 
 
@@ -679,8 +701,11 @@ def _report(data, bad, skip_bad, seen=None):
     more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
     summary = f"{data.name}: {len(bad)} of {total} examples are bad:\n{lines}{more}"
     if not skip_bad:
-        raise DataError(summary + "\nFix them, or pass skip_bad=True to leave them out.")
-    warnings.warn(summary + "\nThey are skipped (skip_bad=True).", stacklevel=3)
+        raise DataError(
+            summary + "\nFix them, or leave them out: --skip-bad (CLI), "
+            "data.options.skip_bad=true (config), skip_bad=True (Python)."
+        )
+    warnings.warn(summary + "\nThey are skipped (skip_bad).", stacklevel=3)
     if data.files is not None:
         bad_pairs = {pair for pair, _ in bad}
         kept = [pair for pair in data.files if pair not in bad_pairs]

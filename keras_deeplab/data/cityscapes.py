@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_deeplab.data.base import DataError, _list, file_source, label_lut
+from keras_deeplab.data.base import DataError, _list, file_source, fixed_classes, label_lut
 from keras_deeplab.data.palette import CITYSCAPES_CLASSES
 
 # label id -> train id for the 19 evaluated classes (cityscapesScripts labels.py).
@@ -54,7 +54,16 @@ def find_cityscapes_root(root):
     return None
 
 
-def cityscapes(root, split="train", *, annotations="gtFine", label_map=None, ignore_label=255):
+def cityscapes(
+    root,
+    split="train",
+    *,
+    annotations="gtFine",
+    label_map=None,
+    ignore_label=255,
+    num_classes=None,
+    class_names=None,
+):
     """Cityscapes semantic segmentation source (19 classes).
 
     Args:
@@ -63,6 +72,7 @@ def cityscapes(root, split="train", *, annotations="gtFine", label_map=None, ign
         annotations: "gtFine" or "gtCoarse".
         label_map: replaces the label-id -> train-id mapping (dict or 256 entries).
         ignore_label: label of the ignored ids.
+        num_classes, class_names: must be 19 / the 19 names, unless `label_map` relabels.
 
     Example:
         >>> data = cityscapes("/data/cityscapes", "val")  # doctest: +SKIP
@@ -70,6 +80,9 @@ def cityscapes(root, split="train", *, annotations="gtFine", label_map=None, ign
     found = find_cityscapes_root(root)
     if found is None:
         raise DataError(f"{root}: not a Cityscapes folder (no leftImg8bit/).")
+    num_classes, class_names = fixed_classes(
+        f"cityscapes:{split}", CITYSCAPES_CLASSES, num_classes, class_names, label_map
+    )
     image_dir = found / "leftImg8bit" / split
     mask_dir = found / annotations / split
     for folder in (image_dir, mask_dir):
@@ -98,9 +111,9 @@ def cityscapes(root, split="train", *, annotations="gtFine", label_map=None, ign
     base = cityscapes_lut(ignore_label) if kind == "labelIds" and label_map is None else None
     return file_source(
         [(i, mask_path(i, kind)) for i in images],
-        len(CITYSCAPES_CLASSES),
+        num_classes,
         ignore_label=ignore_label,
-        class_names=CITYSCAPES_CLASSES,
+        class_names=class_names,
         name=f"cityscapes:{split}",
         label_lut=label_lut(label_map, base=base),
     )

@@ -13,11 +13,15 @@ the layout of `path`:
    per split as `images/<split>/` + `masks/<split>/` or `<split>/images/` + `<split>/masks/`,
    or without splits (every pair is used, with a warning when a split was asked for).
 
-For paired layouts the class count comes from `num_classes=` / `class_names=`, else from a
-`classes.txt` (one name per line) in `path`, else CamVid's conventions when the folder name
-contains "camvid" (11 classes, void label 11 -> ignore).
+Paired layouts take their defaults from a `classes.txt` (one name per line) in `path`, else
+from CamVid's conventions when the folder name contains "camvid" (11 classes, void label
+11 -> ignore). An explicit `num_classes=`, `class_names=`, `label_map=` or `ignore_label=`
+overrides only itself: `from_directory(camvid_root, "val", num_classes=11)` keeps the void ->
+ignore label map and the class names, and a `num_classes` contradicting the layout's class
+names is one `DataError` naming both counts.
 """
 
+import inspect
 import warnings
 from pathlib import Path
 
@@ -132,9 +136,16 @@ def paired_folders(
 
 
 def camvid(root, split="train", **kwargs):
-    """CamVid in the SegNet layout (`<split>/` + `<split>annot/`): 11 classes, void 11 -> ignore."""
+    """CamVid in the SegNet layout (`<split>/` + `<split>annot/`): 11 classes, void 11 -> ignore.
+
+    Keyword arguments are those of `paired_folders`; each overrides only its own CamVid
+    default (e.g. `ignore_label=254` maps void to 254).
+
+    Example:
+        >>> data = camvid("CamVid", "val")  # doctest: +SKIP
+    """
     root = Path(root)
-    options = {**CAMVID, **kwargs}
+    options = _merge_defaults(CAMVID, kwargs, f"camvid:{split}", "CamVid")
     return paired_folders(root / split, root / f"{split}annot", name=f"camvid:{split}", **options)
 
 
@@ -173,19 +184,117 @@ def _paired_layout(root, split):
     return None
 
 
-def _paired_defaults(root, kwargs):
-    if "num_classes" in kwargs or "class_names" in kwargs:
-        return kwargs
+def _merge_defaults(defaults, kwargs, where, origin):
+    """`kwargs` over a layout's `defaults`: each explicit value overrides only itself.
+
+    The layout's class names stay when the explicit `num_classes` agrees with them; a
+    `num_classes` contradicting them is a `DataError` naming both counts. A default label
+    map sending a void value to 255 follows an explicit `ignore_label`.
+    """
+    options = dict(kwargs)
+    names = defaults.get("class_names")
+    if names is not None and options.get("class_names") is None:
+        wanted = options.get("num_classes")
+        if wanted is not None and wanted != len(names):
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise DataError(
+                f"{where}: num_classes={wanted} but {origin} defines {len(names)} classes "
+                f"({shown}); fix: pass num_classes={len(names)} (CLI: --num-classes "
+                f"{len(names)}) or leave it out, or for {wanted} classes of your own also pass "
+                f"class_names= with {wanted} names."
+            )
+        options["class_names"] = names
+        options["num_classes"] = len(names)
+    elif "num_classes" in defaults and options.get("num_classes") is None:
+        if options.get("class_names") is None:
+            options["num_classes"] = defaults["num_classes"]
+    if "label_map" in defaults and "label_map" not in options:
+        ignore = options.get("ignore_label", 255)
+        options["label_map"] = {
+            raw: (ignore if label == 255 else label) for raw, label in defaults["label_map"].items()
+        }
+    for key, value in defaults.items():
+        if key not in ("class_names", "num_classes", "label_map"):
+            options.setdefault(key, value)
+    return options
+
+
+def _layout_defaults(root):
+    """`(defaults, origin)`: a class-name file in `root`, else CamVid's conventions, else none."""
     for name in CLASS_FILES:
         path = root / name
         if path.is_file():
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             if not names:
                 raise DataError(f"{path} is empty; list one class name per line.")
-            return {"class_names": tuple(names), **kwargs}
+            return {"class_names": tuple(names)}, str(path)
     if "camvid" in root.name.lower():
-        return {**CAMVID, **kwargs}
-    return kwargs
+        return CAMVID, f"CamVid (folder name {root.name!r})"
+    return {}, None
+
+
+def _paired_defaults(root, kwargs, where):
+    defaults, origin = _layout_defaults(root)
+    return _merge_defaults(defaults, kwargs, where, origin) if defaults else dict(kwargs)
+
+
+def _reader_parameters(function, skip=()):
+    return [
+        name
+        for name, p in inspect.signature(function).parameters.items()
+        if name not in skip and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def _directory_readers():
+    """`{layout: (reader, its options)}` of the readers `from_directory` dispatches to."""
+    return {
+        "ADE20K": (ade20k, _reader_parameters(ade20k, ("root", "split"))),
+        "Cityscapes": (cityscapes, _reader_parameters(cityscapes, ("root", "split"))),
+        "PASCAL VOC": (voc, _reader_parameters(voc, ("root", "split"))),
+        "paired folders": (
+            paired_folders,
+            _reader_parameters(paired_folders, ("images_dir", "masks_dir")),
+        ),
+    }
+
+
+# Options of `load_data` itself, accepted by every source.
+LOAD_OPTIONS = ("validate", "skip_bad")
+
+
+def reader_options(source):
+    """Keyword options a data source accepts (`load_data` / a config's `data.options`).
+
+    Args:
+        source: `"shapes"`, `"tfds"` or `"directory"` (the union over the layouts).
+
+    Example:
+        >>> "label_map" in reader_options("directory")
+        True
+    """
+    if source == "shapes":
+        from keras_deeplab.data.shapes import shapes
+
+        names = _reader_parameters(shapes, ("split",))
+    elif source == "tfds":
+        from keras_deeplab.data.tfds import tfds_dataset
+
+        names = _reader_parameters(tfds_dataset, ("name", "split"))
+    elif source == "directory":
+        names = [n for _, options in _directory_readers().values() for n in options]
+    else:
+        raise ValueError(f"unknown data source {source!r}; expected shapes, tfds or directory.")
+    return tuple(sorted(set(names) | set(LOAD_OPTIONS)))
+
+
+def _check_options(kwargs, accepted, where):
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"{where} does not take the option(s) {', '.join(unknown)}; it takes: "
+            f"{', '.join(sorted(accepted))}. Fix: drop them (options of another data source?)."
+        )
 
 
 def from_directory(path, split="train", **kwargs):
@@ -204,15 +313,22 @@ def from_directory(path, split="train", **kwargs):
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found.")
+    readers = _directory_readers()
+
+    def read(layout, *args):
+        reader, accepted = readers[layout]
+        _check_options(kwargs, accepted, f"{root} ({layout} layout)")
+        return reader(*args, **kwargs)
+
     if find_ade20k_root(root) is not None:
-        return ade20k(root, "train" if split is None else split, **kwargs)
+        return read("ADE20K", root, "train" if split is None else split)
     if find_cityscapes_root(root) is not None:
-        return cityscapes(root, "train" if split is None else split, **kwargs)
+        return read("Cityscapes", root, "train" if split is None else split)
     voc_root = find_voc_root(root)
     if voc_root is not None and any(
         (voc_root / d).is_dir() for d in ("SegmentationClass", "SegmentationClassAug")
     ):
-        return voc(voc_root, split, **kwargs)
+        return read("PASCAL VOC", voc_root, split)
     layout = _paired_layout(root, split)
     if layout is None:
         available = _available_splits(root)
@@ -238,8 +354,10 @@ def from_directory(path, split="train", **kwargs):
             f"{masks_dir.name}/ for split {split!r}.",
             stacklevel=2,
         )
-    options = _paired_defaults(root, kwargs)
-    name = options.pop("name", f"{root.name}:{split if uses_split else 'all'}")
+    _check_options(kwargs, readers["paired folders"][1], f"{root} (paired-folder layout)")
+    name = kwargs.get("name") or f"{root.name}:{split if uses_split else 'all'}"
+    options = _paired_defaults(root, kwargs, name)
+    options.pop("name", None)
     return paired_folders(images_dir, masks_dir, name=name, **options)
 
 
@@ -266,10 +384,12 @@ def load_data(source, split="train", *, validate=None, skip_bad=False, **kwargs)
     if source == "shapes":
         from keras_deeplab.data.shapes import shapes
 
+        _check_options(kwargs, reader_options("shapes"), "the shapes source")
         data = shapes(split, **kwargs)
     elif source.startswith("tfds:"):
         from keras_deeplab.data.tfds import tfds_dataset
 
+        _check_options(kwargs, reader_options("tfds"), f"the TFDS source {source}")
         data = tfds_dataset(source[len("tfds:") :], split, **kwargs)
     else:
         data = from_directory(source, split, **kwargs)
@@ -280,4 +400,11 @@ def load_data(source, split="train", *, validate=None, skip_bad=False, **kwargs)
     return data
 
 
-__all__ = ["camvid", "file_source", "from_directory", "load_data", "paired_folders"]
+__all__ = [
+    "camvid",
+    "file_source",
+    "from_directory",
+    "load_data",
+    "paired_folders",
+    "reader_options",
+]

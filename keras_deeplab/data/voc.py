@@ -57,7 +57,7 @@ def voc(
     split="train",
     aug=False,
     *,
-    num_classes=21,
+    num_classes=None,
     class_names=None,
     label_map=None,
     ignore_label=255,
@@ -70,7 +70,8 @@ def voc(
             "train_aug"/"trainaug"); None uses every mask of the mask folder. A folder without
             `ImageSets/Segmentation/` also uses every mask (with a warning).
         aug: read masks from `SegmentationClassAug/` (implied by the train_aug split).
-        num_classes / class_names / label_map / ignore_label: as `paired_folders`.
+        num_classes / class_names / label_map / ignore_label: as `paired_folders` (default:
+            the 21 VOC classes and their names).
 
     Example:
         >>> data = voc("/data/VOCdevkit", "val")  # doctest: +SKIP
@@ -126,6 +127,8 @@ def voc(
         raise DataError(
             f"{source}: ids {'; '.join(parts)}. Fix: restore the files or remove the ids."
         )
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else len(VOC_CLASSES)
     if class_names is None and num_classes == len(VOC_CLASSES):
         class_names = VOC_CLASSES
     return file_source(
