@@ -545,7 +545,9 @@ def build_parser():
     verbose = _verbose_parent()
     common = {"formatter_class": _HelpFormatter, "parents": [verbose]}
     parser = argparse.ArgumentParser(
-        prog="keras-deeplab", description=__doc__.split("\n")[0], **common
+        prog="keras-deeplab",
+        description="DeepLab semantic segmentation in Keras: train, evaluate, predict, export.",
+        **common,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("models", help="list registered models", **common).set_defaults(func=_cmd_models)
@@ -576,7 +578,9 @@ def build_parser():
 
     export = sub.add_parser("export", help="export to SavedModel or TFLite, verified", **common)
     _add_model_arguments(export, weights_required=False)
-    export.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    export.add_argument(
+        "--format", choices=("saved_model", "tflite"), required=True, help="what to write"
+    )
     export.add_argument(
         "--quantize",
         choices=("none", "float16", "dynamic", "int8"),
@@ -586,6 +590,7 @@ def build_parser():
     export.add_argument(
         "--input-size",
         type=int,
+        metavar="N",
         help="TFLite input side in pixels (default: the --from-tflite file's own, else 513)",
     )
     export.add_argument("--representative-data", metavar="DIR", help="images for int8 calibration")
