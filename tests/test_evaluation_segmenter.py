@@ -216,6 +216,17 @@ def test_input_checks():
         Segmenter(model, output_stride=4, crf="nope")
 
 
+def test_images_scaled_to_unit_range_are_refused():
+    """A float image in [0, 1] given to a 0..255 model would predict nearly all background."""
+    model = tiny_model()
+    image = np.random.default_rng(0).uniform(0, 1, (21, 21, 3)).astype("float32")
+    with pytest.raises(ValueError, match=r"\[0, 1\].*multiply the image by 255"):
+        Segmenter(model, output_stride=4).predict([image])
+    assert Segmenter(model, output_stride=4).predict([image * 255])[0].shape == (21, 21)
+    # models without preprocessing take normalised input (pad_value 0): no check there
+    assert Segmenter(model, output_stride=4, pad_value=0.0).predict([image])[0].shape == (21, 21)
+
+
 def test_builders_output_stride_and_odd_sizes(tmp_path):
     model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8, num_classes=5)
     assert find_output_stride(model) == 8
