@@ -1,6 +1,6 @@
 """The shell commands of the READMEs cannot rot: every line of every ```bash block is checked.
 
-Checked files: README.md, examples/README.md, export/README.md (all their bash blocks).
+Checked files: README.md, docs/*.md, examples/README.md, export/README.md (all their bash blocks).
 
 * `keras-deeplab ...`: parsed by the CLI's own parser (`keras_deeplab.cli.build_parser`);
   synopsis notation is expanded first (`[optional]` with and without, `(a | b)` each
@@ -10,8 +10,9 @@ Checked files: README.md, examples/README.md, export/README.md (all their bash b
   argparse accepts the arguments (the run stops right after parsing).
 * `python -c CODE`: the code compiles.
 * `make TARGET`: the target exists in the Makefile.
-* `pip install -e ".[EXTRA]"`: the extra exists in setup.cfg; a pinned `tensorflow[...]==V`
-  matches the pinned tensorflow-cpu version.
+* `pip install keras-deeplab`, `pip install "keras-deeplab[EXTRA]"`, `pip install -e ".[EXTRA]"`:
+  the package name is setup.cfg's and every extra exists there; a pinned `tensorflow...==V`
+  matches the pinned tensorflow version.
 * Anything else must be in `OTHER_TOOLS` (deployment commands shown for reference).
 """
 
@@ -28,7 +29,12 @@ import pytest
 from keras_deeplab.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "examples/README.md", "export/README.md")
+READMES = (
+    "README.md",
+    *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")),
+    "examples/README.md",
+    "export/README.md",
+)
 OTHER_TOOLS = {"docker", "curl", "printf", "tensorboard", "git", "cd"}
 RUN_FOR_REAL = {"models", "presets", "table"}
 
@@ -77,6 +83,7 @@ def test_readmes_have_checked_commands():
     kinds = {line.split()[0] for _, line in COMMANDS}
     assert {"make", "pip", "keras-deeplab", "python"} <= kinds
     assert sum(line.startswith("keras-deeplab") for _, line in COMMANDS) >= 10
+    assert {path for path, _ in COMMANDS} >= {"README.md", "docs/training.md", "docs/weights.md"}
 
 
 def test_synopsis_expansion():
@@ -128,14 +135,24 @@ def _check_pip(words):
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     extras = setup["options.extras_require"]
+    name = setup["metadata"]["name"]
+    requires = setup["options"]["install_requires"]
+    assert words[1] == "install", f"pip {words[1]}: only `pip install` is checked"
     for word in words[2:]:
-        extra = re.fullmatch(r"\.\[([\w,-]+)\]", word)
-        if extra:
-            for name in extra.group(1).split(","):
-                assert name in extras, f"pip extra [{name}] missing in setup.cfg"
-        pinned = re.fullmatch(r"tensorflow\[[\w-]+\]==([\d.]+)", word)
-        if pinned:
-            assert f"tensorflow-cpu=={pinned.group(1)}" in setup["options"]["install_requires"]
+        if word.startswith("-"):
+            continue
+        requirement = re.fullmatch(r"([\w.-]+)(?:\[([\w,-]+)\])?(?:==([\d.]+))?", word)
+        assert requirement, f"pip install {word}: not a requirement this test understands"
+        package, extra, version = requirement.groups()
+        if package in (".", name):
+            for each in extra.split(",") if extra else ():
+                assert each in extras, f"pip extra [{each}] missing in setup.cfg"
+        elif package.startswith("tensorflow") and version:
+            assert re.search(rf"^tensorflow[\w\[\]-]*=={re.escape(version)}\b", requires, re.M), (
+                f"{word}: setup.cfg pins another tensorflow version"
+            )
+        else:
+            pytest.fail(f"pip install {word}: neither this package nor tensorflow")
 
 
 @pytest.mark.parametrize("path, line", COMMANDS, ids=[f"{p}:{line[:60]}" for p, line in COMMANDS])
