@@ -1,6 +1,9 @@
 """Training configs: recipes load and validate, errors list every problem, overrides are typed."""
 
+import dataclasses
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,121 @@ def test_eval_options_override_options_for_the_eval_split():
     assert (train.num_examples, val.num_examples) == (12, 5)
     image, _ = next(iter(val.dataset))
     assert image.shape[:2] == (32, 32)  # options still apply to the eval split
+
+
+# ---------------------------------------------------------------- folder data on top of a recipe
+
+ROOT = Path(__file__).parents[1]
+FOLDERS_DOC = ROOT / "docs" / "training_on_folders.md"
+
+
+def _doc_train_command():
+    """`(recipe, overrides)` of the `keras-deeplab train` command of docs/training_on_folders.md."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", FOLDERS_DOC.read_text(), re.M | re.S)
+    commands = [
+        shlex.split(line)
+        for block in blocks
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("keras-deeplab train ")
+    ]
+    assert len(commands) == 1, commands
+    words = commands[0]
+    recipe = words[words.index("--config") + 1]
+    return recipe, [w for w in words[2:] if "=" in w and not w.startswith("-")]
+
+
+def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkeypatch):
+    import warnings
+
+    from keras_deeplab.configs import recipe_path
+    from keras_deeplab.training.config import check_labels
+    from keras_deeplab.training.run import load_source
+    from tests.official_tflite import shared_data_dir
+
+    recipe, overrides = _doc_train_command()
+    assert recipe == "shapes_demo" and "data.source=directory" in overrides
+    assert "data.root=../shared/data/camvid_full" in overrides
+    shared = shared_data_dir()  # fails under CI=true when the data is missing
+    monkeypatch.chdir(ROOT)  # the doc's paths are relative to the repository root
+    assert (ROOT / "../shared/data/camvid_full").resolve() == (shared / "camvid_full").resolve()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(recipe_path(recipe), overrides)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and "data.options.image_size" in messages[0], messages
+    assert "data.eval_options.num_examples" in messages[0] and "dropped" in messages[0]
+    assert config.data.options == {} and config.data.eval_options == {}
+    assert config.model.name == "deeplabv3_mobilenetv2_dm05_os8"
+    assert config.model.num_classes is None and config.loss.ignore_label is None
+    # The training split (structure only: quick) and the val split (fully scanned).
+    unscanned = dataclasses.replace(config.data, options={"validate": False})
+    train = load_source(unscanned, config.data.split)
+    val = load_source(config.data, config.data.eval_split, evaluation=True)
+    assert (train.num_examples, val.num_examples) == (367, 101)
+    for source in (train, val):
+        assert source.num_classes == 11 and source.class_names[0] == "sky"
+        assert source.label_lut[11] == 255 and source.ignore_label == 255
+        check_labels(config.loss, source, config.model.num_classes)
+
+
+def test_recipe_options_of_another_source_are_dropped_but_overrides_are_not(tmp_path):
+    import warnings
+
+    recipe = ROOT / "configs" / "shapes_demo.yaml"
+    switch = ["data.source=directory", f"data.root={tmp_path}"]
+    with pytest.warns(UserWarning, match=r"data.options.image_size, data.options.num_examples"):
+        config = load_config(recipe, [*switch, "data.options.num_classes=3"])
+    assert config.data.options == {"num_classes": 3}
+    # An option given on the command line is the user's: never dropped, one clear error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError) as error:
+            load_config(recipe, [*switch, "data.options={image_size: 64}"])
+    message = str(error.value)
+    assert "data.options: image_size not taken by data.source='directory'" in message
+    assert "label_map" in message and "data.options={}" in message
+    # Clearing them explicitly works without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config(recipe, [*switch, "data.options={}", "data.eval_options={}"])
+    assert config.data.options == config.data.eval_options == {}
+
+
+def test_unknown_data_options_fail_when_the_config_loads(tmp_path):
+    missing = tmp_path / "not_made_yet"  # nothing is read: the check needs no data
+    raw = {"data": {"source": "directory", "root": str(missing), "options": {"mask_treshold": 1}}}
+    with pytest.raises(ConfigError, match=r"mask_treshold.*did you mean 'mask_treshold' -> "):
+        load_config(raw)
+    with pytest.raises(ConfigError, match=r"data.eval_options: label_map not taken by .*'shapes'"):
+        load_config({"data": {"eval_options": {"label_map": {1: 0}}}})
+    ok = load_config({"data": {"options": {"image_size": 32, "skip_bad": True}}})
+    assert ok.data.options == {"image_size": 32, "skip_bad": True}
+
+
+def test_check_labels_names_the_mismatch_and_the_fix():
+    from keras_deeplab.data import from_directory
+    from keras_deeplab.training import LossConfig
+    from keras_deeplab.training.config import check_labels
+    from tests.official_tflite import shared_data_dir
+
+    camvid = from_directory(shared_data_dir() / "camvid_segnet", "train")  # listed, not scanned
+    check_labels(LossConfig(), camvid)
+    check_labels(LossConfig(ignore_label=255, class_weights=[1.0] * 11), camvid, 11)
+    with pytest.raises(ConfigError) as error:
+        check_labels(LossConfig(ignore_label=11), camvid)
+    message = str(error.value)
+    assert (
+        "loss.ignore_label=11 but camvid_segnet:train marks the pixels to ignore with 255"
+        in message
+    )
+    assert "data.options.ignore_label=11" in message and "loss.ignore_label=255" in message
+    with pytest.raises(ConfigError, match=r"its class 3 would be ignored"):
+        check_labels(LossConfig(ignore_label=3), camvid)
+    with pytest.raises(ConfigError) as error:
+        check_labels(LossConfig(class_weights=[1.0] * 5), camvid, 21)
+    message = str(error.value)
+    assert "model.num_classes=21 but camvid_segnet:train has 11 classes" in message
+    assert "loss.class_weights has 5 entries but the model predicts 21" in message
+    # The suggested fix works.
+    relabelled = from_directory(shared_data_dir() / "camvid_segnet", "train", ignore_label=11)
+    check_labels(LossConfig(ignore_label=11), relabelled)

@@ -8,6 +8,14 @@ A `TrainConfig` has the sections `model`, `data`, `loss`, `optimizer`,
 problem (unknown keys, wrong types, bad choices, unknown model names) in one
 `ConfigError` naming the key path and the expected type.
 
+`data.options` / `data.eval_options` must be options the chosen source's reader takes
+(`keras_deeplab.data.folders.reader_options`). When an override changes `data.source`
+(e.g. `data.source=directory data.root=DIR` on top of the `shapes_demo` recipe), the
+recipe's options the new source does not take (`image_size`, `num_examples`) are dropped
+with one warning; options given as overrides are never dropped. `check_labels(loss, source,
+num_classes)` checks, once the data is loaded and before any step, that the loss's ignore
+label, class weights and the model's class count agree with the data.
+
 Example:
     ```python
     config = load_config("configs/voc_deeplabv3plus_xception65.yaml",
@@ -21,6 +29,7 @@ import json
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -411,6 +420,117 @@ def _semantic_checks(config, errors):
         errors.append("data.name: required (the TFDS dataset name) when data.source is 'tfds'")
 
 
+DATA_OPTION_SECTIONS = ("options", "eval_options")
+
+
+def _recipe_data(raw):
+    """`(source, {section: option keys})` of a raw config before its overrides."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    source = data.get("source", DataConfig.source)
+    keys = {}
+    for section in DATA_OPTION_SECTIONS:
+        options = data.get(section)
+        keys[section] = set(options) if isinstance(options, dict) else set()
+    return source, keys
+
+
+def _override_paths(overrides):
+    return {item.split("=", 1)[0].strip() for item in overrides or () if "=" in item}
+
+
+def _data_option_checks(config, errors, recipe, overrides):
+    """Options the source's reader does not take: dropped (returned) if the recipe's, else errors."""
+    from keras_deeplab.data.folders import reader_options
+
+    source = config.data.source
+    if source not in typing.get_args(typing.get_type_hints(DataConfig)["source"]):
+        return []  # already reported
+    recipe_source, recipe_keys = recipe
+    accepted = reader_options(source)
+    paths = _override_paths(overrides)
+    dropped = []
+    for section in DATA_OPTION_SECTIONS:
+        options = getattr(config.data, section)
+        if not isinstance(options, dict):
+            continue
+        unknown = [key for key in options if key not in accepted]
+        if source != recipe_source and f"data.{section}" not in paths:
+            from_recipe = [
+                key
+                for key in unknown
+                if key in recipe_keys[section] and f"data.{section}.{key}" not in paths
+            ]
+            for key in from_recipe:
+                del options[key]
+                dropped.append(f"data.{section}.{key}")
+            unknown = [key for key in unknown if key not in from_recipe]
+        if unknown:
+            close = [difflib.get_close_matches(key, accepted, n=1) for key in unknown]
+            hints = [f"{key!r} -> {c[0]!r}" for key, c in zip(unknown, close, strict=True) if c]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            errors.append(
+                f"data.{section}: {', '.join(unknown)} not taken by data.source={source!r}{hint}, "
+                f"which takes {', '.join(accepted)}; fix: remove "
+                f"{'it' if len(unknown) == 1 else 'them'} (override data.{section}={{}} "
+                "clears them all)"
+            )
+    return dropped
+
+
+def check_labels(loss, source, num_classes=None):
+    """Checks that the loss and the model agree with the data's labels, before training.
+
+    Call it once the training data is loaded (and for the evaluation data): a mismatch
+    would otherwise be a TensorFlow assertion in the middle of an epoch.
+
+    Args:
+        loss: the `LossConfig` (`ignore_label` None means "take the data's").
+        source: the `SegmentationData` (its `num_classes` and `ignore_label`).
+        num_classes: the model's class count (`model.num_classes`); None takes the data's.
+
+    Raises:
+        ConfigError: every disagreement, each with the setting that fixes it.
+
+    Example:
+        `check_labels(config.loss, source, config.model.num_classes)`
+    """
+    problems = []
+    data_classes, data_ignore = source.num_classes, source.ignore_label
+    if num_classes is not None and num_classes != data_classes:
+        problems.append(
+            f"model.num_classes={num_classes} but {source.name} has {data_classes} classes; "
+            f"fix: leave model.num_classes out (null) to take the data's, or set it to "
+            f"{data_classes}"
+        )
+    if loss.ignore_label is not None and loss.ignore_label != data_ignore:
+        fixes = [
+            "leave loss.ignore_label out (null) to take the data's",
+            f"set loss.ignore_label={data_ignore}",
+        ]
+        if data_classes <= loss.ignore_label <= 255:
+            fixes.append(f"make it the data's with data.options.ignore_label={loss.ignore_label}")
+        detail = f"its ignored pixels would reach the loss as label {data_ignore}"
+        if 0 <= loss.ignore_label < data_classes:
+            detail += f" and its class {loss.ignore_label} would be ignored"
+        problems.append(
+            f"loss.ignore_label={loss.ignore_label} but {source.name} marks the pixels to "
+            f"ignore with {data_ignore} (after its label map): {detail}; "
+            f"fix: {', or '.join(fixes)}"
+        )
+    classes = num_classes or data_classes
+    weights = loss.class_weights
+    if weights is not None and len(weights) != classes:
+        problems.append(
+            f"loss.class_weights has {len(weights)} entries but the model predicts {classes} "
+            "classes; fix: give one weight per class"
+        )
+    if problems:
+        raise ConfigError(
+            f"The training config does not fit the data {source.name}:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
 # ------------------------------------------------------------------------ overrides
 
 
@@ -522,12 +642,21 @@ def load_config(source=None, overrides=()):
             f"Training config{what}: the top level must be a mapping of sections, "
             f"got {type(raw).__name__}."
         )
+    recipe = _recipe_data(raw)
     errors = apply_overrides(raw, overrides)
     config = _build(TrainConfig, raw, "", errors)
     _semantic_checks(config, errors)
+    dropped = _data_option_checks(config, errors, recipe, overrides)
     if errors:
         raise ConfigError(
             f"Invalid training config{what} ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n"
             + "\n".join(f"  - {e}" for e in errors)
+        )
+    if dropped:
+        warnings.warn(
+            f"Training config{what}: {', '.join(dropped)} (options of the recipe's data.source="
+            f"{recipe[0]!r}) dropped for data.source={config.data.source!r}.",
+            UserWarning,
+            stacklevel=2,
         )
     return config
