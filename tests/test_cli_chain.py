@@ -106,3 +106,15 @@ def test_run_flag_errors(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "not a training run" in err and "Traceback" not in err
+
+
+def test_train_with_a_wrong_ignore_label_stops_before_training(tmp_path, capsys):
+    from tests.official_tflite import shared_data_dir
+
+    camvid = shared_data_dir() / "camvid_segnet"
+    argv = ["train", "--config", "shapes_demo", "data.source=directory", f"data.root={camvid}"]
+    argv += ["loss.ignore_label=11", f"checkpoint.dir={tmp_path / 'run'}", "train.steps=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ignore_label" in err and "255" in err and "Traceback" not in err
+    assert not list((tmp_path / "run").glob("ckpt-*"))

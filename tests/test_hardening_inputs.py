@@ -407,7 +407,7 @@ def test_config_with_unknown_keys_and_wrong_types(tmp_path):
     assert "train.steps: expected int, got str 'many'" in message
 
 
-def test_train_cli_skip_bad_reaches_the_data_scan(monkeypatch, capsys):
+def test_train_cli_skip_bad_reaches_the_data_scan(monkeypatch, capsys, tmp_path):
     """`keras-deeplab train --skip-bad` becomes the `data.options.skip_bad` the scan reads."""
     from types import SimpleNamespace
 
@@ -415,10 +415,14 @@ def test_train_cli_skip_bad_reaches_the_data_scan(monkeypatch, capsys):
 
     def train(config, overrides):
         seen["overrides"] = overrides
-        return SimpleNamespace(step=0, elapsed=0.0, checkpoint=None, metrics=None, log_dir=None)
+        return SimpleNamespace(
+            step=0, elapsed=0.0, checkpoint=None, metrics=None, log_dir=None, resumed_from=None
+        )
 
     monkeypatch.setattr("keras_deeplab.training.train_from_config", train)
-    assert main(["train", "--config", "c.yaml", "train.steps=5", "--skip-bad"]) == 0
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("train:\n  steps: 1\n")
+    assert main(["train", "--config", str(config_file), "train.steps=5", "--skip-bad"]) == 0
     assert seen["overrides"] == ["train.steps=5", "data.options.skip_bad=true"]
     from keras_deeplab.training import load_config
 

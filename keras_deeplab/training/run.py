@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 
 from keras_deeplab.training import run_dir as run_files
-from keras_deeplab.training.config import TrainConfig, load_config
+from keras_deeplab.training.config import TrainConfig, check_labels, load_config
 from keras_deeplab.training.distribute import make_strategy
 from keras_deeplab.training.trainer import Trainer
 
@@ -98,6 +98,10 @@ def train_from_config(config, overrides=(), strategy=None):
         print(result.step, result.metrics)
         ```
     """
+    if isinstance(config, (str, Path)):
+        from keras_deeplab.configs import recipe_path
+
+        config = recipe_path(config)  # a file, or a shipped recipe name such as "shapes_demo"
     config = load_config(config, overrides)
     strategy = strategy or make_strategy(config.train.strategy)
     keras.utils.set_random_seed(config.train.seed)
@@ -109,6 +113,9 @@ def train_from_config(config, overrides=(), strategy=None):
         else None
     )
 
+    for data_source in (source, eval_source):  # before any step: not an assertion mid-epoch
+        if data_source is not None:
+            check_labels(config.loss, data_source, config.model.num_classes)
     model = dataclasses.replace(
         config.model, num_classes=config.model.num_classes or source.num_classes
     )
