@@ -38,11 +38,13 @@ is a fixed 33x33 average pool; ours is a global average pool, the same at the fi
 
 import inspect
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from keras_deeplab.tflite_file import TFLiteFile
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 OTHER_OPS = ("ADD", "CONCATENATION", "RESIZE_BILINEAR", "AVERAGE_POOL_2D", "MEAN", "DEQUANTIZE")
@@ -51,120 +53,7 @@ BACKBONE_SCOPE = "MobilenetV2/"
 DEPTH_MULTIPLIERS = {16: 0.5, 32: 1.0}
 BACKBONES = {0.5: "mobilenetv2_dm05", 1.0: "mobilenetv2"}
 OUTPUT_STRIDES = (8, 16, 32)
-_ACTIVATIONS = {0: "NONE", 1: "RELU", 3: "RELU6"}
-_TFLITE_IDENTIFIER = b"TFL3"
-
-
-class _Graph:
-    """The file's tensors, ops, op options and constants, read once."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ValueError(f"{self.path}: no such file (expected a DeepLab .tflite file).")
-        data = self.path.read_bytes()
-        if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
-            raise ValueError(
-                f"{self.path} is not a TFLite flatbuffer (no 'TFL3' file identifier); pass a "
-                "DeepLab .tflite file such as deeplabv3_257_mv_gpu.tflite."
-            )
-        from ai_edge_litert.interpreter import Interpreter
-
-        try:
-            self.interpreter = Interpreter(model_content=data)
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(
-                f"{self.path} is not a readable TFLite file (truncated or corrupt?): {err}. "
-                "Re-download or re-export it."
-            ) from None
-        self.tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
-        self.ops = self.interpreter._get_ops_details()
-        self.options = _op_options(data)
-        self.inputs = [t["index"] for t in self.interpreter.get_input_details()]
-        self.outputs = [t["index"] for t in self.interpreter.get_output_details()]
-        self.producer = {}
-        self.consumers = defaultdict(list)
-        for op in self.ops:
-            for t in op["outputs"]:
-                self.producer[int(t)] = op
-            for t in op["inputs"]:
-                if t >= 0:
-                    self.consumers[int(t)].append(op)
-        self.constants = sorted(
-            i for i in self.tensors if i not in self.producer and i not in self.inputs
-        )
-
-    def error(self, message):
-        return ValueError(f"{self.path}: {message}")
-
-    def name(self, index):
-        return self.tensors[index]["name"]
-
-    def shape(self, index):
-        return tuple(int(d) for d in self.tensors[index]["shape"])
-
-    def value(self, index):
-        return np.asarray(self.interpreter.get_tensor(index))
-
-    def op_options(self, op):
-        return self.options.get(int(op["outputs"][0]), {})
-
-    def constant_source(self, index):
-        """The constant holding tensor `index` (through a float16 DEQUANTIZE), or None."""
-        if index in self.constants:
-            return index
-        op = self.producer.get(index)
-        if op is not None and op["op_name"] == "DEQUANTIZE":
-            source = int(op["inputs"][0])
-            if source in self.constants and self.tensors[source]["dtype"] == np.float16:
-                return source
-        return None
-
-    def describe(self, op):
-        return f"op {op['index']} {op['op_name']} -> {self.name(int(op['outputs'][0]))!r}"
-
-
-def _op_options(data):
-    """Builtin options of the conv, pooling, resize and concat ops, keyed by output tensor."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    kinds = {
-        schema.BuiltinOptions.Conv2DOptions: schema.Conv2DOptions,
-        schema.BuiltinOptions.DepthwiseConv2DOptions: schema.DepthwiseConv2DOptions,
-        schema.BuiltinOptions.Pool2DOptions: schema.Pool2DOptions,
-        schema.BuiltinOptions.ResizeBilinearOptions: schema.ResizeBilinearOptions,
-        schema.BuiltinOptions.ConcatenationOptions: schema.ConcatenationOptions,
-    }
-    model = schema.Model.GetRootAs(data, 0)
-    result = {}
-    for s in range(model.SubgraphsLength()):
-        subgraph = model.Subgraphs(s)
-        for i in range(subgraph.OperatorsLength()):
-            op = subgraph.Operators(i)
-            cls = kinds.get(op.BuiltinOptionsType())
-            if cls is None or op.OutputsLength() == 0:
-                continue
-            table = op.BuiltinOptions()
-            opts = cls()
-            opts.Init(table.Bytes, table.Pos)
-            entry = {}
-            if hasattr(opts, "StrideH"):
-                entry["strides"] = (opts.StrideH(), opts.StrideW())
-                entry["padding"] = "same" if opts.Padding() == schema.Padding.SAME else "valid"
-            if hasattr(opts, "DilationHFactor"):
-                entry["dilation"] = (opts.DilationHFactor(), opts.DilationWFactor())
-            if hasattr(opts, "FilterHeight"):
-                entry["filter"] = (opts.FilterHeight(), opts.FilterWidth())
-            if hasattr(opts, "FusedActivationFunction"):
-                code = opts.FusedActivationFunction()
-                entry["activation"] = _ACTIVATIONS.get(code, f"code {code}")
-            if hasattr(opts, "AlignCorners"):
-                entry["align_corners"] = bool(opts.AlignCorners())
-                entry["half_pixel_centers"] = bool(opts.HalfPixelCenters())
-            if hasattr(opts, "Axis"):
-                entry["axis"] = opts.Axis()
-            result[int(op.Outputs(0))] = entry
-    return result
+FILE_KIND = "a DeepLab .tflite file such as deeplabv3_257_mv_gpu.tflite"
 
 
 def _conv_weights(graph):
@@ -369,7 +258,7 @@ def inspect_tflite(path):
         >>> inspect_tflite("deeplabv3_257_mv_gpu.tflite")["model_name"]
         'deeplabv3_mobilenetv2_dm05_os8'
     """
-    return _analyse(_Graph(path))[0]
+    return _analyse(TFLiteFile(path, FILE_KIND))[0]
 
 
 def _build(info, include_preprocessing):
@@ -573,7 +462,7 @@ def _verify(graph, model, include_preprocessing, tolerance):
 
 
 def _load(path, include_preprocessing=True, verify=True, tolerance=1e-4):
-    graph = _Graph(path)
+    graph = TFLiteFile(path, FILE_KIND)
     info, convs = _analyse(graph)
     _check_other_ops(graph)
     model = _build(info, include_preprocessing)
