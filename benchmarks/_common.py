@@ -1,12 +1,19 @@
-"""Shared pieces of the benchmarks: data paths, VOC samples, mIoU, fair LiteRT timing."""
+"""Shared pieces of the benchmarks: data paths, VOC samples, mIoU, timing, worker results.
 
+Imports only numpy at module level: the keras-hub worker imports it from its own venv, where
+keras_deeplab is not installed.
+"""
+
+import json
 import os
+import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
 RESULTS_DIR = Path(__file__).parent / "results"
+RESULT_TAG = "BENCHMARK_RESULT:"
 
 
 def shared_data_dir():
@@ -172,3 +179,45 @@ def measure(fn, min_reps=3, max_reps=10, budget_s=10.0):
         "samples": len(samples),
         "warmup_ms": 1e3 * warmup,
     }
+
+
+def train_step_rate(model, crop, batch, steps, num_classes=21, budget_s=60.0):
+    """Images/s of one SGD step (momentum 0.9, pixel cross-entropy) on random data.
+
+    The step both `benchmarks.training.bench_train` and the keras-hub worker time. Returns
+    `measure`'s stats with `crop`, `batch` and `images_per_s`.
+    """
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32))
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            )
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    stats = measure(
+        lambda: float(step(x, y)), min_reps=min(2, steps), max_reps=steps, budget_s=budget_s
+    )
+    return {
+        "crop": crop,
+        "batch": batch,
+        **stats,
+        "images_per_s": batch / (stats["median_ms"] / 1e3),
+    }
+
+
+def emit_result(out):
+    """Prints a worker's result as one tagged JSON line, with this process' peak RSS (MB)."""
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(RESULT_TAG + json.dumps(out), flush=True)

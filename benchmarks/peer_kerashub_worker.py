@@ -9,7 +9,7 @@ Tasks (a JSON argument), result printed as one tagged JSON line:
 * `{"kind": "infer", "size": 512}`: latency at batch 1 (`tf.function`, warm-up excluded,
   median), GFLOP per image and achieved GFLOP/s;
 * `{"kind": "train", "size": 512, "batch": 8, "steps": 3}`: training images/s with the same
-  step as `benchmarks.run.bench_train` (SGD momentum 0.9, pixel cross-entropy).
+  step as `benchmarks.training.bench_train` (SGD momentum 0.9, pixel cross-entropy).
 
 GFLOP per image are counted by TF's graph profiler (`tf.compat.v1.profiler`, float_ops of
 the Conv2D / DepthwiseConv2dNative / MatMul nodes of the traced forward graph, which TF
@@ -18,15 +18,13 @@ size and reported beside `keras_deeplab.macs.count_macs` as a cross-check of the
 """
 
 import json
-import resource
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import measure
+from benchmarks._common import emit_result, measure, train_step_rate
 
-RESULT_TAG = "BENCHMARK_RESULT:"
 REPO = Path(__file__).resolve().parents[1]
 COUNTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "_FusedConv2D")
 
@@ -112,33 +110,7 @@ def infer(size):
 
 
 def train(size, batch, steps):
-    import keras
-    import tensorflow as tf
-
-    model = build(size)
-    optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32))
-    y = tf.constant(rng.integers(0, 21, (batch, size, size)).astype(np.int32))
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            )
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
-
-    stats = measure(lambda: float(step(x, y)), min_reps=min(2, steps), max_reps=steps, budget_s=60)
-    return {
-        "crop": size,
-        "batch": batch,
-        **stats,
-        "images_per_s": batch / (stats["median_ms"] / 1e3),
-    }
+    return train_step_rate(build(size), size, batch, steps)
 
 
 def main():
@@ -149,8 +121,7 @@ def main():
         out = train(task["size"], task["batch"], task.get("steps", 3))
     else:
         raise ValueError(f"unknown task {task['kind']!r}")
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(RESULT_TAG + json.dumps(out), flush=True)
+    emit_result(out)
 
 
 if __name__ == "__main__":

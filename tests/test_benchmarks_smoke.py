@@ -8,7 +8,13 @@ import math
 
 import pytest
 
-from benchmarks import run
+from benchmarks import plan, workers
+from benchmarks._common import measure
+from benchmarks.crf import bench_crf
+from benchmarks.inference import bench_inference, scaling_exponents
+from benchmarks.machine import machine_info, matmul_peak
+from benchmarks.report import fused_bn_speedups, peer_rows, render_markdown, render_summary
+from benchmarks.training import bench_train
 
 SMALL = {"measure_budget_s": 0.0, "min_reps": 1, "max_reps": 1, "cell_budget_s": 1e9}
 
@@ -19,7 +25,7 @@ def _finite_positive(value):
 
 def test_measure_counts_reps_and_warmup():
     calls = []
-    stats = run.measure(lambda: calls.append(1), min_reps=3, max_reps=3, budget_s=0.0)
+    stats = measure(lambda: calls.append(1), min_reps=3, max_reps=3, budget_s=0.0)
     assert len(calls) == 4 and stats["samples"] == 3  # one warm-up + three timed
     assert set(stats) == {"median_ms", "min_ms", "samples", "warmup_ms"}
 
@@ -30,15 +36,15 @@ def test_scaling_exponent_of_a_power_law():
         for s in (33, 65, 129)
     ]
     macs = {str(s): 7 * s * s for s in (33, 65, 129)}
-    out = run.scaling_exponents(cells, macs)
+    out = scaling_exponents(cells, macs)
     assert out["keras"] == pytest.approx(0.9) and out["macs"] == pytest.approx(1.0)
 
 
 def test_quick_path_core_functions_and_report():
-    peak = run.matmul_peak(n=256, reps=2)
+    peak = matmul_peak(n=256, reps=2)
     assert _finite_positive(peak["gflops"])
     backends = ["keras", "keras_opt", "saved_model_opt", "tflite_fp32"]
-    inference = run.bench_inference(
+    inference = bench_inference(
         "deeplabv3_mobilenetv2_dm05", [33, 65], backends, batches=(1, 2), limits=SMALL
     )
     measured = [c for c in inference["cells"] if "median_ms" in c]
@@ -51,15 +57,15 @@ def test_quick_path_core_functions_and_report():
     assert inference["accuracy"]["keras_opt"]["max_abs_diff"] < 1e-4
     assert inference["accuracy"]["tflite_fp32"]["argmax_agreement"] >= 0.95
     assert set(inference["scaling"]) >= {"keras", "macs"}
-    train = run.bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1)
+    train = bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1)
     assert _finite_positive(train["images_per_s"])
-    crf = run.bench_crf(size=33, images=2, processes=1)
+    crf = bench_crf(size=33, images=2, processes=1)
     assert _finite_positive(crf["serial_s_per_image"])
     assert _finite_positive(crf["parallel_s_per_image"])
 
     report = {
         "command": "python -m benchmarks.run --quick",
-        "machine": run.machine_info(),
+        "machine": machine_info(),
         "wall_minutes": 0.1,
         "peak": {"start": peak, "end": peak, "gflops": peak["gflops"]},
         "inference": [inference, {"model": "broken", "error": "exit 1: boom"}],
@@ -68,7 +74,7 @@ def test_quick_path_core_functions_and_report():
         "crf": {**crf, "peak_rss_mb": 1.0},
         "peers": {"error": "venv missing"},
     }
-    markdown = run.render_markdown(report)
+    markdown = render_markdown(report)
     header = (
         "| model | px | GFLOP/img | backend | b1 ms | b1 GFLOP/s | b1 % peak | b8 img/s "
         "| b8 GFLOP/s | b8 % peak |"
@@ -80,7 +86,7 @@ def test_quick_path_core_functions_and_report():
     assert "error: exit 1: boom" in markdown and "keras-hub: **not measured**" in markdown
     assert "### Cost growth" in markdown and "dense CRF" in markdown
     assert all("nan" not in row for row in rows)
-    summary = run.render_summary(report)
+    summary = render_summary(report)
     assert "| deeplabv3_mobilenetv2_dm05 | 65 |" in summary and "TFLite int8" in summary
 
 
@@ -98,9 +104,9 @@ def test_peer_rows_ratios():
             "gflop_per_image": 75.0,
             "cells": {"keras": {"median_ms": 250.0, "gflops": 300.0}},
         },
-        "training": [{"model": run.PEER_MODEL, "crop": 513, "images_per_s": 1.5}],
+        "training": [{"model": plan.PEER_MODEL, "crop": 513, "images_per_s": 1.5}],
     }
-    rows = run.peer_rows(report)
+    rows = peer_rows(report)
     text = "\n".join(rows)
     assert "GFLOP/s **2.00x**" in text and "latency 0.62x" in text
     assert "**1.50x**" in text
@@ -118,14 +124,24 @@ def test_fused_bn_speedup_and_ablation_rows():
         {"model": "m", "fused_bn": False, "crop": 33, "batch": 2, "images_per_s": 2.0},
         {"model": "other", "crop": 33, "batch": 2, "images_per_s": 1.0},
     ]
-    assert run.fused_bn_speedups(training) == {"m": 1.5}
-    slow = run.bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1, fused_bn=False)
+    assert fused_bn_speedups(training) == {"m": 1.5}
+    slow = bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1, fused_bn=False)
     assert slow["fused_bn"] is False and _finite_positive(slow["images_per_s"])
 
 
 def test_cost_prediction_scales_each_backend_by_its_own_latency():
     b1 = {("keras", 257): 100.0, ("xla", 257): 800.0, ("keras", 513): 400.0}
-    assert run.predict_b1_ms(b1, "xla", 513) == 3200.0  # not Keras' 400
-    assert run.predict_b1_ms(b1, "keras_opt", 513) == 400.0
-    assert run.predict_b1_ms({}, "keras", 513, previous=(257, 100.0)) > 390.0
-    assert run.predict_b1_ms({}, "keras", 513) is None
+    assert plan.predict_b1_ms(b1, "xla", 513) == 3200.0  # not Keras' 400
+    assert plan.predict_b1_ms(b1, "keras_opt", 513) == 400.0
+    assert plan.predict_b1_ms({}, "keras", 513, previous=(257, 100.0)) > 390.0
+    assert plan.predict_b1_ms({}, "keras", 513) is None
+
+
+def test_worker_subprocess_round_trip():
+    # `run_task` starts `python -m benchmarks.run --worker TASK` and reads its tagged result.
+    out = workers.run_task({"kind": "peak", "n": 64, "reps": 1}, timeout=300)
+    assert "error" not in out, out
+    assert _finite_positive(out["gflops"]) and out["n"] == 64
+    assert _finite_positive(out["peak_rss_mb"]) and out["wall_s"] > 0
+    bad = workers.run_task({"kind": "nope"}, timeout=300)
+    assert bad["error"].startswith("exit 1:") and "unknown task 'nope'" in bad["error"]
