@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates benchmarks/.venv-peers: an environment of its own for the keras-hub peer.
-# keras-hub pulls in the full `tensorflow` package (through tensorflow-text), which must
-# not land in the project's .venv (tensorflow-cpu). Usage: bash benchmarks/setup_peers.sh
+# keras-hub brings tensorflow-text, tokenizers, sentencepiece, huggingface_hub and kagglehub,
+# none of which the package uses; a venv of their own keeps them (and any tensorflow/keras pin
+# they would move) out of the project's .venv (tensorflow 2.21.0, keras 3.15.1).
+# Usage: bash benchmarks/setup_peers.sh
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 VENV="$HERE/.venv-peers"
