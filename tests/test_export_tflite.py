@@ -18,17 +18,12 @@ from PIL import Image
 import keras_deeplab
 from keras_deeplab import create_model
 from keras_deeplab.export import to_tflite, verify_tflite
+from keras_deeplab.export.graph import ExportGraph
+from keras_deeplab.export.labels import labels_path_for, resolve_labels
 from keras_deeplab.export.report import VerificationError, atomic_write_bytes, write_report
-from keras_deeplab.export.tflite import (
-    _Exported,
-    _resolve_labels,
-    detect_quantization,
-    labels_path_for,
-    op_counts,
-    op_options,
-    optimize_for_export,
-)
+from keras_deeplab.export.rewrite import optimize_for_export
 from keras_deeplab.layers import Preprocessing
+from keras_deeplab.tflite_file import detect_quantization, op_counts, op_options
 from keras_deeplab.weights import load_tflite
 from tests.official_tflite import official_tflite_dir, shared_data_dir
 
@@ -286,7 +281,7 @@ def test_to_tflite_failure_writes_report_and_raises(model, tmp_path):
 
 def test_preprocessing_conventions(model):
     x = _images(1)
-    stripped = _Exported(model, include_preprocessing=False)
+    stripped = ExportGraph(model, include_preprocessing=False)
     assert stripped.input_key == "normalized_image" and not any(
         isinstance(layer, Preprocessing) for layer in stripped.core.layers
     )
@@ -297,17 +292,17 @@ def test_preprocessing_conventions(model):
         "deeplabv3_mobilenetv2_dm05_os8", num_classes=NUM_CLASSES, include_preprocessing=False
     )
     raw.set_weights(model.get_weights())
-    added = _Exported(raw, include_preprocessing=True)
+    added = ExportGraph(raw, include_preprocessing=True)
     assert added.input_key == "image" and added.prepend is not None
     assert np.max(np.abs(added.reference(x) - np.asarray(model(x)))) <= 1e-6
 
 
 def test_labels():
-    voc = _resolve_labels(None, 21)
+    voc = resolve_labels(None, 21)
     assert voc[0] == "background" and voc[15] == "person" and len(voc) == 21
-    assert _resolve_labels(None, 2) == ["class_0", "class_1"]
+    assert resolve_labels(None, 2) == ["class_0", "class_1"]
     with pytest.raises(ValueError, match="3 non-empty class names"):
-        _resolve_labels(["a", "b"], 3)
+        resolve_labels(["a", "b"], 3)
 
 
 @pytest.mark.parametrize(
