@@ -20,12 +20,14 @@ import contextlib
 
 import keras
 
+from keras_deeplab import _compat
+
 
 def batch_norm_layers(model):
     """Every `keras.layers.BatchNormalization` inside `model` (nested models included)."""
     return [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in _compat.all_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 

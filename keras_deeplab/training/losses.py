@@ -19,6 +19,8 @@ plain mean for single-device use.
 import keras
 import tensorflow as tf
 
+from keras_deeplab import _compat
+
 
 def pixel_losses(labels, logits, ignore_label=255, class_weights=None):
     """Weighted per-pixel cross-entropy and validity mask, both flat `[N]` float32.
@@ -127,7 +129,7 @@ def regularized_weights(model, regularize_depthwise=False):
             seen.add(id(variable))
             selected.append(variable)
 
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.all_layers(model):
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             if regularize_depthwise:
                 add(layer.kernel)

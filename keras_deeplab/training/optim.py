@@ -17,6 +17,7 @@
 
 import keras
 
+from keras_deeplab import _compat
 from keras_deeplab.backbones import resolve_backbone_name
 from keras_deeplab.layers import PACKAGE
 
@@ -79,7 +80,7 @@ def default_weight_decay(backbone):
 def _owners(model):
     """id(variable) -> the innermost layer that owns it."""
     owners = {}
-    for layer in model._flatten_layers(include_self=False):
+    for layer in _compat.all_layers(model):
         if isinstance(layer, keras.Model):
             continue
         for variable in layer.trainable_weights:
