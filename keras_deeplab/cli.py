@@ -172,7 +172,7 @@ def _segmenter(args, model):
 def _read_image(path):
     from PIL import Image, UnidentifiedImageError
 
-    from keras_deeplab.data.base import pil_image_to_rgb
+    from keras_deeplab.data.decode import pil_image_to_rgb
 
     try:
         with Image.open(path) as img:
@@ -195,7 +195,7 @@ def _cmd_models(args):
 
 
 def _cmd_presets(args):
-    from keras_deeplab.weights.loading import presets_markdown
+    from keras_deeplab.weights.presets import presets_markdown
 
     print(presets_markdown())
 
@@ -355,7 +355,7 @@ def output_names(paths):
 
 
 def _cmd_predict(args):
-    from keras_deeplab.data.base import IMAGE_EXTENSIONS
+    from keras_deeplab.data.decode import IMAGE_EXTENSIONS
 
     source = Path(args.input)
     if source.is_dir():

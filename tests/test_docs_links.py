@@ -67,6 +67,6 @@ def test_anchor_rule():
 
 
 def test_presets_table_is_the_packages():
-    from keras_deeplab.weights.loading import presets_markdown
+    from keras_deeplab.weights.presets import presets_markdown
 
     assert presets_markdown() in (ROOT / "docs" / "weights.md").read_text()

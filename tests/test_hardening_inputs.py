@@ -5,7 +5,7 @@ entry point of configs, `keras-deeplab train` and `eval`) before any model is bu
 error is one `DataError` naming the file and the fix; `skip_bad=True` (`--skip-bad`) instead
 counts and lists the bad pairs and leaves them out, and an epoch then runs. Inputs that have
 a documented conversion rule (grayscale, RGBA, palette, full-range 16-bit images) are
-accepted and decoded as documented in `keras_deeplab.data.base`.
+accepted and decoded as documented in `keras_deeplab.data.decode` and `.validation`.
 
 Entries covered in depth elsewhere are still listed here (with a smaller check):
 weights for another model / class count (tests/test_weights_loading.py), TFLite files
@@ -24,7 +24,7 @@ from PIL import Image
 
 from keras_deeplab.cli import main
 from keras_deeplab.data import DataError, load_data, paired_folders, train_pipeline
-from keras_deeplab.data.base import MAX_IMAGE_PIXELS
+from keras_deeplab.data.validation import MAX_IMAGE_PIXELS
 
 SIZE = (24, 32)  # H, W of the good examples
 NUM_CLASSES = 3

@@ -39,7 +39,8 @@ def test_deeplab_keras_archive_loads_in_safe_mode(tmp_path):
 
 
 def test_keras_archive_with_lambda_is_refused_by_our_loader(tmp_path):
-    from keras_deeplab.weights.loading import UnsafeArchiveError, load_weights
+    from keras_deeplab.weights.loading import load_weights
+    from keras_deeplab.weights.weights_file import UnsafeArchiveError
 
     sentinel = tmp_path / "pwned.txt"
     path = _lambda_archive(tmp_path / "evil.keras", sentinel)

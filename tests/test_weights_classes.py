@@ -7,7 +7,8 @@ import pytest
 
 import keras_deeplab
 from keras_deeplab.weights import ClassCountMismatchError, weights_num_classes
-from keras_deeplab.weights.loading import WEIGHTS_DIR_ENV, load_weights
+from keras_deeplab.weights.loading import load_weights
+from keras_deeplab.weights.presets import WEIGHTS_DIR_ENV
 
 BACKBONE = "mobilenetv2_dm05"
 

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 import keras_deeplab
-from keras_deeplab.weights.loading import (
+from keras_deeplab.weights.loading import load_weights, model_layers
+from keras_deeplab.weights.presets import (
     PRESETS,
     WEIGHTS_DIR_ENV,
     list_presets,
-    load_weights,
-    model_layers,
     presets_markdown,
     resolve_weights,
 )

@@ -14,9 +14,11 @@ from keras_deeplab.data.augment import (
     steps_per_epoch,
     train_pipeline,
 )
-from keras_deeplab.data.base import DataError, SegmentationData, file_source, label_lut, validate
 from keras_deeplab.data.cityscapes import cityscapes
+from keras_deeplab.data.contract import DataError, SegmentationData
+from keras_deeplab.data.files import file_source
 from keras_deeplab.data.folders import camvid, from_directory, load_data, paired_folders
+from keras_deeplab.data.labels import label_lut
 from keras_deeplab.data.palette import (
     ADE20K_CLASSES,
     CAMVID_CLASSES,
@@ -30,6 +32,7 @@ from keras_deeplab.data.palette import (
 )
 from keras_deeplab.data.shapes import generate_shapes, shapes
 from keras_deeplab.data.tfds import tfds_dataset
+from keras_deeplab.data.validation import validate
 from keras_deeplab.data.voc import voc
 
 __all__ = [

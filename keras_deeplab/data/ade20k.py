@@ -10,16 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_deeplab.data.base import (
-    IMAGE_EXTENSIONS,
-    MASK_EXTENSIONS,
-    DataError,
-    file_source,
-    fixed_classes,
-    label_lut,
-    list_files,
-    pair_by_stem,
-)
+from keras_deeplab.data.contract import DataError
+from keras_deeplab.data.decode import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from keras_deeplab.data.files import file_source, list_files, pair_by_stem
+from keras_deeplab.data.labels import fixed_classes, label_lut
 from keras_deeplab.data.palette import ADE20K_CLASSES
 
 SPLITS = {

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_deeplab.data.base import DataError, _list, file_source, fixed_classes, label_lut
+from keras_deeplab.data.contract import DataError, listed
+from keras_deeplab.data.files import file_source
+from keras_deeplab.data.labels import fixed_classes, label_lut
 from keras_deeplab.data.palette import CITYSCAPES_CLASSES
 
 # label id -> train id for the 19 evaluated classes (cityscapesScripts labels.py).
@@ -106,7 +108,7 @@ def cityscapes(
     if missing:
         raise DataError(
             f"{len(missing)} Cityscapes images have no {annotations}_{kind}.png mask in "
-            f"{mask_dir}: {_list(missing)}."
+            f"{mask_dir}: {listed(missing)}."
         )
     base = cityscapes_lut(ignore_label) if kind == "labelIds" and label_map is None else None
     return file_source(

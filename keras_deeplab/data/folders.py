@@ -29,19 +29,13 @@ import numpy as np
 from PIL import Image
 
 from keras_deeplab.data.ade20k import ade20k, find_ade20k_root
-from keras_deeplab.data.base import (
-    IMAGE_EXTENSIONS,
-    MASK_EXTENSIONS,
-    DataError,
-    file_source,
-    label_lut,
-    list_files,
-    mask_from_pil,
-    pair_by_stem,
-)
-from keras_deeplab.data.base import validate as validate_data
 from keras_deeplab.data.cityscapes import cityscapes, find_cityscapes_root
+from keras_deeplab.data.contract import DataError
+from keras_deeplab.data.decode import IMAGE_EXTENSIONS, MASK_EXTENSIONS, mask_from_pil
+from keras_deeplab.data.files import file_source, list_files, pair_by_stem
+from keras_deeplab.data.labels import label_lut
 from keras_deeplab.data.palette import CAMVID_CLASSES
+from keras_deeplab.data.validation import validate as validate_data
 from keras_deeplab.data.voc import find_voc_root, voc
 
 IMAGE_DIRS = ("images", "image", "imgs", "img")

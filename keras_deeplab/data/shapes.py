@@ -14,7 +14,7 @@ prefix of a larger one, and the splits ("train", "val", "test") use disjoint see
 import numpy as np
 import tensorflow as tf
 
-from keras_deeplab.data.base import SegmentationData
+from keras_deeplab.data.contract import SegmentationData
 
 CLASS_NAMES = ("background", "circle", "square", "triangle", "cross")
 SPLITS = {"train": 0, "val": 1, "validation": 1, "test": 2}

@@ -14,8 +14,9 @@ Other datasets need `num_classes=` (and `label_map=` / `mask_threshold=` as for 
 import numpy as np
 import tensorflow as tf
 
-from keras_deeplab.data.base import DataError, SegmentationData, label_lut
 from keras_deeplab.data.cityscapes import cityscapes_lut
+from keras_deeplab.data.contract import DataError, SegmentationData
+from keras_deeplab.data.labels import label_lut
 from keras_deeplab.data.palette import CITYSCAPES_CLASSES
 
 MASK_KEYS = ("segmentation_mask", "segmentation_label", "segmentation", "mask", "annotation")
@@ -181,15 +182,13 @@ def tfds_dataset(
         return image, tf.ensure_shape(mask, [None, None])
 
     records = raw.map(lambda example: (example[image_key], example[mask_key]))
-    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return SegmentationData(
-        dataset=dataset,
+    return SegmentationData.from_records(
+        records,
+        decode,
         num_classes=num_classes,
         ignore_label=ignore_label,
         class_names=class_names,
         num_examples=num_examples,
         name=f"tfds:{name}:{split}",
-        records=records,
-        decode=decode,
         label_lut=np.asarray(lut),
     )

@@ -10,14 +10,10 @@ line, or `"/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"` pairs).
 import warnings
 from pathlib import Path
 
-from keras_deeplab.data.base import (
-    IMAGE_EXTENSIONS,
-    MASK_EXTENSIONS,
-    DataError,
-    _list,
-    file_source,
-    label_lut,
-)
+from keras_deeplab.data.contract import DataError, listed
+from keras_deeplab.data.decode import IMAGE_EXTENSIONS, MASK_EXTENSIONS
+from keras_deeplab.data.files import file_source
+from keras_deeplab.data.labels import label_lut
 from keras_deeplab.data.palette import VOC_CLASSES
 
 AUG_SPLITS = ("train_aug", "trainaug")
@@ -120,10 +116,10 @@ def voc(
         parts = []
         if no_image:
             parts.append(
-                f"{len(no_image)} without an image in {root / 'JPEGImages'}: {_list(no_image)}"
+                f"{len(no_image)} without an image in {root / 'JPEGImages'}: {listed(no_image)}"
             )
         if no_mask:
-            parts.append(f"{len(no_mask)} without a mask in {mask_dir}: {_list(no_mask)}")
+            parts.append(f"{len(no_mask)} without a mask in {mask_dir}: {listed(no_mask)}")
         raise DataError(
             f"{source}: ids {'; '.join(parts)}. Fix: restore the files or remove the ids."
         )

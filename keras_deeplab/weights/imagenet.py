@@ -21,22 +21,18 @@ keras.applications' `alpha=0.5` (channels rounded differently).
 `backbone_weights` may also be a local file: a keras.applications weights file
 (Keras 3 `.weights.h5`, or the legacy Keras 2 `..._notop.h5` it downloads), a
 `.weights.h5` saved from this package's backbone or model, or a backbone
-preset name (`keras_deeplab.weights.loading.list_presets("backbone")`).
+preset name (`keras_deeplab.weights.list_presets("backbone")`).
 """
 
 import keras
 
 from keras_deeplab.backbones import resolve_backbone_name
-from keras_deeplab.weights.loading import (
-    PRESETS,
-    assign,
-    describe_mismatch,
+from keras_deeplab.weights.loading import assign, describe_mismatch, match_layers, model_layers
+from keras_deeplab.weights.presets import PRESETS, resolve_weights
+from keras_deeplab.weights.weights_file import (
     is_keras3_weights,
-    match_layers,
-    model_layers,
     open_weights_file,
     read_weights_file,
-    resolve_weights,
 )
 
 # Canonical backbone name -> keras.applications builder.
