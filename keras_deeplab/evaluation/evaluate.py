@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from keras_deeplab._json import jsonable
 from keras_deeplab.data.palette import overlay, voc_palette
 from keras_deeplab.evaluation.metrics import ConfusionMatrix
 
@@ -50,18 +51,6 @@ def per_class_table(result):
     lines.append(f"{'pixel accuracy':<{width}}  {result['pixel_accuracy']:.4f}")
     lines.append(f"{'fw IoU':<{width}}  {result['fw_iou']:.4f}")
     return "\n".join(lines)
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if np.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def confusion_png(confusion, class_names, path):
@@ -101,7 +90,7 @@ def write_evaluation(result, out_dir):
         writer.writerow(["class", "iou"])
         for name, iou in zip(result["class_names"], result["per_class_iou"], strict=True):
             writer.writerow([name, "" if np.isnan(iou) else f"{iou:.6f}"])
-    paths["json"].write_text(json.dumps({k: _jsonable(v) for k, v in result.items()}, indent=2))
+    paths["json"].write_text(json.dumps(jsonable(result, nan_as_none=True), indent=2))
     confusion_png(result["confusion"], result["class_names"], paths["confusion_png"])
     return paths
 

@@ -19,6 +19,8 @@ import os
 import re
 from pathlib import Path
 
+from keras_deeplab._json import jsonable
+
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
 _NOT_BUILD_ARGS = ("weights", "backbone_weights")
@@ -40,16 +42,6 @@ def _atomic_write(path, text):
     os.replace(tmp, path)
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return value
-
-
 def _tuples(value):
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
@@ -62,7 +54,7 @@ def write_model_spec(run_dir, name, kwargs, class_names=None, weights_step=None)
     """Writes `model.json`: how to rebuild the run's model (`create_model(name, **kwargs)`)."""
     spec = {
         "model": name,
-        "kwargs": _jsonable({k: v for k, v in kwargs.items() if k not in _NOT_BUILD_ARGS}),
+        "kwargs": jsonable({k: v for k, v in kwargs.items() if k not in _NOT_BUILD_ARGS}),
         "class_names": list(class_names) if class_names else None,
         "weights_step": weights_step,
     }
