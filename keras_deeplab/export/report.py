@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
+from keras_deeplab._json import jsonable
 
 
 class VerificationError(RuntimeError):
@@ -25,27 +25,6 @@ class VerificationError(RuntimeError):
     def __init__(self, message, report=None):
         super().__init__(message)
         self.report = report
-
-
-def _jsonable(value):
-    """numpy scalars / arrays, tuples and paths -> plain JSON types."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, type):
-        return value.__name__
-    return value
 
 
 class DiskFullError(OSError):
@@ -124,5 +103,5 @@ def atomic_write_bytes(path, data):
 
 def write_report(path, report):
     """Writes `report` (a dict) as indented JSON, atomically; returns the path."""
-    text = json.dumps(_jsonable(report), indent=2, sort_keys=False, allow_nan=True) + "\n"
+    text = json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=True) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
