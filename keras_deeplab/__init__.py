@@ -38,7 +38,9 @@ _ATTRIBUTES = {
     "DeepLabV3Plus": "keras_deeplab.models",
     "create_model": "keras_deeplab.models",
     "list_models": "keras_deeplab.models",
+    "list_architectures": "keras_deeplab.models",
     "MultiScaleInputs": "keras_deeplab.msc",
+    "SegmentationModel": "keras_deeplab.segmentation_model",
 }
 
 # every subpackage and module (`weights`, `export`, `data`, ...) is `keras_deeplab.<name>`
@@ -68,12 +70,14 @@ __all__ = [
     "DeepLabV3",
     "DeepLabV3Plus",
     "MultiScaleInputs",
+    "SegmentationModel",
     "Segmenter",
     "__version__",
     "count_macs",
     "count_params",
     "create_model",
     "get_backbone",
+    "list_architectures",
     "list_backbones",
     "list_models",
 ]

@@ -201,7 +201,7 @@ def _cmd_presets(args):
 
 
 def _cmd_table(args):
-    from keras_deeplab.macs import markdown_table, zoo_rows
+    from keras_deeplab.zoo import markdown_table, zoo_rows
 
     print(markdown_table(zoo_rows(args.names or None, args.input_size), args.input_size))
 

@@ -1,9 +1,11 @@
 """Public model builders (DeepLab v1, v2, v3, v3+) and the named-model registry.
 
-Every builder returns a Keras functional model that takes RGB images and
-returns per-pixel class logits at the input resolution
+Every builder returns a `SegmentationModel` (a functional `keras.Model` that knows its
+architecture, backbone, output stride, class count, activation and preprocessing) that
+takes RGB images and returns per-pixel class logits at the input resolution
 (`model(x).shape[1:3] == x.shape[1:3]`), resized with align-corners bilinear
-interpolation as the official `predict_labels` does.
+interpolation as the official `predict_labels` does. The architectures, heads and named
+models live in `keras_deeplab.registry` (filled by `keras_deeplab.architectures`).
 
 Example:
 
@@ -12,68 +14,19 @@ import keras_deeplab
 
 model = keras_deeplab.DeepLabV3Plus(backbone="xception", num_classes=21)
 model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8")
-print(keras_deeplab.list_models())
+print(keras_deeplab.list_models(architecture="deeplabv3plus"))
 ```
 """
 
-import keras
+import difflib
+import functools
 
-from keras_deeplab.backbones import get_backbone, preprocessing_mode, resolve_backbone_name
-from keras_deeplab.backbones.common import check_input_shape, check_output_stride
-from keras_deeplab.heads.aspp import aspp
-from keras_deeplab.heads.aspp_v2 import ASPP_L, ASPP_S, aspp_v2
-from keras_deeplab.heads.cascade import cascade
-from keras_deeplab.heads.common import logits_conv
-from keras_deeplab.heads.decoder import decoder
-from keras_deeplab.heads.largefov import largefov
-from keras_deeplab.layers import Preprocessing, ResizeBilinear
+from keras_deeplab.heads.aspp import DEFAULT_ATROUS_RATES
 from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.registry import ARCHITECTURES, MODELS, check_arguments, get_architecture
+from keras_deeplab.segmentation_model import ACTIVATIONS, SegmentationModel
 
-ACTIVATIONS = (None, "softmax", "sigmoid")
-DEFAULT_ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
-
-
-def _check_num_classes(num_classes):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"num_classes must be a positive integer (e.g. 21 for VOC); got {num_classes!r}."
-        )
-
-
-def _check_activation(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}.")
-
-
-def _v3_rates(backbone, output_stride, atrous_rates):
-    """Official defaults: [6, 12, 18] at OS16 (doubled at OS8), none for MobileNetV2."""
-    if atrous_rates is None:
-        if backbone.startswith("mobilenetv2"):
-            return ()
-        return DEFAULT_ATROUS_RATES[output_stride]
-    rates = tuple(int(r) for r in atrous_rates)
-    if len(rates) not in (0, 3) or any(r < 1 for r in rates):
-        raise ValueError(
-            f"atrous_rates for the DeepLab v3 ASPP must be 3 positive rates, e.g. (6, 12, 18) at "
-            f"output_stride 16 or (12, 24, 36) at 8, or () for image pooling + 1x1 only; got {rates}."
-        )
-    return rates
-
-
-def _default_multi_grid(backbone, multi_grid):
-    # The official resnet_v1_*_beta checkpoints are trained with multi_grid (1, 2, 4).
-    if multi_grid is None and backbone.endswith("_beta"):
-        return (1, 2, 4)
-    return multi_grid
-
-
-def _inputs(input_shape, backbone, include_preprocessing):
-    input_shape = check_input_shape(input_shape)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    if include_preprocessing:
-        x = Preprocessing(preprocessing_mode(backbone), name="preprocessing")(x)
-    return inputs, x
+MSC_SCALES = (1.0, 0.75, 0.5)
 
 
 def _load_weights(model, weights):
@@ -84,30 +37,42 @@ def _load_weights(model, weights):
     return model
 
 
-def _finish(inputs, logits, activation, name, weights):
-    """Resizes logits to the input size, applies the activation, loads weights."""
-    outputs = ResizeBilinear(name="upsampled_logits")([logits, inputs])
-    if activation is not None:
-        outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(
-            outputs
-        )
-    return _load_weights(keras.Model(inputs, outputs, name=name), weights)
-
-
-def _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights=None):
-    features_shape = (input_shape[0], input_shape[1], 3)
-    model = get_backbone(
-        backbone,
-        input_shape=features_shape,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        name=f"{backbone}_backbone",
-    )
+def _load_backbone_weights(model, backbone_weights):
     if backbone_weights is not None:
         from keras_deeplab.weights.imagenet import load_backbone_weights
 
-        load_backbone_weights(model, backbone, backbone_weights)
-    return model
+        load_backbone_weights(model.backbone, model.backbone_name, backbone_weights)
+
+
+def build_model(architecture, **kwargs):
+    """Builds a model of a registered architecture; loads `weights`/`backbone_weights`.
+
+    Takes the architecture's arguments (`SegmentationModel`), plus `weights`,
+    `backbone_weights`, `name` and, for architectures with multi-scale inputs,
+    `multi_scale` / `scales`. An unknown argument is one error listing the accepted ones.
+
+    Example:
+        `model = build_model("deeplabv3", backbone="mobilenetv2_dm05", num_classes=3)`
+    """
+    arch = get_architecture(architecture)
+    extras = {"weights": None, "backbone_weights": None, "name": architecture}
+    if arch.multi_scale:
+        extras.update(multi_scale=False, scales=MSC_SCALES)
+    check_arguments(architecture, kwargs, accepted_extra=extras)
+    build = {key: kwargs.pop(key, default) for key, default in extras.items()}
+    if build.get("multi_scale"):
+        activation = kwargs.pop("activation", None)
+        single = SegmentationModel(
+            architecture, name=f"{build['name']}_single_scale", activation=None, **kwargs
+        )
+        _load_backbone_weights(single, build["backbone_weights"])
+        model = MultiScaleInputs(
+            single, scales=build["scales"], activation=activation, name=build["name"]
+        )
+    else:
+        model = SegmentationModel(architecture, name=build["name"], **kwargs)
+        _load_backbone_weights(model, build["backbone_weights"])
+    return _load_weights(model, build["weights"])
 
 
 def DeepLabV1(
@@ -144,18 +109,7 @@ def DeepLabV1(
     Example:
         `model = keras_deeplab.DeepLabV1(num_classes=21)`
     """
-    backbone = resolve_backbone_name(backbone)
-    if backbone != "vgg16":
-        raise ValueError(
-            f"DeepLabV1 (LargeFOV) is defined on vgg16 only; got backbone {backbone!r}."
-        )
-    _check_num_classes(num_classes)
-    _check_activation(activation)
-    check_output_stride(output_stride)
-    inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, None, backbone_weights)(x)
-    logits = largefov(features["final"], num_classes, dropout=dropout)
-    return _finish(inputs, logits, activation, name, weights)
+    return build_model("deeplabv1", **locals())
 
 
 def DeepLabV2(
@@ -203,37 +157,7 @@ def DeepLabV2(
     Example:
         `model = keras_deeplab.DeepLabV2(backbone="resnet101", aspp="L", multi_scale=True)`
     """
-    backbone = resolve_backbone_name(backbone)
-    _check_num_classes(num_classes)
-    _check_activation(activation)
-    check_output_stride(output_stride)
-    if atrous_rates is None:
-        presets = {"L": ASPP_L, "S": ASPP_S}
-        if str(aspp).upper() not in presets:
-            raise ValueError(
-                f"aspp must be 'L' (rates {ASPP_L}) or 'S' (rates {ASPP_S}); got {aspp!r}."
-            )
-        atrous_rates = presets[str(aspp).upper()]
-    atrous_rates = tuple(int(r) for r in atrous_rates)
-    if len(atrous_rates) != 4 or any(r < 1 for r in atrous_rates):
-        raise ValueError(
-            f"atrous_rates for the DeepLab v2 ASPP must be 4 positive rates, e.g. {ASPP_L} (ASPP-L) "
-            f"or {ASPP_S} (ASPP-S); got {atrous_rates}."
-        )
-    inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
-    logits = aspp_v2(
-        features["final"],
-        num_classes,
-        atrous_rates=atrous_rates,
-        vgg_branches=backbone == "vgg16",
-        dropout=dropout,
-    )
-    if not multi_scale:
-        return _finish(inputs, logits, activation, name, weights)
-    single = _finish(inputs, logits, None, f"{name}_single_scale", None)
-    model = MultiScaleInputs(single, scales=scales, activation=activation, name=name)
-    return _load_weights(model, weights)
+    return build_model("deeplabv2", **locals())
 
 
 def DeepLabV3(
@@ -285,37 +209,7 @@ def DeepLabV3(
     Example:
         `model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8)`
     """
-    backbone = resolve_backbone_name(backbone)
-    _check_num_classes(num_classes)
-    _check_activation(activation)
-    check_output_stride(output_stride)
-    if head not in ("aspp", "cascade"):
-        raise ValueError(f"head must be 'aspp' or 'cascade'; got {head!r}.")
-    multi_grid = _default_multi_grid(backbone, multi_grid)
-    inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
-    if head == "cascade":
-        if not backbone.startswith("resnet"):
-            raise ValueError(
-                f"The cascade head copies ResNet block4; backbone {backbone!r} is not a ResNet."
-            )
-        y = cascade(
-            features["final"],
-            flavour="beta" if backbone.endswith("_beta") else "caffe",
-            output_stride=output_stride,
-            num_blocks=cascade_blocks,
-            multi_grid=multi_grid,
-        )
-    else:
-        y = aspp(
-            features["final"],
-            atrous_rates=_v3_rates(backbone, output_stride, atrous_rates),
-            separable=aspp_separable,
-            image_pooling=image_pooling,
-            dropout=dropout,
-        )
-    logits = logits_conv(y, num_classes)
-    return _finish(inputs, logits, activation, name, weights)
+    return build_model("deeplabv3", **locals())
 
 
 def DeepLabV3Plus(
@@ -366,80 +260,69 @@ def DeepLabV3Plus(
     Example:
         `model = keras_deeplab.DeepLabV3Plus(backbone="xception", num_classes=21)`
     """
-    backbone = resolve_backbone_name(backbone)
-    _check_num_classes(num_classes)
-    _check_activation(activation)
-    check_output_stride(output_stride)
-    multi_grid = _default_multi_grid(backbone, multi_grid)
-    inputs, x = _inputs(input_shape, backbone, include_preprocessing)
-    features = _backbone(backbone, input_shape, output_stride, multi_grid, backbone_weights)(x)
-    y = aspp(
-        features["final"],
-        atrous_rates=_v3_rates(backbone, output_stride, atrous_rates),
-        separable=aspp_separable,
-        image_pooling=image_pooling,
-        dropout=dropout,
-    )
-    y = decoder(
-        y,
-        features["stride_4"],
-        separable=decoder_separable,
-        filters=decoder_filters,
-        low_level_filters=low_level_filters,
-    )
-    logits = logits_conv(y, num_classes)
-    return _finish(inputs, logits, activation, name, weights)
+    return build_model("deeplabv3plus", **locals())
 
 
-# name -> (builder, configuration). Names spell family, backbone and the
-# non-default settings; `create_model(name, **overrides)` builds them.
-MODEL_CONFIGS = {
-    "deeplabv1_vgg16_largefov": (DeepLabV1, {"backbone": "vgg16"}),
-    "deeplabv2_vgg16_aspp_s": (DeepLabV2, {"backbone": "vgg16", "aspp": "S"}),
-    "deeplabv2_vgg16_aspp_l": (DeepLabV2, {"backbone": "vgg16", "aspp": "L"}),
-    "deeplabv2_resnet101_aspp_s": (DeepLabV2, {"backbone": "resnet101", "aspp": "S"}),
-    "deeplabv2_resnet101_aspp_l": (DeepLabV2, {"backbone": "resnet101", "aspp": "L"}),
-    "deeplabv2_resnet101_aspp_l_msc": (
-        DeepLabV2,
-        {"backbone": "resnet101", "aspp": "L", "multi_scale": True},
-    ),
-    "deeplabv2_resnet50_aspp_l": (DeepLabV2, {"backbone": "resnet50", "aspp": "L"}),
-    "deeplabv3_resnet50_beta": (DeepLabV3, {"backbone": "resnet50_beta"}),
-    "deeplabv3_resnet101_beta": (DeepLabV3, {"backbone": "resnet101_beta"}),
-    "deeplabv3_resnet101_beta_cascade": (
-        DeepLabV3,
-        {"backbone": "resnet101_beta", "head": "cascade"},
-    ),
-    "deeplabv3_xception65": (DeepLabV3, {"backbone": "xception65"}),
-    "deeplabv3_mobilenetv2": (DeepLabV3, {"backbone": "mobilenetv2"}),
-    "deeplabv3_mobilenetv2_os8": (DeepLabV3, {"backbone": "mobilenetv2", "output_stride": 8}),
-    "deeplabv3_mobilenetv2_dm05": (DeepLabV3, {"backbone": "mobilenetv2_dm05"}),
-    "deeplabv3_mobilenetv2_dm05_os8": (
-        DeepLabV3,
-        {"backbone": "mobilenetv2_dm05", "output_stride": 8},
-    ),
-    "deeplabv3plus_xception41": (DeepLabV3Plus, {"backbone": "xception41"}),
-    "deeplabv3plus_xception65": (DeepLabV3Plus, {"backbone": "xception65"}),
-    "deeplabv3plus_xception71": (DeepLabV3Plus, {"backbone": "xception71"}),
-    "deeplabv3plus_resnet50_beta": (DeepLabV3Plus, {"backbone": "resnet50_beta"}),
-    "deeplabv3plus_resnet101_beta": (DeepLabV3Plus, {"backbone": "resnet101_beta"}),
-    "deeplabv3plus_resnet50": (DeepLabV3Plus, {"backbone": "resnet50"}),
-    "deeplabv3plus_resnet101": (DeepLabV3Plus, {"backbone": "resnet101"}),
-    "deeplabv3plus_mobilenetv2": (DeepLabV3Plus, {"backbone": "mobilenetv2"}),
+# architecture -> its public builder
+BUILDERS = {
+    "deeplabv1": DeepLabV1,
+    "deeplabv2": DeepLabV2,
+    "deeplabv3": DeepLabV3,
+    "deeplabv3plus": DeepLabV3Plus,
 }
 
 
-def list_models():
-    """Names accepted by `create_model`."""
-    return sorted(MODEL_CONFIGS)
+def _builder(architecture):
+    return BUILDERS.get(architecture) or functools.partial(build_model, architecture)
+
+
+def list_models(architecture=None):
+    """Names accepted by `create_model`, sorted; only those of `architecture` if given.
+
+    Example:
+        `keras_deeplab.list_models(architecture="deeplabv3plus")`
+    """
+    if architecture is not None:
+        get_architecture(architecture)  # the error lists the registered ones
+        return sorted(name for name, (arch, _) in MODELS.items() if arch == architecture)
+    return sorted(MODELS)
+
+
+def list_architectures():
+    """Registered architectures (`SegmentationModel(architecture=...)`)."""
+    return sorted(ARCHITECTURES)
+
+
+def _check_name(name):
+    if name not in MODELS:
+        close = difflib.get_close_matches(str(name), list(MODELS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}{hint}. Registered models: {', '.join(list_models())}."
+        )
+
+
+def model_architecture(name):
+    """`(architecture, configuration)` of a registered model; clear error for unknown names."""
+    _check_name(name)
+    architecture, config = MODELS[name]
+    return architecture, dict(config)
 
 
 def model_config(name):
     """`(builder, configuration)` of a registered model; clear error for unknown names."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(list_models())}.")
-    builder, config = MODEL_CONFIGS[name]
-    return builder, dict(config)
+    architecture, config = model_architecture(name)
+    return _builder(architecture), config
+
+
+def check_model_arguments(name, **overrides):
+    """Raises the `create_model(name, **overrides)` error for an unknown name or argument,
+    without building anything (e.g. to check a training config before reading data)."""
+    architecture, config = model_architecture(name)
+    extras = ["weights", "backbone_weights", "name"]
+    if get_architecture(architecture).multi_scale:
+        extras += ["multi_scale", "scales"]
+    check_arguments(architecture, {**config, **overrides}, extras, what=f"create_model({name!r})")
 
 
 def create_model(name, **overrides):
@@ -448,7 +331,25 @@ def create_model(name, **overrides):
     Example:
         `keras_deeplab.create_model("deeplabv3plus_xception65", num_classes=19)`
     """
-    builder, config = model_config(name)
+    architecture, config = model_architecture(name)
+    check_model_arguments(name, **overrides)
     config.update(overrides)
     config.setdefault("name", name)
-    return builder(**config)
+    return build_model(architecture, **config)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_ATROUS_RATES",
+    "DeepLabV1",
+    "DeepLabV2",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "SegmentationModel",
+    "build_model",
+    "create_model",
+    "list_architectures",
+    "list_models",
+    "model_architecture",
+    "model_config",
+]

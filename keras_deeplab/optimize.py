@@ -35,10 +35,9 @@ fastest = optimize_for_inference(model, dtype_policy="mixed_bfloat16")  # bf16 C
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import Functional
 
+from keras_deeplab import _compat
 from keras_deeplab import layers as deeplab_layers
-from keras_deeplab.msc import MultiScaleInputs
 
 FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
 # Dilated depthwise convs at this rate or more run through space-to-batch (see below).
@@ -95,14 +94,6 @@ def _is_linear(activation):
     return activation is None or activation is keras.activations.linear
 
 
-def _own_nodes(functional):
-    """Every node of `functional`'s own graph (not of nested models), in depth order."""
-    nodes = []
-    for depth in sorted(functional._nodes_by_depth, reverse=True):
-        nodes.extend(functional._nodes_by_depth[depth])
-    return nodes
-
-
 def conv_bn_pairs(functional):
     """`{conv layer name: bn layer}` of the foldable Conv -> BatchNorm pairs of one graph.
 
@@ -110,7 +101,7 @@ def conv_bn_pairs(functional):
     feeds nothing else and is not a model output, both layers are called once in this graph,
     and the conv has no activation of its own.
     """
-    nodes = _own_nodes(functional)
+    nodes = _compat.graph_nodes(functional)
     producer, consumers, calls = {}, {}, {}
     for node in nodes:
         calls[node.operation.name] = calls.get(node.operation.name, 0) + 1
@@ -193,40 +184,38 @@ def _copy_layer(layer, dtype_policy, args, kwargs, cls=None):
     return y
 
 
-def _rebuild(functional, fold, dtype_policy, space_to_batch=False, input_tensors=None):
-    """A new functional model: `functional`'s graph with the transforms applied."""
+def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache):
+    """A new functional model: `functional`'s graph with the transforms applied.
+
+    Layers no transform touches are shared with `functional` when `share_layers` (else
+    copied with their weights); a nested model called several times is rebuilt once.
+    """
     pairs = conv_bn_pairs(functional) if fold else {}
     skip = {bn.name for bn in pairs.values()}
 
     def call(layer, *args, **kwargs):
-        if isinstance(layer, Functional):
-            return _rebuild(layer, fold, dtype_policy, space_to_batch)(*args, **kwargs)
-        if isinstance(layer, MultiScaleInputs):
-            return _optimize_msc(layer, fold, dtype_policy, space_to_batch)(*args, **kwargs)
+        if _compat.is_functional(layer):
+            if id(layer) not in cache:
+                cache[id(layer)] = _rebuild(
+                    layer, fold, dtype_policy, space_to_batch, share_layers, cache
+                )
+            return cache[id(layer)](*args, **kwargs)
         if layer.name in skip:
             return args[0]
         if layer.name in pairs:
             return _folded_conv(layer, pairs[layer.name], args[0], dtype_policy, space_to_batch)
         if space_to_batch and _uses_space_to_batch(layer):
             return _copy_layer(layer, dtype_policy, args, kwargs, SpaceToBatchDepthwiseConv2D)
-        if dtype_policy is not None:
+        if dtype_policy is not None or not share_layers:
             return _copy_layer(layer, dtype_policy, args, kwargs)
         return layer(*args, **kwargs)
 
-    if input_tensors is None:
-        input_tensors = keras.tree.map_structure(
-            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
-            functional.input,
-        )
-    outputs = functional._run_through_graph(
-        input_tensors, operation_fn=lambda layer: layer, call_fn=call
+    input_tensors = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name),
+        functional.input,
     )
-    return Functional(input_tensors, outputs, name=functional.name)
-
-
-def _optimize_msc(model, fold, dtype_policy, space_to_batch=False):
-    inner = _rebuild(model.model, fold, dtype_policy, space_to_batch)
-    return MultiScaleInputs(inner, scales=model.scales, activation=model.activation)
+    outputs = _compat.run_through_graph(functional, input_tensors, call)
+    return keras.Model(input_tensors, outputs, name=functional.name)
 
 
 def _float32_outputs(model):
@@ -239,14 +228,30 @@ def _float32_outputs(model):
         ),
         model.outputs if len(model.outputs) > 1 else model.outputs[0],
     )
-    return Functional(model.input, outputs, name=model.name)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def transform_graph(
+    functional, fold=True, space_to_batch=True, dtype_policy=None, share_layers=True
+):
+    """`functional`'s graph rewritten: BN folded, dilated depthwise via space-to-batch,
+    layers under `dtype_policy` (outputs back in float32). Returns a plain functional model.
+
+    Example:
+        >>> graph = transform_graph(model, fold=True, share_layers=False)
+    """
+    rebuilt = _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, {})
+    if dtype_policy is not None:
+        rebuilt = _float32_outputs(rebuilt)
+    return rebuilt
 
 
 def optimize_for_inference(model, fold=True, dtype_policy=None, space_to_batch=True):
     """A new inference-only model: BN folded (`fold`) and/or rebuilt with `dtype_policy`.
 
     Args:
-        model: a functional keras_deeplab model or a `MultiScaleInputs` wrapper.
+        model: a keras_deeplab model (`SegmentationModel`, `MultiScaleInputs` included) or
+            any functional Keras model.
         fold: fold BatchNorm into the preceding convolutions.
         dtype_policy: None (keep) or a Keras dtype policy name, e.g. `"mixed_bfloat16"`.
         space_to_batch: run depthwise convs dilated by `SPACE_TO_BATCH_MIN_RATE` or more
@@ -254,19 +259,20 @@ def optimize_for_inference(model, fold=True, dtype_policy=None, space_to_batch=T
 
     Returns:
         A new model sharing nothing mutable with `model` for the folded / re-typed layers
-        (other layers are shared when `dtype_policy` is None).
+        (other layers are shared when `dtype_policy` is None). A keras_deeplab model stays
+        one (same class, same properties); its config records the rewrites (`inference`),
+        so its `.keras` file rebuilds the same graph.
     """
-    if isinstance(model, MultiScaleInputs):
-        return _optimize_msc(model, fold, dtype_policy, space_to_batch)
-    if not isinstance(model, Functional):
-        raise ValueError(
-            f"optimize_for_inference needs a functional Keras model (or MultiScaleInputs); got "
-            f"{type(model).__name__}."
+    if hasattr(model, "with_inference_options"):  # SegmentationModel, MultiScaleInputs
+        return model.with_inference_options(
+            fold=fold, dtype_policy=dtype_policy, space_to_batch=space_to_batch
         )
-    rebuilt = _rebuild(model, fold, dtype_policy, space_to_batch)
-    if dtype_policy is not None:
-        rebuilt = _float32_outputs(rebuilt)
-    return rebuilt
+    if not _compat.is_functional(model):
+        raise ValueError(
+            f"optimize_for_inference needs a functional Keras model (e.g. a keras_deeplab "
+            f"model); got {type(model).__name__}."
+        )
+    return transform_graph(model, fold, space_to_batch, dtype_policy, share_layers=True)
 
 
 def fold_batch_norm(model):
@@ -286,12 +292,6 @@ def with_dtype_policy(model, dtype_policy="mixed_bfloat16"):
 
 
 def count_batch_norms(model):
-    """BatchNormalization layers in `model`, nested models included."""
-    inner = model.model if isinstance(model, MultiScaleInputs) else model
-    total = 0
-    for layer in inner.layers:
-        if isinstance(layer, keras.Model):
-            total += count_batch_norms(layer)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            total += 1
-    return total
+    """BatchNormalization layers in `model`, nested models included (each counted once)."""
+    layers = {id(layer): layer for layer in _compat.all_layers(model)}
+    return sum(isinstance(layer, keras.layers.BatchNormalization) for layer in layers.values())

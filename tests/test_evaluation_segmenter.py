@@ -8,7 +8,6 @@ import keras_deeplab
 from keras_deeplab.evaluation import (
     OFFICIAL_EVAL_SCALES,
     Segmenter,
-    find_output_stride,
     padded_size,
 )
 from keras_deeplab.layers import Conv2D, Preprocessing, ResizeBilinear
@@ -195,8 +194,10 @@ def test_softmax_output_model():
     probs_model = tiny_model(seed=3, softmax=True)
     img = image(33, 45)
     a = Segmenter(logits_model, scales=(0.5, 1.0), output_stride=4).predict_proba(img)[0]
-    b = Segmenter(probs_model, scales=(0.5, 1.0), output_stride=4).predict_proba(img)[0]
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    b = Segmenter(probs_model, scales=(0.5, 1.0), output_stride=4, outputs="softmax")
+    np.testing.assert_allclose(a, b.predict_proba(img)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="logits or softmax"):
+        Segmenter(probs_model, output_stride=4, outputs="sigmoid")
 
 
 def test_input_checks():
@@ -229,18 +230,15 @@ def test_images_scaled_to_unit_range_are_refused():
 
 def test_builders_output_stride_and_odd_sizes(tmp_path):
     model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8, num_classes=5)
-    assert find_output_stride(model) == 8
+    assert Segmenter(model).output_stride == 8
     v3plus = keras_deeplab.DeepLabV3Plus(backbone="mobilenetv2", num_classes=3)
-    assert find_output_stride(v3plus) == 16
-    # The attribute is lost on reload; the stride is then probed from the backbone.
+    assert Segmenter(v3plus).output_stride == 16
+    # The model's output_stride survives a .keras round trip.
     path = tmp_path / "m.keras"
     model.save(path)
     reloaded = keras.saving.load_model(path)
-    backbone = reloaded.get_layer("mobilenetv2_dm05_backbone")
-    if hasattr(backbone, "output_stride"):
-        del backbone.output_stride
-    assert find_output_stride(reloaded) == 8
     seg = Segmenter(reloaded, scales=(0.5, 1.0), flip=True, batch_size=2)
+    assert seg.output_stride == 8
     shapes = spy_shapes(seg)
     labels = seg.predict([image(35, 47), image(50, 33, 1)])
     assert [lab.shape for lab in labels] == [(35, 47), (50, 33)]
@@ -249,7 +247,7 @@ def test_builders_output_stride_and_odd_sizes(tmp_path):
 
 def test_msc_model():
     model = keras_deeplab.DeepLabV2(backbone="mobilenetv2_dm05", multi_scale=True, num_classes=3)
-    assert find_output_stride(model) == 8
+    assert Segmenter(model).output_stride == 8
     probs = Segmenter(model).predict_proba(image(41, 30))[0]
     assert probs.shape == (41, 30, 3)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)

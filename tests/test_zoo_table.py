@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_deeplab.macs import markdown_table, zoo_rows
+from keras_deeplab.zoo import markdown_table, zoo_rows
 
 README = Path(__file__).parents[1] / "README.md"
 

@@ -1,23 +1,27 @@
-"""Backbones: one module per family, one registry to build them by name."""
+"""Backbones: one module per family, one registry to build them by name.
 
-from keras_deeplab.backbones.common import VALID_OUTPUT_STRIDES
+`get_backbone(name)` returns a `Backbone` (see `backbones.common`); a new backbone is a
+family module registering its graph (`@register_family`) plus a `BACKBONES` entry here.
+"""
+
+from keras_deeplab.backbones.common import VALID_OUTPUT_STRIDES, Backbone
 from keras_deeplab.backbones.mobilenet_v2 import MobileNetV2Backbone
 from keras_deeplab.backbones.resnet import ResNetBackbone
 from keras_deeplab.backbones.vgg import VGG16Backbone
 from keras_deeplab.backbones.xception import XceptionBackbone
 
-# name -> (builder, fixed keyword arguments, preprocessing mode)
+# name -> (family, fixed family options, preprocessing mode)
 BACKBONES = {
-    "xception41": (XceptionBackbone, {"depth": 41}, "symmetric"),
-    "xception65": (XceptionBackbone, {"depth": 65}, "symmetric"),
-    "xception71": (XceptionBackbone, {"depth": 71}, "symmetric"),
-    "resnet50": (ResNetBackbone, {"depth": 50, "flavour": "caffe"}, "caffe"),
-    "resnet101": (ResNetBackbone, {"depth": 101, "flavour": "caffe"}, "caffe"),
-    "resnet50_beta": (ResNetBackbone, {"depth": 50, "flavour": "beta"}, "symmetric"),
-    "resnet101_beta": (ResNetBackbone, {"depth": 101, "flavour": "beta"}, "symmetric"),
-    "mobilenetv2": (MobileNetV2Backbone, {"depth_multiplier": 1.0}, "symmetric"),
-    "mobilenetv2_dm05": (MobileNetV2Backbone, {"depth_multiplier": 0.5}, "symmetric"),
-    "vgg16": (VGG16Backbone, {}, "caffe"),
+    "xception41": ("xception", {"depth": 41}, "symmetric"),
+    "xception65": ("xception", {"depth": 65}, "symmetric"),
+    "xception71": ("xception", {"depth": 71}, "symmetric"),
+    "resnet50": ("resnet", {"depth": 50, "flavour": "caffe"}, "caffe"),
+    "resnet101": ("resnet", {"depth": 101, "flavour": "caffe"}, "caffe"),
+    "resnet50_beta": ("resnet", {"depth": 50, "flavour": "beta"}, "symmetric"),
+    "resnet101_beta": ("resnet", {"depth": 101, "flavour": "beta"}, "symmetric"),
+    "mobilenetv2": ("mobilenetv2", {"depth_multiplier": 1.0}, "symmetric"),
+    "mobilenetv2_dm05": ("mobilenetv2", {"depth_multiplier": 0.5}, "symmetric"),
+    "vgg16": ("vgg16", {}, "caffe"),
 }
 ALIASES = {
     "xception": "xception65",
@@ -57,14 +61,15 @@ def preprocessing_mode(name):
 def get_backbone(
     backbone, input_shape=(None, None, 3), output_stride=16, multi_grid=None, **kwargs
 ):
-    """Builds a backbone by name (`list_backbones()`); see each family's module for arguments.
+    """Builds a `Backbone` by name (`list_backbones()`); see each family's module for arguments.
 
     Example:
         `features = get_backbone("xception65", output_stride=8)(images)["stride_4"]`
     """
     key = resolve_backbone_name(backbone)
-    builder, fixed, _ = BACKBONES[key]
-    return builder(
+    family, fixed, _ = BACKBONES[key]
+    return Backbone(
+        family,
         input_shape=input_shape,
         output_stride=output_stride,
         multi_grid=multi_grid,
@@ -76,6 +81,7 @@ def get_backbone(
 __all__ = [
     "BACKBONES",
     "VALID_OUTPUT_STRIDES",
+    "Backbone",
     "MobileNetV2Backbone",
     "ResNetBackbone",
     "VGG16Backbone",

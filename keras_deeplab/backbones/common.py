@@ -1,6 +1,7 @@
-"""What every backbone shares: argument checks, the output-stride rule, BatchNorm.
+"""What every backbone shares: the `Backbone` model class, argument checks, the
+output-stride rule, BatchNorm.
 
-A backbone builder returns a `keras.Model` taking *normalised* images
+A backbone is a `Backbone` (a functional `keras.Model`) taking *normalised* images
 (`(None, None, 3)` by default) whose outputs are a dict of feature taps:
 
 * `"stride_4"`: the low-level tap the v3+ decoder uses (pre-activation where
@@ -9,13 +10,23 @@ A backbone builder returns a `keras.Model` taking *normalised* images
   are reached before `output_stride`,
 * `"final"`: the last feature map, at `output_stride`.
 
-Each model also carries `feature_channels` (dict tap -> channels) and
-`output_stride` as plain attributes for the heads.
+`backbone.feature_info` lists the taps with their stride and channels (as timm's
+`FeatureInfo` / keras-hub's `pyramid_outputs`); it is part of `get_config()`, so it
+survives `.keras` files and `keras.models.clone_model`.
+
+A family (xception, resnet, mobilenetv2, vgg16) is one module whose graph function is
+registered with `@register_family(name)`: `fn(input_shape, output_stride, multi_grid,
+**options) -> (inputs, taps, default_name)`.
 """
+
+import json
 
 import keras
 
-from keras_deeplab.layers import BatchNormalization
+from keras_deeplab.layers import PACKAGE, BatchNormalization
+
+# family name -> graph function (see `register_family`)
+BACKBONE_FAMILIES = {}
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 
@@ -94,9 +105,126 @@ def batch_norm(x, name, momentum, epsilon):
     return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
 
 
-def finish_backbone(inputs, taps, name, output_stride):
-    """Builds the backbone model from `taps` (dict name -> tensor)."""
-    model = keras.Model(inputs, taps, name=name)
-    model.feature_channels = {k: int(v.shape[-1]) for k, v in taps.items()}
-    model.output_stride = output_stride
-    return model
+def register_family(name):
+    """Decorator registering a backbone family's graph function under `name`.
+
+    Example:
+        ```python
+        @register_family("tiny")
+        def _tiny_graph(input_shape, output_stride, multi_grid, width=8):
+            inputs = keras.Input(shape=input_shape, name="image")
+            ...
+            return inputs, {"stride_4": low, "final": x}, "tiny"
+        ```
+    """
+
+    def decorator(fn):
+        BACKBONE_FAMILIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def _tap_stride(tap, output_stride):
+    return output_stride if tap == "final" else int(tap.rsplit("_", 1)[1])
+
+
+def frozen_config(config):
+    """`config` as JSON text: what a `.keras` file gives back (tuples become lists), and an
+    attribute that neither Keras nor TF checkpoint tracking wraps."""
+    return json.dumps(config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Backbone(keras.Model):
+    """A feature extractor: normalised images -> dict of feature taps (`"stride_4"`, ..., `"final"`).
+
+    Built from its arguments (`get_config()` returns them, plus `feature_info`), so it
+    reloads from a `.keras` file or `clone_model` as the same class with the same taps.
+
+    Args:
+        family: a registered family (`"xception"`, `"resnet"`, `"mobilenetv2"`, `"vgg16"`).
+        input_shape: `(height, width, 3)`; height/width may be None.
+        output_stride: 8, 16 or 32, the stride of `"final"`.
+        multi_grid: unit rates of the last block (families that have one), or None.
+        name: model name (default: the family's, e.g. `"xception_65"`).
+        **options: the family's own arguments (`depth`, `flavour`, `depth_multiplier`).
+
+    Example:
+        >>> backbone = Backbone("xception", output_stride=16, depth=65)
+        >>> backbone.feature_info[0]
+        {'name': 'stride_4', 'stride': 4, 'channels': 256}
+    """
+
+    def __init__(
+        self,
+        family,
+        input_shape=(None, None, 3),
+        output_stride=16,
+        multi_grid=None,
+        name=None,
+        trainable=True,
+        feature_info=None,
+        **options,
+    ):
+        if family not in BACKBONE_FAMILIES:
+            import keras_deeplab.backbones  # noqa: F401 - registers the families
+
+        if family not in BACKBONE_FAMILIES:
+            raise ValueError(
+                f"Unknown backbone family {family!r}; registered: {sorted(BACKBONE_FAMILIES)}."
+            )
+        graph = BACKBONE_FAMILIES[family]
+        inputs, taps, default_name = graph(
+            input_shape=input_shape, output_stride=output_stride, multi_grid=multi_grid, **options
+        )
+        super().__init__(
+            inputs=inputs, outputs=taps, name=name or default_name, trainable=trainable
+        )
+        info = [
+            {"name": tap, "stride": _tap_stride(tap, output_stride), "channels": int(t.shape[-1])}
+            for tap, t in taps.items()
+        ]
+        if feature_info is not None and [dict(i) for i in feature_info] != info:
+            raise ValueError(
+                f"Backbone {self.name!r}: its saved feature_info {feature_info} differs from the "
+                f"taps this version builds {list(info)}; the file comes from another version."
+            )
+        self._config = frozen_config(
+            {
+                "family": family,
+                "input_shape": input_shape,
+                "output_stride": output_stride,
+                "multi_grid": multi_grid,
+                **dict(sorted(options.items())),
+                "feature_info": info,
+            }
+        )
+
+    @property
+    def feature_info(self):
+        """One dict per tap, in stride order: `{"name", "stride", "channels"}`."""
+        return json.loads(self._config)["feature_info"]
+
+    @property
+    def feature_channels(self):
+        """`{tap name: channels}`."""
+        return {i["name"]: i["channels"] for i in self.feature_info}
+
+    @property
+    def output_stride(self):
+        """Stride of the `"final"` tap."""
+        return self.feature_info[-1]["stride"]
+
+    @property
+    def family(self):
+        return json.loads(self._config)["family"]
+
+    def get_config(self):
+        config = json.loads(self._config)
+        info = config.pop("feature_info")
+        return {**config, "name": self.name, "trainable": self.trainable, "feature_info": info}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -27,11 +27,12 @@ Keras layer names are the slim scopes without `MobilenetV2/`, "/" -> "_" (e.g.
 import keras
 
 from keras_deeplab.backbones.common import (
+    Backbone,
     StridePlanner,
     batch_norm,
     check_input_shape,
     check_output_stride,
-    finish_backbone,
+    register_family,
 )
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D
 
@@ -121,35 +122,11 @@ def _check_depth_multiplier(depth_multiplier):
     return float(depth_multiplier)
 
 
-def MobileNetV2Backbone(
-    input_shape=(None, None, 3),
-    output_stride=16,
-    multi_grid=None,
-    depth_multiplier=1.0,
-    name=None,
+@register_family("mobilenetv2")
+def _mobilenet_v2_graph(
+    input_shape=(None, None, 3), output_stride=16, multi_grid=None, depth_multiplier=1.0
 ):
-    """DeepLab's MobileNetV2 feature extractor (official slim V2_DEF up to `layer_18`).
-
-    Args:
-        input_shape: `(height, width, 3)`; height/width may be `None`. Images must already be
-            scaled to [-1, 1] (see `keras_deeplab.layers.Preprocessing("symmetric")`).
-        output_stride: 8, 16 or 32. Once reached, later depthwise convs run at stride 1 with
-            atrous rates (official `mobilenet_base` rule, via `StridePlanner`).
-        multi_grid: must be `None`; MobileNetV2 has no multi-grid units.
-        depth_multiplier: channel multiplier (1.0 and 0.5 have official checkpoints).
-        name: model name (default `mobilenet_v2` or e.g. `mobilenet_v2_dm05`).
-
-    Returns:
-        A `keras.Model` with dict outputs `stride_4` (expanded_conv_2 depthwise output,
-        144 ch at dm 1.0), `stride_8` (expanded_conv_5 depthwise output, output_stride > 8),
-        `stride_16` (expanded_conv_12 depthwise output, output_stride 32) and `final`
-        (expanded_conv_16 project output, 320 ch at dm 1.0).
-
-    Example:
-        >>> backbone = MobileNetV2Backbone((129, 129, 3), output_stride=8, depth_multiplier=0.5)
-        >>> backbone.output["final"].shape
-        (None, 17, 17, 160)
-    """
+    """The mobilenetv2 graph: `(inputs, taps, default name)` (see `Backbone`)."""
     input_shape = check_input_shape(input_shape)
     check_output_stride(output_stride, backbone="MobileNetV2")
     if multi_grid is not None:
@@ -157,10 +134,9 @@ def MobileNetV2Backbone(
             f"MobileNetV2 has no multi-grid units; multi_grid must be None, got {multi_grid!r}."
         )
     depth_multiplier = _check_depth_multiplier(depth_multiplier)
-    if name is None:
-        name = "mobilenet_v2"
-        if depth_multiplier != 1.0:
-            name += "_dm" + f"{depth_multiplier:g}".replace(".", "")
+    name = "mobilenet_v2"
+    if depth_multiplier != 1.0:
+        name += "_dm" + f"{depth_multiplier:g}".replace(".", "")
 
     planner = StridePlanner(output_stride)
     tap_layers = {layer: stride for stride, layer in DECODER_TAP_LAYERS.items()}
@@ -201,4 +177,43 @@ def MobileNetV2Backbone(
             x = keras.layers.Add(name=f"{scope}_add")([x, block_input])
 
     taps["final"] = x
-    return finish_backbone(inputs, taps, name, output_stride)
+    return inputs, taps, name
+
+
+def MobileNetV2Backbone(
+    input_shape=(None, None, 3),
+    output_stride=16,
+    multi_grid=None,
+    depth_multiplier=1.0,
+    name=None,
+):
+    """DeepLab's MobileNetV2 feature extractor (official slim V2_DEF up to `layer_18`).
+
+    Args:
+        input_shape: `(height, width, 3)`; height/width may be `None`. Images must already be
+            scaled to [-1, 1] (see `keras_deeplab.layers.Preprocessing("symmetric")`).
+        output_stride: 8, 16 or 32. Once reached, later depthwise convs run at stride 1 with
+            atrous rates (official `mobilenet_base` rule, via `StridePlanner`).
+        multi_grid: must be `None`; MobileNetV2 has no multi-grid units.
+        depth_multiplier: channel multiplier (1.0 and 0.5 have official checkpoints).
+        name: model name (default `mobilenet_v2` or e.g. `mobilenet_v2_dm05`).
+
+    Returns:
+        A `Backbone` (a `keras.Model`) with dict outputs `stride_4` (expanded_conv_2 depthwise output,
+        144 ch at dm 1.0), `stride_8` (expanded_conv_5 depthwise output, output_stride > 8),
+        `stride_16` (expanded_conv_12 depthwise output, output_stride 32) and `final`
+        (expanded_conv_16 project output, 320 ch at dm 1.0).
+
+    Example:
+        >>> backbone = MobileNetV2Backbone((129, 129, 3), output_stride=8, depth_multiplier=0.5)
+        >>> backbone.output["final"].shape
+        (None, 17, 17, 160)
+    """
+    return Backbone(
+        "mobilenetv2",
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        name=name,
+        depth_multiplier=depth_multiplier,
+    )

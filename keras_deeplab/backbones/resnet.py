@@ -18,12 +18,13 @@
 import keras
 
 from keras_deeplab.backbones.common import (
+    Backbone,
     StridePlanner,
     batch_norm,
     check_input_shape,
     check_multi_grid,
     check_output_stride,
-    finish_backbone,
+    register_family,
 )
 from keras_deeplab.layers import Conv2D, conv2d_same
 
@@ -136,6 +137,25 @@ def _build_caffe(inputs, depth, output_stride, multi_grid):
     return taps
 
 
+@register_family("resnet")
+def _resnet_graph(
+    input_shape=(None, None, 3), output_stride=16, multi_grid=None, depth=50, flavour="beta"
+):
+    """The resnet graph: `(inputs, taps, default name)` (see `Backbone`)."""
+    if depth not in UNITS_PER_BLOCK:
+        raise ValueError(f"ResNet depth={depth!r} is not supported; allowed values: [50, 101].")
+    if flavour not in FLAVOURS:
+        raise ValueError(f"ResNet flavour={flavour!r} is not supported; allowed: {list(FLAVOURS)}.")
+    input_shape = check_input_shape(input_shape)
+    check_output_stride(output_stride, backbone=f"resnet{depth}")
+    multi_grid = check_multi_grid(multi_grid)
+
+    inputs = keras.Input(shape=input_shape, name="images")
+    build = _build_beta if flavour == "beta" else _build_caffe
+    taps = build(inputs, depth, output_stride, multi_grid)
+    return inputs, taps, f"resnet{depth}_beta" if flavour == "beta" else f"resnet{depth}"
+
+
 def ResNetBackbone(
     input_shape=(None, None, 3),
     output_stride=16,
@@ -173,23 +193,18 @@ def ResNetBackbone(
         name: model name (default `resnet{depth}_beta` / `resnet{depth}`).
 
     Returns:
-        A `keras.Model` mapping normalised images to a dict of feature taps.
+        A `Backbone` (a `keras.Model`) mapping normalised images to a dict of feature taps.
 
     Example:
         >>> model = ResNetBackbone(depth=101, output_stride=8, multi_grid=(1, 2, 4))
         >>> model(images)["final"].shape  # (batch, ceil(h / 8), ceil(w / 8), 2048)
     """
-    if depth not in UNITS_PER_BLOCK:
-        raise ValueError(f"ResNet depth={depth!r} is not supported; allowed values: [50, 101].")
-    if flavour not in FLAVOURS:
-        raise ValueError(f"ResNet flavour={flavour!r} is not supported; allowed: {list(FLAVOURS)}.")
-    input_shape = check_input_shape(input_shape)
-    check_output_stride(output_stride, backbone=f"resnet{depth}")
-    multi_grid = check_multi_grid(multi_grid)
-
-    inputs = keras.Input(shape=input_shape, name="images")
-    build = _build_beta if flavour == "beta" else _build_caffe
-    taps = build(inputs, depth, output_stride, multi_grid)
-    if name is None:
-        name = f"resnet{depth}_beta" if flavour == "beta" else f"resnet{depth}"
-    return finish_backbone(inputs, taps, name, output_stride)
+    return Backbone(
+        "resnet",
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        name=name,
+        depth=depth,
+        flavour=flavour,
+    )

@@ -15,10 +15,11 @@ Connected CRFs", arXiv:1412.7062; Simonyan & Zisserman, arXiv:1409.1556.
 import keras
 
 from keras_deeplab.backbones.common import (
+    Backbone,
     StridePlanner,
     check_input_shape,
     check_output_stride,
-    finish_backbone,
+    register_family,
 )
 from keras_deeplab.layers import Conv2D
 
@@ -26,35 +27,9 @@ from keras_deeplab.layers import Conv2D
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
-def VGG16Backbone(input_shape=(None, None, 3), output_stride=8, multi_grid=None, name=None):
-    """DeepLab v1/v2 VGG-16 trunk (`block1_conv1` ... `block5_conv3`, `pool1` ... `pool5`).
-
-    Pools are 3x3 max-pools with TF `"same"` padding: equal to Caffe's pad-1
-    pooling on inputs of size `k * 8 + 1` (e.g. 321, 513); on other sizes the
-    border differs by one row/column, as for every `"same"` vs explicit-pad
-    choice. The five pools are the strided units of the official output-stride
-    rule (`StridePlanner`): once `output_stride` is reached the remaining pools
-    run at stride 1 and the convs after them at the multiplied rate. At the
-    DeepLab setting `output_stride=8` this is exactly the Caffe net (pool4/pool5
-    stride 1, conv5_x dilation 2).
-
-    Taps: `stride_4` = `pool2`, `stride_8` = `pool3` (output_stride > 8),
-    `stride_16` = `pool4` (output_stride 32), `final` = `pool5` (512 channels).
-
-    Args:
-        input_shape: `(height, width, 3)`; height/width may be None.
-        output_stride: 8 (DeepLab), 16 or 32.
-        multi_grid: not supported; must be None.
-        name: model name (default `vgg16`).
-
-    Returns:
-        A `keras.Model` mapping normalised (Caffe-style BGR, mean subtracted)
-        images to a dict of feature taps.
-
-    Example:
-        >>> model = VGG16Backbone(input_shape=(321, 321, 3))
-        >>> model(images)["final"].shape  # (batch, 41, 41, 512)
-    """
+@register_family("vgg16")
+def _vgg16_graph(input_shape=(None, None, 3), output_stride=8, multi_grid=None):
+    """The vgg16 graph: `(inputs, taps, default name)` (see `Backbone`)."""
     if multi_grid is not None:
         raise ValueError(
             f"multi_grid is not supported by the VGG-16 backbone (it has no multi-grid block); "
@@ -86,4 +61,42 @@ def VGG16Backbone(input_shape=(None, None, 3), output_stride=8, multi_grid=None,
         if 4 <= tap_stride < output_stride:
             taps[f"stride_{tap_stride}"] = x
     taps["final"] = x
-    return finish_backbone(inputs, taps, name or "vgg16", output_stride)
+    return inputs, taps, "vgg16"
+
+
+def VGG16Backbone(input_shape=(None, None, 3), output_stride=8, multi_grid=None, name=None):
+    """DeepLab v1/v2 VGG-16 trunk (`block1_conv1` ... `block5_conv3`, `pool1` ... `pool5`).
+
+    Pools are 3x3 max-pools with TF `"same"` padding: equal to Caffe's pad-1
+    pooling on inputs of size `k * 8 + 1` (e.g. 321, 513); on other sizes the
+    border differs by one row/column, as for every `"same"` vs explicit-pad
+    choice. The five pools are the strided units of the official output-stride
+    rule (`StridePlanner`): once `output_stride` is reached the remaining pools
+    run at stride 1 and the convs after them at the multiplied rate. At the
+    DeepLab setting `output_stride=8` this is exactly the Caffe net (pool4/pool5
+    stride 1, conv5_x dilation 2).
+
+    Taps: `stride_4` = `pool2`, `stride_8` = `pool3` (output_stride > 8),
+    `stride_16` = `pool4` (output_stride 32), `final` = `pool5` (512 channels).
+
+    Args:
+        input_shape: `(height, width, 3)`; height/width may be None.
+        output_stride: 8 (DeepLab), 16 or 32.
+        multi_grid: not supported; must be None.
+        name: model name (default `vgg16`).
+
+    Returns:
+        A `Backbone` (a `keras.Model`) mapping normalised (Caffe-style BGR, mean subtracted)
+        images to a dict of feature taps.
+
+    Example:
+        >>> model = VGG16Backbone(input_shape=(321, 321, 3))
+        >>> model(images)["final"].shape  # (batch, 41, 41, 512)
+    """
+    return Backbone(
+        "vgg16",
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        name=name,
+    )

@@ -21,12 +21,13 @@ prefix, with "/" replaced by "_", so checkpoints map 1:1.
 import keras
 
 from keras_deeplab.backbones.common import (
+    Backbone,
     StridePlanner,
     batch_norm,
     check_input_shape,
     check_multi_grid,
     check_output_stride,
-    finish_backbone,
+    register_family,
 )
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D, conv2d_same, fixed_padding
 
@@ -167,36 +168,9 @@ def _xception_module(inputs, depths, skip, activation_inside, stride, rates, nam
     return x, conv2_out
 
 
-def XceptionBackbone(
-    input_shape=(None, None, 3),
-    output_stride=16,
-    multi_grid=None,
-    depth=65,
-    name=None,
-):
-    """Modified aligned Xception backbone (official DeepLab `xception_{41,65,71}`).
-
-    Args:
-        input_shape: `(height, width, 3)`; height/width may be None.
-        output_stride: 8, 16 or 32; stride of the `"final"` feature map.
-        multi_grid: three unit rates for the convs of `exit_flow/block2`
-            (default `(1, 1, 1)`; the official checkpoints use `(1, 2, 4)` at
-            OS 8/16 when trained with it).
-        depth: 41, 65 or 71.
-        name: model name (default `"xception_<depth>"`).
-
-    Returns:
-        A `keras.Model` taking images normalised to [-1, 1] and returning a
-        dict with `"stride_4"` (pre-activation decoder tap, 256 channels),
-        `"stride_8"` / `"stride_16"` when below `output_stride`, and `"final"`
-        (2048 channels at `output_stride`).
-
-    Example:
-        >>> model = XceptionBackbone(output_stride=16, multi_grid=(1, 2, 4))
-        >>> feats = model(np.zeros((1, 65, 65, 3), "float32"))
-        >>> feats["final"].shape, feats["stride_4"].shape
-        (TensorShape([1, 5, 5, 2048]), TensorShape([1, 17, 17, 256]))
-    """
+@register_family("xception")
+def _xception_graph(input_shape=(None, None, 3), output_stride=16, multi_grid=None, depth=65):
+    """The xception graph: `(inputs, taps, default name)` (see `Backbone`)."""
     if depth not in VALID_DEPTHS:
         raise ValueError(
             f"Xception depth={depth!r} is not supported; allowed values: {list(VALID_DEPTHS)}."
@@ -240,4 +214,44 @@ def XceptionBackbone(
     if planner.stride != output_stride:
         raise ValueError(f"output_stride {output_stride} cannot be reached by xception_{depth}.")
     taps["final"] = x
-    return finish_backbone(inputs, taps, name or f"xception_{depth}", output_stride)
+    return inputs, taps, f"xception_{depth}"
+
+
+def XceptionBackbone(
+    input_shape=(None, None, 3),
+    output_stride=16,
+    multi_grid=None,
+    depth=65,
+    name=None,
+):
+    """Modified aligned Xception backbone (official DeepLab `xception_{41,65,71}`).
+
+    Args:
+        input_shape: `(height, width, 3)`; height/width may be None.
+        output_stride: 8, 16 or 32; stride of the `"final"` feature map.
+        multi_grid: three unit rates for the convs of `exit_flow/block2`
+            (default `(1, 1, 1)`; the official checkpoints use `(1, 2, 4)` at
+            OS 8/16 when trained with it).
+        depth: 41, 65 or 71.
+        name: model name (default `"xception_<depth>"`).
+
+    Returns:
+        A `Backbone` (a `keras.Model`) taking images normalised to [-1, 1] and returning a
+        dict with `"stride_4"` (pre-activation decoder tap, 256 channels),
+        `"stride_8"` / `"stride_16"` when below `output_stride`, and `"final"`
+        (2048 channels at `output_stride`).
+
+    Example:
+        >>> model = XceptionBackbone(output_stride=16, multi_grid=(1, 2, 4))
+        >>> feats = model(np.zeros((1, 65, 65, 3), "float32"))
+        >>> feats["final"].shape, feats["stride_4"].shape
+        (TensorShape([1, 5, 5, 2048]), TensorShape([1, 17, 17, 256]))
+    """
+    return Backbone(
+        "xception",
+        input_shape=input_shape,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        name=name,
+        depth=depth,
+    )

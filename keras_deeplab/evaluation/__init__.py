@@ -9,7 +9,6 @@ from keras_deeplab.evaluation.metrics import (
 from keras_deeplab.evaluation.segmenter import (
     OFFICIAL_EVAL_SCALES,
     Segmenter,
-    find_output_stride,
     padded_size,
 )
 
@@ -19,7 +18,6 @@ __all__ = [
     "Segmenter",
     "StreamingMeanIoU",
     "batch_confusion_matrix",
-    "find_output_stride",
     "padded_size",
     "scores_from_confusion",
 ]

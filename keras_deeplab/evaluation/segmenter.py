@@ -22,7 +22,6 @@ Follows the official evaluation / export of `tensorflow/models:research/deeplab`
 
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -54,48 +53,20 @@ def padded_size(size, output_stride):
     return int(math.ceil((size - 1) / output_stride)) * output_stride + 1
 
 
-def _sub_models(model):
-    yield model
-    inner = getattr(model, "model", None)  # MultiScaleInputs
-    if isinstance(inner, keras.Model):
-        yield from _sub_models(inner)
-    for layer in getattr(model, "layers", []):
-        if isinstance(layer, keras.Model) and layer is not model:
-            yield from _sub_models(layer)
+OUTPUT_KINDS = ("logits", "softmax")
 
 
-def find_output_stride(model):
-    """The backbone's output stride: its `output_stride` attribute, else probed by shape.
-
-    Returns None when `model` has no recognisable DeepLab backbone.
-    """
-    for sub in _sub_models(model):
-        stride = getattr(sub, "output_stride", None)
-        if isinstance(stride, int) and stride > 0:
-            return stride
-    for sub in _sub_models(model):
-        if sub.name.endswith("_backbone") and isinstance(sub.output, dict):
-            if "final" not in sub.output:
-                continue
-            try:
-                final = sub.compute_output_shape((1, 257, 257, 3))["final"]
-            except Exception:  # noqa: BLE001 - unusual model: fall through to None
-                continue
-            for stride in (8, 16, 32, 4, 2, 1):
-                if final[1] == math.ceil(257 / stride):
-                    return stride
-    return None
-
-
-def _output_kind(model):
-    """`"logits"` or `"softmax"` (models built with `activation="softmax"`)."""
-    activation = getattr(model, "activation", None)  # MultiScaleInputs
-    if isinstance(activation, str):
-        return activation
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    if last is not None and last.name == "probabilities":
-        return keras.activations.serialize(last.activation)
-    return "logits"
+def _output_kind(model, outputs):
+    """`"logits"` or `"softmax"`: `outputs` if given, else from the model's `activation`."""
+    if outputs is None:
+        activation = getattr(model, "activation", None)  # SegmentationModel property
+        outputs = "logits" if activation is None else activation
+    if outputs not in OUTPUT_KINDS:
+        raise ValueError(
+            f"Segmenter needs a model returning logits or softmax probabilities; model "
+            f"{model.name!r} returns {outputs!r} (outputs= takes {OUTPUT_KINDS})."
+        )
+    return outputs
 
 
 def _window_starts(length, window, overlap):
@@ -112,8 +83,8 @@ class Segmenter:
 
     Args:
         model: a model mapping RGB batches [B, H, W, 3] to logits at the input size (every
-            `keras_deeplab` builder, `MultiScaleInputs`, loaded `.keras` models). Models built
-            with `activation="softmax"` work too (their log-probabilities are used).
+            keras_deeplab model: builders, `MultiScaleInputs`, loaded `.keras` files). Models
+            built with `activation="softmax"` work too (their log-probabilities are used).
         scales: input scales, e.g. `OFFICIAL_EVAL_SCALES` (0.5..1.75). v2 MSC models fuse
             their own scales inside; keep `(1.0,)` for them.
         flip: also run the left-right flipped image.
@@ -122,9 +93,9 @@ class Segmenter:
         crf: None, a `keras_deeplab.crf.CRF_PRESETS` name (`"deeplabv1_largefov"`,
             `"deeplabv2_resnet101"`, `"densecrf_default"`) or a dict of CRF parameters;
             needs `pydensecrf` (the `crf` extra).
-        output_stride: pad every input to `k * output_stride + 1`. Default: read from the
-            model's backbone; pass it for models where that fails (e.g. foreign models), or 1
-            to disable padding.
+        output_stride: pad every input to `k * output_stride + 1`. Default: the model's
+            `output_stride` (every keras_deeplab model has one); other models need it
+            (e.g. 8 or 16), or 1 to disable padding.
         pad_value: padding value in the model's input units (127.5 = mean pixel for models
             taking RGB 0..255; use 0.0 for `include_preprocessing=False` models).
         sliding_window: None or `(height, width)` of the windows (e.g. `(769, 769)` or
@@ -133,6 +104,9 @@ class Segmenter:
         batch_size: forward passes per model call (same-size inputs are batched together,
             across images, scales and flips).
         crf_processes: worker processes for the CRF (`keras_deeplab.crf.batch_crf`).
+        outputs: what the model returns, `"logits"` or `"softmax"` (probabilities). Default:
+            the model's `activation` (keras_deeplab models); other models are taken to
+            return logits unless told `outputs="softmax"`.
 
     Example:
         >>> seg = Segmenter(model, scales=OFFICIAL_EVAL_SCALES, flip=True)
@@ -152,6 +126,7 @@ class Segmenter:
         overlap=1.0 / 3.0,
         batch_size=1,
         crf_processes=1,
+        outputs=None,
     ):
         self.model = model
         self.scales = tuple(float(s) for s in np.atleast_1d(scales))
@@ -167,11 +142,11 @@ class Segmenter:
 
             self.crf = crf_module.resolve_params(crf)
         if output_stride is None:
-            output_stride = find_output_stride(model)
+            output_stride = getattr(model, "output_stride", None)  # SegmentationModel property
             if output_stride is None:
                 raise ValueError(
-                    f"Cannot read the output stride of model {model.name!r} (no DeepLab "
-                    "backbone found); pass output_stride=... (e.g. 8 or 16), or 1 to run "
+                    f"Model {model.name!r} is not a keras_deeplab model and has no "
+                    "output_stride; pass output_stride=... (e.g. 8 or 16), or 1 to run "
                     "without padding."
                 )
         if isinstance(output_stride, bool) or int(output_stride) != output_stride:
@@ -197,13 +172,7 @@ class Segmenter:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.crf_processes = crf_processes
-        kind = _output_kind(model)
-        if kind not in ("logits", "linear", "softmax"):
-            raise ValueError(
-                f"Segmenter needs a model returning logits or softmax probabilities; model "
-                f"{model.name!r} ends with {kind!r}."
-            )
-        self._probabilities_out = kind == "softmax"
+        self._probabilities_out = _output_kind(model, outputs) == "softmax"
         self._forward = tf.function(self._call_model, reduce_retracing=True)
 
     # --- model calls -------------------------------------------------------------------

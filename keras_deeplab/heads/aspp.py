@@ -10,6 +10,7 @@ import keras
 
 from keras_deeplab.heads.common import conv_bn_relu, split_separable_conv_bn_relu
 from keras_deeplab.layers import ResizeBilinear
+from keras_deeplab.registry import Head, register_head
 
 
 def aspp(
@@ -51,3 +52,42 @@ def aspp(
     if dropout:
         x = keras.layers.Dropout(dropout, name="concat_projection_dropout")(x)
     return x
+
+
+DEFAULT_ATROUS_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+def resolve_rates(backbone, output_stride, atrous_rates=None):
+    """Official defaults: [6, 12, 18] at OS16 (doubled at OS8), none for MobileNetV2."""
+    if atrous_rates is None:
+        if backbone.startswith("mobilenetv2"):
+            return ()
+        return DEFAULT_ATROUS_RATES[output_stride]
+    rates = tuple(int(r) for r in atrous_rates)
+    if len(rates) not in (0, 3) or any(r < 1 for r in rates):
+        raise ValueError(
+            f"atrous_rates for the DeepLab v3 ASPP must be 3 positive rates, e.g. (6, 12, 18) at "
+            f"output_stride 16 or (12, 24, 36) at 8, or () for image pooling + 1x1 only; got {rates}."
+        )
+    return rates
+
+
+register_head(
+    Head(
+        "aspp",
+        build=lambda x, features, args: aspp(
+            x,
+            atrous_rates=args["atrous_rates"],
+            separable=args["aspp_separable"],
+            image_pooling=args["image_pooling"],
+            dropout=args["dropout"],
+        ),
+        options={
+            "atrous_rates": None,
+            "aspp_separable": True,
+            "image_pooling": True,
+            "dropout": 0.1,
+        },
+        description="DeepLab v3 ASPP: image pooling + 1x1 + three atrous 3x3 branches, projected",
+    )
+)

@@ -9,6 +9,7 @@ uses ASPP instead.
 """
 
 from keras_deeplab.backbones.resnet import BASE_DEPTHS, _beta_bottleneck, _caffe_unit
+from keras_deeplab.registry import Head, register_head
 
 
 def cascade(x, flavour="beta", output_stride=16, num_blocks=3, multi_grid=None):
@@ -35,3 +36,28 @@ def cascade(x, flavour="beta", output_stride=16, num_blocks=3, multi_grid=None):
                     x, base, 1, rate * unit_rate, False, f"conv{block + 1}_block{u + 1}"
                 )
     return x
+
+
+def _build(x, features, args):
+    backbone = args["backbone"]
+    if not backbone.startswith("resnet"):
+        raise ValueError(
+            f"The cascade head copies ResNet block4; backbone {backbone!r} is not a ResNet."
+        )
+    return cascade(
+        x,
+        flavour="beta" if backbone.endswith("_beta") else "caffe",
+        output_stride=args["output_stride"],
+        num_blocks=args["cascade_blocks"],
+        multi_grid=args["multi_grid"],
+    )
+
+
+register_head(
+    Head(
+        "cascade",
+        build=_build,
+        options={"cascade_blocks": 3},
+        description="DeepLab v3 cascade: copies of ResNet block4 at doubling rates",
+    )
+)

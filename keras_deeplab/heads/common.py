@@ -3,6 +3,7 @@
 import keras
 
 from keras_deeplab.layers import BatchNormalization, Conv2D, DepthwiseConv2D
+from keras_deeplab.registry import Head, register_head
 
 # ASPP, image pooling, concat projection and decoder BatchNorm (official model.py).
 HEAD_BN_MOMENTUM = 0.9997
@@ -58,3 +59,12 @@ def logits_conv(x, num_classes, name="logits_semantic", kernel_size=1, rate=1):
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
         name=name,
     )(x)
+
+
+register_head(
+    Head(
+        "logits",
+        build=lambda x, features, args: logits_conv(x, args["num_classes"]),
+        description="1x1 conv with bias to the classes (`logits_semantic`)",
+    )
+)

@@ -10,6 +10,7 @@ import keras
 
 from keras_deeplab.heads.common import conv_bn_relu, split_separable_conv_bn_relu
 from keras_deeplab.layers import ResizeBilinear
+from keras_deeplab.registry import Head, register_head
 
 
 def decoder(x, low_level, separable=True, filters=256, low_level_filters=48):
@@ -32,3 +33,19 @@ def decoder(x, low_level, separable=True, filters=256, low_level_filters=48):
         else:
             x = conv_bn_relu(x, filters, 3, name=name)
     return x
+
+
+register_head(
+    Head(
+        "decoder",
+        build=lambda x, features, args: decoder(
+            x,
+            features["stride_4"],
+            separable=args["decoder_separable"],
+            filters=args["decoder_filters"],
+            low_level_filters=args["low_level_filters"],
+        ),
+        options={"decoder_separable": True, "decoder_filters": 256, "low_level_filters": 48},
+        description="DeepLab v3+ decoder: encoder output refined with the stride-4 tap",
+    )
+)

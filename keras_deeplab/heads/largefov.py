@@ -10,6 +10,7 @@ import keras
 
 from keras_deeplab.heads.common import logits_conv
 from keras_deeplab.layers import Conv2D
+from keras_deeplab.registry import Head, register_head
 
 
 def fc_branch(x, num_classes, rate, suffix="", dropout=0.5, channels=1024):
@@ -29,3 +30,13 @@ def largefov(x, num_classes, dropout=0.5):
     x = keras.layers.ZeroPadding2D(1, name="pool5a_pad")(x)
     x = keras.layers.AveragePooling2D(3, strides=1, padding="valid", name="pool5a")(x)
     return fc_branch(x, num_classes, rate=12, dropout=dropout)
+
+
+register_head(
+    Head(
+        "largefov",
+        build=lambda x, features, args: largefov(x, args["num_classes"], dropout=args["dropout"]),
+        options={"dropout": 0.5},
+        description="DeepLab v1 LargeFOV: pool5a, fc6 (3x3, rate 12), fc7, fc8 logits",
+    )
+)

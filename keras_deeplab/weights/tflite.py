@@ -36,7 +36,6 @@ built with `input_shape=(None, None, 3)`, so it runs at any size. The file's ima
 is a fixed 33x33 average pool; ours is a global average pool, the same at the file's size.
 """
 
-import inspect
 import math
 from collections import Counter
 from pathlib import Path
@@ -81,31 +80,22 @@ def _conv_weights(graph):
     return convs
 
 
-def _registered_name(builder_name, config):
+def _registered_name(architecture, config):
     """The registered model with exactly this architecture (any class count), or None."""
     from keras_deeplab import models
+    from keras_deeplab.segmentation_model import resolve_arguments
 
-    def normalised(builder, cfg):
-        full = {
-            k: p.default
-            for k, p in inspect.signature(builder).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
-        full.update(cfg)
-        full["atrous_rates"] = models._v3_rates(
-            full["backbone"], full["output_stride"], full.get("atrous_rates")
-        )
-        if not full["atrous_rates"]:
-            full["aspp_separable"] = True
-        ignored = ("num_classes", "name", "weights", "backbone_weights", "input_shape")
-        ignored += ("include_preprocessing", "activation", "dropout")
-        return {k: v for k, v in full.items() if k not in ignored}
+    ignored = ("num_classes", "input_shape", "include_preprocessing", "activation", "dropout")
 
-    builder = getattr(models, builder_name)
-    wanted = normalised(builder, config)
-    for name in models.list_models():
-        other, cfg = models.model_config(name)
-        if other is builder and normalised(other, cfg) == wanted:
+    def normalised(cfg):
+        args = resolve_arguments(architecture, cfg)[1]
+        if not args["atrous_rates"]:  # no 3x3 branch: separable or not builds the same
+            args["aspp_separable"] = True
+        return {k: v for k, v in args.items() if k not in ignored}
+
+    wanted = normalised(config)
+    for name in models.list_models(architecture=architecture):
+        if normalised(models.model_architecture(name)[1]) == wanted:
             return name
     return None
 
@@ -212,10 +202,12 @@ def _analyse(graph):
         if refine not in convs:
             raise graph.error(f"decoder tensors found but no {refine!r}.")
         config["decoder_filters"] = graph.shape(convs[refine][1])[0]
+    architecture = "deeplabv3plus" if decoder else "deeplabv3"
     builder = "DeepLabV3Plus" if decoder else "DeepLabV3"
     info = {
         "path": str(graph.path),
-        "model_name": _registered_name(builder, config),
+        "model_name": _registered_name(architecture, config),
+        "architecture": architecture,
         "builder": builder,
         "config": config,
         "backbone": config["backbone"],
@@ -249,8 +241,9 @@ def inspect_tflite(path):
     """Reads a DeepLab `.tflite` and returns what it is, without building a model.
 
     Returns a dict with `model_name` (the registered `create_model` name, or None when the
-    combination has none), `builder` (`"DeepLabV3"` / `"DeepLabV3Plus"`), `config` (the
-    builder keyword arguments: backbone, num_classes, output_stride, atrous_rates, ...),
+    combination has none), `architecture` (`"deeplabv3"` / `"deeplabv3plus"`), `builder`
+    (`"DeepLabV3"` / `"DeepLabV3Plus"`), `config` (the builder keyword arguments:
+    backbone, num_classes, output_stride, atrous_rates, ...),
     the inferred `depth_multiplier`, `output_stride`, `num_classes`, head flags, the file's
     input / output names and shapes, op counts, and its constants (`{name: shape}`).
 
@@ -484,7 +477,8 @@ def load_tflite(path, include_preprocessing=True, verify=True):
             raise if the logits differ by more than 1e-4 x max(1, max |logit|).
 
     Returns:
-        A `keras.Model` with `input_shape=(None, None, 3)` (any image size) returning logits.
+        A `SegmentationModel` with `input_shape=(None, None, 3)` (any image size) returning
+        logits; its `architecture`, `backbone_name`, `output_stride` say what the file is.
         `inspect_tflite(path)` tells which architecture it is.
 
     Raises:

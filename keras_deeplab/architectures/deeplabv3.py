@@ -1,0 +1,62 @@
+"""DeepLab v3: atrous backbone + ASPP with image pooling (or the cascade head).
+
+Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation",
+arXiv:1706.05587. Logits at `output_stride`, upsampled to the input.
+"""
+
+from keras_deeplab.heads import aspp, cascade, common  # noqa: F401 - registers the heads
+from keras_deeplab.registry import Architecture, register_architecture, register_model
+
+V3_HEADS = ("aspp", "cascade")
+
+
+def default_multi_grid(backbone, multi_grid):
+    """The official resnet_v1_*_beta checkpoints are trained with multi_grid (1, 2, 4)."""
+    if multi_grid is None and backbone.endswith("_beta"):
+        return (1, 2, 4)
+    return None if multi_grid is None else tuple(multi_grid)
+
+
+def _resolve(args):
+    if args["head"] not in V3_HEADS:
+        raise ValueError(f"head must be 'aspp' or 'cascade'; got {args['head']!r}.")
+    backbone = args["backbone"]
+    return {
+        **args,
+        "multi_grid": default_multi_grid(backbone, args["multi_grid"]),
+        "atrous_rates": aspp.resolve_rates(backbone, args["output_stride"], args["atrous_rates"]),
+    }
+
+
+register_architecture(
+    Architecture(
+        name="deeplabv3",
+        heads=lambda args: (args["head"], "logits"),
+        options={
+            "atrous_rates": None,
+            "multi_grid": None,
+            "head": "aspp",
+            "aspp_separable": True,
+            "image_pooling": True,
+            "cascade_blocks": 3,
+            "dropout": 0.1,
+        },
+        default_backbone="resnet101_beta",
+        default_output_stride=16,
+        resolve=_resolve,
+        description="DeepLab v3: ASPP with image pooling (or cascaded blocks)",
+    )
+)
+
+register_model("deeplabv3_resnet50_beta", "deeplabv3", backbone="resnet50_beta")
+register_model("deeplabv3_resnet101_beta", "deeplabv3", backbone="resnet101_beta")
+register_model(
+    "deeplabv3_resnet101_beta_cascade", "deeplabv3", backbone="resnet101_beta", head="cascade"
+)
+register_model("deeplabv3_xception65", "deeplabv3", backbone="xception65")
+register_model("deeplabv3_mobilenetv2", "deeplabv3", backbone="mobilenetv2")
+register_model("deeplabv3_mobilenetv2_os8", "deeplabv3", backbone="mobilenetv2", output_stride=8)
+register_model("deeplabv3_mobilenetv2_dm05", "deeplabv3", backbone="mobilenetv2_dm05")
+register_model(
+    "deeplabv3_mobilenetv2_dm05_os8", "deeplabv3", backbone="mobilenetv2_dm05", output_stride=8
+)

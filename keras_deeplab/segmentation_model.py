@@ -1,0 +1,374 @@
+"""`SegmentationModel`: the one model class of the package, built from its arguments.
+
+Every model the package builds (the `DeepLabV1/V2/V3/V3Plus` builders, `create_model`,
+`MultiScaleInputs`, `weights.load_tflite`, `optimize.optimize_for_inference`) is a
+`SegmentationModel`: a functional `keras.Model` whose `__init__` builds the graph from its
+arguments (an architecture from `keras_deeplab.registry`, a backbone, the class count, ...)
+and whose `get_config()` returns exactly those arguments, as keras-hub's models do. So it
+knows what it is (`architecture`, `backbone_name`, `output_stride`, `num_classes`,
+`activation`, `preprocessing`, `feature_info`), and a `.keras` file rebuilds the same graph
+(layer names, hence weights files and checkpoints, are those of the builders).
+
+Saving and loading:
+
+* `keras.models.load_model("m.keras")` needs no `custom_objects` once `keras_deeplab` is
+  imported. Without the import Keras cannot find the class; its error reads
+  "Could not locate class 'SegmentationModel'" and the config it prints names the module
+  (`keras_deeplab.segmentation_model`): import keras_deeplab and load again.
+* `keras.models.clone_model(model)` returns a plain Keras `Functional` (Keras 3.15 rebuilds
+  every functional subclass with the `Functional` constructor) without these properties;
+  `model.clone()` returns a `SegmentationModel` with the same arguments (new weights, or
+  the same values with `copy_weights=True`).
+
+Example:
+
+```python
+import keras
+import keras_deeplab
+
+model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+model.architecture, model.backbone_name, model.output_stride  # ('deeplabv3', 'mobilenetv2_dm05', 8)
+model.save("m.keras")
+same = keras.models.load_model("m.keras")  # a SegmentationModel, same config and outputs
+```
+"""
+
+import contextlib
+import json
+
+import keras
+
+import keras_deeplab.architectures  # noqa: F401 - registers the architectures and heads
+from keras_deeplab import optimize
+from keras_deeplab.backbones import get_backbone, preprocessing_mode, resolve_backbone_name
+from keras_deeplab.backbones.common import check_input_shape, check_output_stride, frozen_config
+from keras_deeplab.layers import PACKAGE, Preprocessing, ResizeBilinear
+from keras_deeplab.registry import check_arguments, get_architecture, get_head
+
+ACTIVATIONS = (None, "softmax", "sigmoid")
+INFERENCE_OPTIONS = {"fold": True, "space_to_batch": True, "dtype_policy": None}
+# What every SegmentationModel reports (see the properties).
+SPEC_KEYS = (
+    "architecture",
+    "backbone",
+    "output_stride",
+    "num_classes",
+    "activation",
+    "preprocessing",
+    "feature_info",
+)
+
+
+def check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be a positive integer (e.g. 21 for VOC); got {num_classes!r}."
+        )
+
+
+def check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}.")
+
+
+def resolve_arguments(architecture, arguments):
+    """`(Architecture, full arguments)`: defaults filled in, names canonical, values checked.
+
+    Raises one `ValueError` per problem, naming the argument and what is allowed; nothing is
+    built, so configs can be checked before any data is read.
+
+    Example:
+        >>> resolve_arguments("deeplabv3", {"backbone": "mobilenet_v2"})[1]["atrous_rates"]
+        ()
+    """
+    arch = get_architecture(architecture)
+    check_arguments(architecture, arguments)
+    defaults = arch.arguments()
+    args = {**defaults, **arguments}
+    for key in ("backbone", "output_stride"):  # None: the architecture's default
+        if args[key] is None:
+            args[key] = defaults[key]
+    if args["backbone"] is not None or arch.graph is None:
+        args["backbone"] = resolve_backbone_name(args["backbone"])
+        if arch.backbones is not None and args["backbone"] not in arch.backbones:
+            raise ValueError(
+                f"{arch.name} is defined on {', '.join(arch.backbones)} only; got backbone "
+                f"{arguments.get('backbone')!r}."
+            )
+    check_num_classes(args["num_classes"])
+    check_activation(args["activation"])
+    check_output_stride(args["output_stride"])
+    args["input_shape"] = check_input_shape(args["input_shape"])
+    if arch.resolve is not None:
+        args = arch.resolve(args)
+    return arch, args
+
+
+def _inference_options(inference):
+    if inference is None:
+        return None
+    unknown = set(inference) - set(INFERENCE_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"inference: unknown option(s) {sorted(unknown)}; accepted: {list(INFERENCE_OPTIONS)}."
+        )
+    return {**INFERENCE_OPTIONS, **inference}
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Builds layers under the Keras dtype policy `name` (None: the current global one)."""
+    if name is None or name == keras.config.dtype_policy().name:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _finish(inputs, logits, activation):
+    """Logits resized to the input size, then the activation (if any)."""
+    outputs = ResizeBilinear(name="upsampled_logits")([logits, inputs])
+    if activation is not None:
+        outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(
+            outputs
+        )
+    return outputs
+
+
+def _build_graph(arch, args):
+    """`(inputs, outputs, feature_info)` of an architecture with resolved arguments."""
+    inputs = keras.Input(shape=args["input_shape"], name="image")
+    x = inputs
+    backbone = args["backbone"]
+    if args["include_preprocessing"]:
+        mode = preprocessing_mode(backbone) if backbone else "symmetric"
+        x = Preprocessing(mode, name="preprocessing")(x)
+    if arch.graph is not None:
+        return inputs, _finish(inputs, arch.graph(x, args), args["activation"]), None
+    height, width, _ = args["input_shape"]
+    backbone_model = get_backbone(
+        backbone,
+        input_shape=(height, width, 3),
+        output_stride=args["output_stride"],
+        multi_grid=args.get("multi_grid"),
+        name=f"{backbone}_backbone",
+    )
+    features = backbone_model(x)
+    y = features["final"]
+    for head in arch.heads(args):
+        y = get_head(head).build(y, features, args)
+    return inputs, _finish(inputs, y, args["activation"]), backbone_model.feature_info
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SegmentationModel(keras.Model):
+    """A segmentation model built from its arguments: images -> per-pixel class scores.
+
+    Takes RGB images (`[batch, H, W, 3]`, values in [0, 255] with
+    `include_preprocessing=True`) and returns logits (or probabilities with `activation`)
+    at the input size.
+
+    Args:
+        architecture: a registered architecture (`keras_deeplab.registry.ARCHITECTURES`),
+            e.g. `"deeplabv3plus"`.
+        backbone: a registered backbone (`keras_deeplab.list_backbones()`); None: the
+            architecture's default.
+        num_classes: number of classes.
+        input_shape: `(H, W, 3)`; H and W may be None.
+        output_stride: backbone output stride (8, 16 or 32); None: the architecture's default.
+        activation: None (logits), `"softmax"` or `"sigmoid"`.
+        include_preprocessing: take RGB in [0, 255] and normalise inside.
+        inference: None, or inference-only graph rewrites `{"fold": bool, "space_to_batch":
+            bool, "dtype_policy": str | None}` (what `optimize_for_inference` records).
+        name: model name (default: the architecture's name).
+        trainable, dtype: as every Keras layer (dtype: the dtype policy name).
+        **options: the architecture's own arguments (e.g. `atrous_rates`, `decoder_filters`);
+            an unknown one is an error listing the accepted ones.
+
+    Example:
+        >>> model = SegmentationModel("deeplabv3", backbone="mobilenetv2_dm05", num_classes=3)
+        >>> model.get_config()["atrous_rates"], model.output_stride
+        ([], 16)
+    """
+
+    def __init__(
+        self,
+        architecture="deeplabv3plus",
+        backbone=None,
+        num_classes=21,
+        input_shape=(None, None, 3),
+        output_stride=None,
+        activation=None,
+        include_preprocessing=True,
+        inference=None,
+        name=None,
+        trainable=True,
+        dtype=None,
+        **options,
+    ):
+        arch, args = resolve_arguments(
+            architecture,
+            {
+                "backbone": backbone,
+                "num_classes": num_classes,
+                "input_shape": input_shape,
+                "output_stride": output_stride,
+                "activation": activation,
+                "include_preprocessing": include_preprocessing,
+                **options,
+            },
+        )
+        inference = _inference_options(inference)
+        dtype = dtype or keras.config.dtype_policy().name
+        with _dtype_policy(dtype):
+            inputs, outputs, feature_info = _build_graph(arch, args)
+            if inference is not None:
+                graph = optimize.transform_graph(
+                    keras.Model(inputs, outputs), share_layers=False, **inference
+                )
+                inputs, outputs = graph.input, graph.output
+        config = {"architecture": arch.name, **args}
+        if inference is not None:
+            config["inference"] = inference
+        spec = {
+            "architecture": arch.name,
+            "backbone": args["backbone"],
+            "output_stride": args["output_stride"],
+            "num_classes": args["num_classes"],
+            "activation": args["activation"],
+            "preprocessing": (
+                preprocessing_mode(args["backbone"]) if args["include_preprocessing"] else None
+            ),
+            "feature_info": feature_info,
+        }
+        self._init_graph(inputs, outputs, config, spec, name or arch.name, trainable, dtype)
+
+    def _init_graph(self, inputs, outputs, config, spec, name, trainable, dtype):
+        """The functional-model initialisation shared by every construction path."""
+        super().__init__(
+            inputs=inputs, outputs=outputs, name=name, trainable=trainable, dtype=dtype
+        )
+        # JSON text: the form a `.keras` file gives back, and not wrapped by layer tracking.
+        self._config = frozen_config(config)
+        self._spec = frozen_config({key: spec.get(key) for key in SPEC_KEYS})
+
+    @classmethod
+    def _from_graph(cls, inputs, outputs, config, spec, name, trainable=True, dtype=None):
+        """A model around an existing graph whose `config` rebuilds the same graph.
+
+        For graph rewrites that keep the weights (e.g. `optimize_for_inference`): building
+        from `config` would make the same layers with fresh weights.
+        """
+        model = cls.__new__(cls)
+        SegmentationModel._init_graph(model, inputs, outputs, config, spec, name, trainable, dtype)
+        return model
+
+    # ---------------------------------------------------------------- properties
+
+    def _spec_value(self, key):
+        return json.loads(self._spec)[key]
+
+    @property
+    def architecture(self):
+        """The registered architecture, e.g. `"deeplabv3plus"`."""
+        return self._spec_value("architecture")
+
+    @property
+    def backbone_name(self):
+        """The canonical backbone name, e.g. `"xception65"` (None for backbone-less models)."""
+        return self._spec_value("backbone")
+
+    @property
+    def output_stride(self):
+        """Stride of the backbone's final features (inputs of `k * stride + 1` align best)."""
+        return self._spec_value("output_stride")
+
+    @property
+    def num_classes(self):
+        return self._spec_value("num_classes")
+
+    @property
+    def activation(self):
+        """None (the model returns logits), `"softmax"` or `"sigmoid"`."""
+        return self._spec_value("activation")
+
+    @property
+    def preprocessing(self):
+        """Input normalisation inside the model (`"symmetric"` or `"caffe"`), taking RGB in
+        [0, 255]; None when the model takes already normalised input."""
+        return self._spec_value("preprocessing")
+
+    @property
+    def feature_info(self):
+        """The backbone taps the heads see: `[{"name", "stride", "channels"}, ...]`."""
+        return self._spec_value("feature_info")
+
+    @property
+    def backbone(self):
+        """The nested backbone model (`Backbone`, or its rewritten copy after
+        `optimize_for_inference`), None when there is none."""
+        name = self.backbone_name
+        if name is None:
+            return None
+        try:
+            return self.get_layer(f"{name}_backbone")
+        except ValueError:
+            return None
+
+    # ---------------------------------------------------------------- config
+
+    def get_config(self):
+        config = json.loads(self._config)
+        return {**config, "name": self.name, "trainable": self.trainable, "dtype": self._dtype}
+
+    @property
+    def _dtype(self):
+        return self.dtype_policy.name
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def clone(self, copy_weights=False):
+        """A new model with the same arguments (fresh weights; the same values with
+        `copy_weights=True`). Unlike `keras.models.clone_model`, keeps the class."""
+        clone = type(self).from_config(self.get_config())
+        if copy_weights:
+            clone.set_weights(self.get_weights())
+        return clone
+
+    def with_inference_options(self, fold=True, dtype_policy=None, space_to_batch=True):
+        """This model rewritten for inference (see `optimize.optimize_for_inference`)."""
+        graph = optimize.transform_graph(
+            self,
+            fold=fold,
+            space_to_batch=space_to_batch,
+            dtype_policy=dtype_policy,
+            share_layers=True,
+        )
+        config = json.loads(self._config)
+        done = config.get("inference") or {"fold": False, "space_to_batch": False}
+        config["inference"] = {  # what this graph has had done to it, earlier rewrites included
+            "fold": bool(fold or done["fold"]),
+            "space_to_batch": bool(space_to_batch or done["space_to_batch"]),
+            "dtype_policy": dtype_policy or done.get("dtype_policy"),
+        }
+        return SegmentationModel._from_graph(
+            graph.input, graph.output, config, json.loads(self._spec), self.name, dtype=self._dtype
+        )
+
+    def count_macs(self, input_size):
+        """Multiply-adds for one image of `input_size` (height, width): the same model built
+        at that fixed size, counted by `keras_deeplab.macs`."""
+        from keras_deeplab.macs import graph_macs
+
+        config = {**self.get_config(), "input_shape": [*input_size, 3]}
+        config.pop("inference", None)  # the rewrites move no multiply-add
+        return graph_macs(type(self).from_config(config))
+
+
+__all__ = ["SegmentationModel", "resolve_arguments"]
