@@ -9,18 +9,22 @@
   partial files are removed.
 * An export SIGKILLed mid-write (TFLite, SavedModel) leaves nothing at the target path (or
   the previous artefact unchanged); only hidden temporaries, which the next write removes.
+* A SavedModel overwrite SIGKILLed just before or just after its atomic exchange leaves a
+  complete, loadable export (the old or the new one) at the target path, never none.
 
-The child processes are tests/hardening_child.py.
+The child processes are tests/hardening_child.py and tests/hardening_swap_child.py.
 """
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,9 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def _kill_inside(mode, target, point, tmp_path, timeout=120):
     """Runs the child until it reaches `point`, then SIGKILLs it; returns its exit code."""
     marker = tmp_path / f"{mode}-{point}.marker"
+    args = ["tests.hardening_child", mode, str(target), point, str(marker)]
+    return _kill_at(args, marker, point, timeout)
+
+
+def _kill_at(args, marker, point, timeout=120):
+    """Runs `python -m *args` until it creates `marker`, then SIGKILLs it; its exit code."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.hardening_child", mode, str(target), point, str(marker)],
+        [sys.executable, "-m", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -146,7 +156,9 @@ def test_full_disk_message_through_the_cli(tmp_path, capsys, monkeypatch):
         raise DiskFullError("runs/x: no space left on device; ... Fix: free disk space")
 
     monkeypatch.setattr("keras_deeplab.training.train_from_config", train)
-    assert cli.main(["train", "--config", "whatever.yaml"]) == 2
+    config = tmp_path / "run.yaml"  # the CLI checks that the config exists first
+    config.write_text("train:\n  steps: 1\n")
+    assert cli.main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert (
         err == "keras-deeplab: error: runs/x: no space left on device; ... Fix: free disk space\n"
@@ -214,3 +226,81 @@ def test_sigkill_during_saved_model_write_leaves_target_untouched(tmp_path):
     assert not target.exists()
     partial = [p for p in tmp_path.iterdir() if p.name.startswith(".sm.partial-")]
     assert len(partial) == 1 and (partial[0] / "saved_model.pb").exists()  # hidden sibling
+
+
+def _served_classes(export_dir, tfsm_layer=False):
+    """Class count of a SavedModel, loaded as users do (tf.saved_model.load, TFSMLayer)."""
+    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    classes = served(images=tf.zeros([1, 33, 33, 3], tf.uint8))["probabilities"].shape[-1]
+    if tfsm_layer:
+        layer = keras.layers.TFSMLayer(str(export_dir), call_endpoint="serve")
+        assert layer(np.zeros((1, 33, 33, 3), "float32"))["logits"].shape[-1] == classes
+    assert len((Path(export_dir) / "labels.txt").read_text().split()) == classes
+    return int(classes)
+
+
+@pytest.fixture(scope="module")
+def three_class_export(tmp_path_factory):
+    """A SavedModel of a 3-class model (copied into each test's directory)."""
+    import keras_deeplab
+    from keras_deeplab.export import saved_model
+
+    path = tmp_path_factory.mktemp("three") / "sm"
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+    saved_model.to_saved_model(model, path, verify=False)
+    return model, path
+
+
+@pytest.mark.parametrize("point, expected", [("before", 3), ("after", 4)])
+def test_sigkill_during_saved_model_overwrite_leaves_old_or_new_export(
+    point, expected, three_class_export, tmp_path
+):
+    """The child overwrites a 3-class export with a 4-class one and is killed at the swap."""
+    from keras_deeplab.export import saved_model
+
+    model, old = three_class_export
+    exports = tmp_path / "exports"
+    target = exports / "sm"
+    shutil.copytree(old, target)
+    marker = tmp_path / f"swap-{point}.marker"
+    args = ["tests.hardening_swap_child", str(target), point, str(marker)]
+    assert _kill_at(args, marker, point) == -signal.SIGKILL
+    pid = int(marker.read_text())
+    assert target.is_dir() and not target.is_symlink()
+    # complete and loadable: the old export before the swap, the new one after
+    assert _served_classes(target, tfsm_layer=True) == expected
+    (hidden,) = [p for p in exports.iterdir() if p != target]
+    assert hidden.name.startswith(f".sm.partial-{pid}-")
+    assert _served_classes(hidden) == 7 - expected  # the other export, to be deleted
+    # overwrite=False is still one clear error; the dead writer's temporary is removed first
+    with pytest.raises(FileExistsError, match=r"not empty.*overwrite=True \(CLI: --overwrite\)"):
+        saved_model.to_saved_model(model, target)
+    assert [p.name for p in exports.iterdir()] == ["sm"]
+    assert _served_classes(target) == expected
+
+
+def test_saved_model_overwrite_without_atomic_exchange(three_class_export, tmp_path, monkeypatch):
+    """Fallback (no atomic exchange): two renames; a writer killed between them left the old
+    export aside, and the next export to the path puts it back before anything else."""
+    import keras_deeplab
+    from keras_deeplab.export import saved_model
+
+    model, old = three_class_export
+    monkeypatch.setattr(saved_model, "_exchange", lambda a, b: False)
+    exports = tmp_path / "exports"
+    target = exports / "sm"
+    shutil.copytree(old, target)
+    two = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=2)
+    saved_model.to_saved_model(two, target, overwrite=True, verify=False)
+    assert _served_classes(target) == 2
+    assert [p.name for p in exports.iterdir()] == ["sm"]
+    # the state a writer killed between the two renames leaves: old export aside, no target
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = exports / f".sm.old-{dead.pid}-abc123"
+    aside.mkdir()
+    os.rename(target, aside / "old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        saved_model.to_saved_model(model, target)  # the old export is back in place first
+    assert _served_classes(target) == 2
+    assert [p.name for p in exports.iterdir()] == ["sm"]

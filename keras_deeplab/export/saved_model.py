@@ -24,8 +24,12 @@ class_map = served(images=tf.zeros([1, 257, 257, 3], tf.uint8))["class_map"]
 ```
 """
 
+import ctypes
+import errno
+import glob
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -243,15 +247,103 @@ def _check_target(export_dir, overwrite):
             )
 
 
+_RENAME_EXCHANGE = 2  # Linux <linux/fs.h>: renameat2 flag, swap two existing paths
+_RENAME_SWAP = 2  # macOS <stdio.h>: renamex_np flag, the same
+_AT_FDCWD = -100
+_NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _exchange(a, b):
+    """Swaps two existing paths in one atomic step; False (nothing done) where unsupported.
+
+    Linux `renameat2(RENAME_EXCHANGE)` (kernel 3.15+, ext4/xfs/btrfs/tmpfs/overlayfs...) or
+    macOS `renamex_np(RENAME_SWAP)` (APFS). Unsupported: other systems, C libraries without
+    the call, file systems refusing the flag (e.g. some network file systems).
+    """
+    if not sys.platform.startswith(("linux", "darwin")):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform == "darwin":
+            result = libc.renamex_np(os.fsencode(a), os.fsencode(b), _RENAME_SWAP)
+        else:
+            result = libc.renameat2(
+                _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE
+            )
+    except (OSError, AttributeError):  # no such C function
+        return False
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _remove(path):
+    if path.is_symlink():  # the target was a symlink: drop the link, not what it points to
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _publish(tmp, export_dir):
-    """Moves the finished export into place; an old directory is replaced only now."""
-    if not export_dir.exists():
+    """Moves the finished export `tmp` to `export_dir`, which is never missing meanwhile.
+
+    A new (or empty) target is one rename. An existing export is exchanged with `tmp`
+    atomically (`_exchange`), then the old export, now at `tmp`'s hidden name, is deleted.
+    Without an atomic exchange: the old directory is renamed aside, the new one into place
+    (a kill between the two renames leaves `export_dir` missing until the next export
+    moves the old one back).
+    """
+    try:
         os.rename(tmp, export_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.old-", dir=export_dir.parent))
-    os.rename(export_dir, old / "old")
-    os.rename(tmp, export_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:  # a non-empty directory is there (Windows: any directory)
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        if not export_dir.is_dir():  # (a symlink to a directory is replaced like one)
+            raise
+    if _exchange(tmp, export_dir):
+        _remove(tmp)  # the old export
+        return
+    aside = Path(
+        tempfile.mkdtemp(prefix=f".{export_dir.name}.old-{os.getpid()}-", dir=export_dir.parent)
+    )
+    os.rename(export_dir, aside / "old")
+    try:
+        os.rename(tmp, export_dir)
+    except OSError:
+        os.rename(aside / "old", export_dir)
+        raise
+    _remove(aside / "old")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's live process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(export_dir):
+    """Deletes the hidden siblings `.<name>.partial-<pid>-*` / `.<name>.old-<pid>-*` of writers
+    that were killed (their process is gone). A killed fallback swap's old export
+    (`.<name>.old-<pid>-*/old`) is moved back when `export_dir` is missing."""
+    for kind in ("partial", "old"):
+        prefix = f".{export_dir.name}.{kind}-"
+        for path in export_dir.parent.glob(f"{glob.escape(prefix)}*-*"):
+            pid = path.name[len(prefix) :].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                continue
+            old = path / "old"
+            if kind == "old" and old.is_dir() and not os.path.lexists(export_dir):
+                os.rename(old, export_dir)
+            _remove(path)
 
 
 def signature_summary(loaded):
@@ -284,9 +376,18 @@ def to_saved_model(
 ):
     """Exports `model` as a SavedModel with serving signatures, then verifies it.
 
-    The export is written to a temporary sibling directory, verified there, and only then
-    renamed to `export_dir`: an interrupted or failed export leaves `export_dir` as it was.
-    `labels.txt` (one class name per line) is written inside the directory.
+    The export is written to a hidden sibling directory (`.<name>.partial-<pid>-*`), verified
+    there, and only then moved to `export_dir`: an interrupted or failed export leaves
+    `export_dir` as it was. With `overwrite=True` the old and the new export are exchanged in
+    one atomic step (Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`), so
+    `export_dir` is a plain directory holding the complete old or the complete new export at
+    every instant, even if the process is killed; `tf.saved_model.load(export_dir)` and
+    `keras.layers.TFSMLayer(export_dir, ...)` never see it missing or half-written. Where the
+    file system has no atomic exchange (Windows, some network file systems) the old directory
+    is renamed aside first: a kill between the two renames leaves `export_dir` missing until
+    the next export to it moves the old one back. Hidden temporaries of killed writers are
+    removed by the next export to the same `export_dir`. `labels.txt` (one class name per
+    line) is written inside the directory.
 
     Args:
         model: a keras_deeplab model (functional or `MultiScaleInputs`).
@@ -298,7 +399,8 @@ def to_saved_model(
             for 21 classes, else `class_<i>`.
         preprocessing: only for models built with `include_preprocessing=False`: the
             normalisation the serving graph applies to RGB [0, 255], "symmetric" or "caffe".
-        overwrite: replace a non-empty `export_dir`.
+        overwrite: replace a non-empty `export_dir` (atomically, see above); without it an
+            existing non-empty `export_dir` raises `FileExistsError`.
         tolerance: max abs difference allowed for logits and probabilities.
         optimize: serve `keras_deeplab.optimize.optimize_for_inference(model)` instead of
             `model`: BatchNorm folded into the convolutions and large-rate dilated depthwise
@@ -316,9 +418,12 @@ def to_saved_model(
     export_dir = Path(export_dir).expanduser().absolute()
     preprocessing_mode = serving_preprocessing(model, preprocessing)
     labels = _resolve_labels(labels, num_classes_of(model))
+    _remove_stale_temporaries(export_dir)
     _check_target(export_dir, overwrite)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.partial-", dir=export_dir.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{export_dir.name}.partial-{os.getpid()}-", dir=export_dir.parent)
+    )
     try:
         umask = os.umask(0)
         os.umask(umask)
