@@ -382,7 +382,8 @@ def to_saved_model(
     one atomic step (Linux `renameat2(RENAME_EXCHANGE)`, macOS `renamex_np(RENAME_SWAP)`), so
     `export_dir` is a plain directory holding the complete old or the complete new export at
     every instant, even if the process is killed; `tf.saved_model.load(export_dir)` and
-    `keras.layers.TFSMLayer(export_dir, ...)` never see it missing or half-written. Where the
+    `keras.layers.TFSMLayer(export_dir, ...)` started before or after the swap never find it
+    missing or half-written (one running across the swap may fail: load again). Where the
     file system has no atomic exchange (Windows, some network file systems) the old directory
     is renamed aside first: a kill between the two renames leaves `export_dir` missing until
     the next export to it moves the old one back. Hidden temporaries of killed writers are
