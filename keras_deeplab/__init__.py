@@ -4,7 +4,10 @@ Faithful to the official TensorFlow implementation (`tensorflow/models`
 `research/deeplab`) and to the authors' Caffe nets for v1/v2.
 
 Everything is imported on first use (PEP 562), so `import keras_deeplab` is quick and does not
-load TensorFlow or Keras; the subpackages are attributes all the same.
+load TensorFlow or Keras; the subpackages are attributes all the same. The package's Keras
+classes (`SegmentationModel`, its layers) are registered with Keras as soon as Keras is
+imported (before or after `keras_deeplab`), so `keras.models.load_model("m.keras")` needs no
+`custom_objects`.
 
 Example:
     ```python
@@ -19,6 +22,8 @@ Example:
 import importlib as _importlib
 import os as _os
 import pkgutil as _pkgutil
+import sys as _sys
+import warnings as _warnings
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -56,6 +61,67 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+# Importing this module registers every keras_deeplab class a `.keras` file can name (the
+# models, backbones, layers, MultiScaleInputs, the inference-only convolution).
+_KERAS_CLASSES = "keras_deeplab.msc"
+
+
+def _register_with_keras():
+    try:
+        _importlib.import_module(_KERAS_CLASSES)
+    except Exception as error:  # noqa: BLE001 - never break `import keras` itself
+        _warnings.warn(
+            f"keras_deeplab could not register its Keras classes ({error}); loading its "
+            ".keras files will fail until `import keras_deeplab.segmentation_model` works.",
+            stacklevel=2,
+        )
+
+
+class _RegisterAfterKeras:
+    """Import hook: registers the package's Keras classes once Keras is imported.
+
+    It waits until no keras_deeplab, keras or tensorflow module is half-imported (TensorFlow
+    imports Keras from its own `__init__`, and the registering modules import both), then
+    removes itself.
+    """
+
+    def __init__(self):
+        self.depth = 0
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("keras", "tensorflow") and not name.startswith(f"{__name__}."):
+            return None
+        spec = None
+        for finder in _sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        loader = getattr(spec, "loader", None)
+        if loader is None or isinstance(loader, type) or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_register(module):
+            self.depth += 1
+            try:
+                exec_module(module)
+            finally:
+                self.depth -= 1
+            if self.depth == 0 and "keras" in _sys.modules and self in _sys.meta_path:
+                _sys.meta_path.remove(self)
+                _register_with_keras()
+
+        loader.exec_module = exec_then_register
+        return spec
+
+
+if "keras" in _sys.modules:
+    _register_with_keras()
+elif not any(type(finder).__name__ == "_RegisterAfterKeras" for finder in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterAfterKeras())
 
 
 def __dir__():
