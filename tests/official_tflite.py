@@ -7,12 +7,11 @@ dm 0.5, output stride 8, VOC) with its options and its input / output tensors
 """
 
 import ast
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
-import pytest
+from conftest import shared_data_dir
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
@@ -20,26 +19,9 @@ _OP_LINE = re.compile(r"^\s*(\d+)\s+([A-Z0-9_]+)\s*(.*)$")
 _TENSOR = re.compile(r"^(.*)\[([\d,\s]*)\]$")
 
 
-def shared_data_dir():
-    """`../shared/data` beside the repository; fails on CI, skips elsewhere, when missing."""
-    path = Path(__file__).parents[1].parent / "shared" / "data"
-    if not path.is_dir():
-        reason = f"shared test data not found at {path} (expected ../shared/data beside the repo)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 def official_tflite_dir():
     """Folder of the official DeepLab TFLite file and its derived references."""
-    path = shared_data_dir() / "deeplabv3_tflite"
-    if not path.is_dir():
-        reason = f"official TFLite data not found at {path}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return shared_data_dir("deeplabv3_tflite")
 
 
 class TfliteOp(NamedTuple):

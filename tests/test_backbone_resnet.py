@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import randomize_batch_norms
 
 from keras_deeplab.backbones.resnet import ResNetBackbone
 
@@ -11,21 +12,6 @@ RNG = np.random.default_rng(0)
 
 def _images(h, w, batch=1):
     return RNG.standard_normal((batch, h, w, 3)).astype("float32")
-
-
-def _randomize_bn(model):
-    """Non-trivial BN statistics so that BN mismatches would show."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    RNG.uniform(0.5, 1.0, c),
-                    RNG.uniform(-0.1, 0.1, c),
-                    RNG.uniform(-0.1, 0.1, c),
-                    RNG.uniform(0.8, 1.5, c),
-                ]
-            )
 
 
 def _source_layer(tensor):
@@ -127,7 +113,7 @@ def test_beta_atrous_rates():
 def test_beta_atrous_equals_strided():
     """OS8/OS16 features subsampled equal the OS32 features (same weights)."""
     os32 = ResNetBackbone((None, None, 3), output_stride=32, multi_grid=(1, 2, 4), depth=50)
-    _randomize_bn(os32)
+    randomize_batch_norms(os32)
     x = _images(50, 63)
     ref = os32(x, training=False)["final"].numpy()
     assert ref.shape == (1, 2, 2, 2048)
@@ -172,7 +158,7 @@ def _copy_by_name(src, dst):
 
 def _compare_with_application(app, depth):
     ref = app(weights=None, include_top=False, input_shape=(65, 65, 3))
-    _randomize_bn(ref)
+    randomize_batch_norms(ref)
     ours = ResNetBackbone((65, 65, 3), output_stride=32, depth=depth, flavour="caffe")
     _copy_by_name(ref, ours)
     x = _images(65, 65, batch=2)
@@ -236,7 +222,7 @@ def test_caffe_taps(output_stride, taps):
 def test_caffe_atrous_equals_strided():
     """With the stride removed, all conv4/conv5 3x3s must use the new rate."""
     os32 = ResNetBackbone(output_stride=32, depth=50, flavour="caffe")
-    _randomize_bn(os32)
+    randomize_batch_norms(os32)
     x = _images(49, 57)
     ref = os32(x, training=False)["final"].numpy()
     os8 = ResNetBackbone(output_stride=8, depth=50, flavour="caffe")

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import random_images, random_rgb, save_image, shared_data_dir
 
 import keras_deeplab
 from keras_deeplab.cli import main
@@ -32,12 +32,6 @@ def run_dir(tmp_path_factory):
     return run
 
 
-def _image(path, size=33, seed=0):
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
-
-
 def test_train_writes_final_weights_and_model_spec(run_dir):
     spec = json.loads((run_dir / MODEL_FILE).read_text())
     assert spec["model"] == "deeplabv3plus_mobilenetv2"
@@ -48,7 +42,7 @@ def test_train_writes_final_weights_and_model_spec(run_dir):
     assert run.source.endswith(WEIGHTS_FILE)
     assert run.model.output_shape[-1] == 5
     from_checkpoint = load_run(run_dir / "ckpt-4")
-    x = np.random.default_rng(1).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    x = random_images(seed=1)
     np.testing.assert_allclose(run.model(x), from_checkpoint.model(x), atol=1e-6)
     older = load_run(run_dir / "ckpt-2")  # an earlier checkpoint really is another model
     assert np.abs(np.asarray(older.model(x)) - np.asarray(run.model(x))).max() > 1e-4
@@ -73,7 +67,7 @@ def test_eval_predict_export_from_run(run_dir, tmp_path, capsys):
     assert "mIoU" in printed and "deeplabv3plus_mobilenetv2 (5 classes)" in printed
     images = tmp_path / "images"
     images.mkdir()
-    _image(images / "a.png")
+    save_image(images / "a.png", random_rgb())
     argv = ["predict", str(images), "--weights", str(run_dir), "--out", str(tmp_path / "pred")]
     assert main(argv) == 0
     assert (tmp_path / "pred" / "a.png").exists() or list((tmp_path / "pred").glob("a*"))
@@ -92,7 +86,7 @@ def test_mismatched_classes_are_one_clear_error(run_dir, tmp_path, capsys):
     # another model's weights file of 5 classes loaded into a 21-class model: refused
     other = tmp_path / "other.weights.h5"
     keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=5).save_weights(other)
-    argv = ["predict", str(_image(tmp_path / "x.png")), "--weights", str(other)]
+    argv = ["predict", str(save_image(tmp_path / "x.png", random_rgb())), "--weights", str(other)]
     assert main([*argv, "--num-classes", "21", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "5" in err and "21" in err and "--num-classes" in err
@@ -109,9 +103,7 @@ def test_run_flag_errors(tmp_path, capsys):
 
 
 def test_train_with_a_wrong_ignore_label_stops_before_training(tmp_path, capsys):
-    from tests.official_tflite import shared_data_dir
-
-    camvid = shared_data_dir() / "camvid_segnet"
+    camvid = shared_data_dir("camvid_segnet")
     argv = ["train", "--config", "shapes_demo", "data.source=directory", f"data.root={camvid}"]
     argv += ["loss.ignore_label=11", f"checkpoint.dir={tmp_path / 'run'}", "train.steps=2"]
     assert main(argv) == 2

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import save_image, shared_data_dir
 from PIL import Image
 
 from keras_deeplab.data import (
@@ -18,19 +19,12 @@ from keras_deeplab.data import (
     voc,
 )
 from keras_deeplab.data.folders import reader_options
-from tests.official_tflite import shared_data_dir
-
-
-def _save(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
-
 
 # ---------------------------------------------------------------------- CamVid (real data)
 
 
 def test_camvid_full_explicit_num_classes_keeps_void_to_ignore():
-    root = shared_data_dir() / "camvid_full"
+    root = shared_data_dir("camvid_full")
     default = load_data(root, "val")
     data = load_data(root, "val", num_classes=11)  # scanned: every mask must pass
     assert data.num_examples == default.num_examples == 101
@@ -44,18 +38,18 @@ def test_camvid_full_explicit_num_classes_keeps_void_to_ignore():
 
 
 def test_camvid_num_classes_against_the_layout_is_one_error():
-    for root in (shared_data_dir() / "camvid_full", shared_data_dir() / "camvid_segnet"):
+    for root in (shared_data_dir("camvid_full"), shared_data_dir("camvid_segnet")):
         with pytest.raises(DataError) as error:
             load_data(root, "val", num_classes=21)
         message = str(error.value)
         assert "num_classes=21" in message and "defines 11 classes" in message
         assert "--num-classes 11" in message and "\n" not in message
     with pytest.raises(DataError, match="num_classes=21 but CamVid defines 11"):
-        camvid(shared_data_dir() / "camvid_segnet", "val", num_classes=21)
+        camvid(shared_data_dir("camvid_segnet"), "val", num_classes=21)
 
 
 def test_camvid_overrides_replace_only_themselves():
-    root = shared_data_dir() / "camvid_segnet"
+    root = shared_data_dir("camvid_segnet")
     names = tuple(f"c{i}" for i in range(11))
     data = from_directory(root, "train", class_names=names)
     assert data.class_names == names and data.label_lut[11] == 255
@@ -79,8 +73,8 @@ def test_camvid_overrides_replace_only_themselves():
 
 def test_class_file_folder_keeps_names_with_matching_count(tmp_path):
     rng = np.random.default_rng(0)
-    _save(tmp_path / "images" / "train" / "a.png", rng.integers(0, 255, (6, 6, 3)))
-    _save(tmp_path / "masks" / "train" / "a.png", np.ones((6, 6)))
+    save_image(tmp_path / "images" / "train" / "a.png", rng.integers(0, 255, (6, 6, 3)))
+    save_image(tmp_path / "masks" / "train" / "a.png", np.ones((6, 6)))
     (tmp_path / "classes.txt").write_text("bg\nthing\nother\n")
     assert from_directory(tmp_path, "train").class_names == ("bg", "thing", "other")
     assert from_directory(tmp_path, "train", num_classes=3).class_names == ("bg", "thing", "other")
@@ -91,7 +85,7 @@ def test_class_file_folder_keeps_names_with_matching_count(tmp_path):
 
 
 def test_voc_names_and_counts():
-    root = shared_data_dir() / "voc2012_samples"
+    root = shared_data_dir("voc2012_samples")
     with pytest.warns(UserWarning, match="no ImageSets"):
         assert voc(root, "val").class_names == VOC_CLASSES
     names = tuple(f"n{i}" for i in range(21))
@@ -103,11 +97,13 @@ def test_voc_names_and_counts():
 def test_cityscapes_and_ade20k_check_num_classes(tmp_path):
     rng = np.random.default_rng(1)
     stem = "aachen_000000_000019"
-    _save(
+    save_image(
         tmp_path / "cs/leftImg8bit/val/aachen" / f"{stem}_leftImg8bit.png",
         rng.integers(0, 255, (8, 8, 3)),
     )
-    _save(tmp_path / "cs/gtFine/val/aachen" / f"{stem}_gtFine_labelIds.png", np.full((8, 8), 7))
+    save_image(
+        tmp_path / "cs/gtFine/val/aachen" / f"{stem}_gtFine_labelIds.png", np.full((8, 8), 7)
+    )
     data = from_directory(tmp_path / "cs", "val", num_classes=19)
     assert data.class_names == CITYSCAPES_CLASSES
     with pytest.raises(DataError, match="num_classes=21 but the dataset has 19 classes"):
@@ -115,8 +111,8 @@ def test_cityscapes_and_ade20k_check_num_classes(tmp_path):
     relabelled = cityscapes(tmp_path / "cs", "val", num_classes=2, label_map={7: 1})
     assert relabelled.num_classes == 2 and relabelled.class_names == ("class_0", "class_1")
     ade = tmp_path / "ADEChallengeData2016"
-    _save(ade / "images/validation/ADE_val_00000001.jpg", rng.integers(0, 255, (8, 8, 3)))
-    _save(ade / "annotations/validation/ADE_val_00000001.png", np.ones((8, 8)))
+    save_image(ade / "images/validation/ADE_val_00000001.jpg", rng.integers(0, 255, (8, 8, 3)))
+    save_image(ade / "annotations/validation/ADE_val_00000001.png", np.ones((8, 8)))
     assert ade20k(ade, "val", num_classes=150).num_classes == 150
     with pytest.raises(DataError, match="num_classes=151 but the dataset has 150"):
         from_directory(tmp_path, "val", num_classes=151)
@@ -126,14 +122,14 @@ def test_cityscapes_and_ade20k_check_num_classes(tmp_path):
 
 
 def test_options_of_another_reader_are_one_clear_error():
-    root = shared_data_dir() / "camvid_segnet"
+    root = shared_data_dir("camvid_segnet")
     with pytest.raises(DataError) as error:
         load_data(root, "val", image_size=96, num_examples=8)
     message = str(error.value)
     assert "does not take the option(s) image_size, num_examples" in message
     assert "label_map" in message and "camvid_segnet" in message
     with pytest.raises(DataError, match=r"PASCAL VOC layout\) does not take .*mask_threshold"):
-        from_directory(shared_data_dir() / "voc2012_samples", "val", mask_threshold=127)
+        from_directory(shared_data_dir("voc2012_samples"), "val", mask_threshold=127)
     with pytest.raises(DataError, match="shapes source does not take the option.* label_map"):
         load_data("shapes", "val", label_map={1: 2})
     assert {"image_size", "num_examples", "skip_bad"} <= set(reader_options("shapes"))
@@ -144,8 +140,8 @@ def test_options_of_another_reader_are_one_clear_error():
 def test_bad_file_hint_names_cli_config_and_python(tmp_path):
     rng = np.random.default_rng(2)
     for name in ("a", "b"):
-        _save(tmp_path / "images" / f"{name}.png", rng.integers(0, 255, (6, 6, 3)))
-        _save(tmp_path / "masks" / f"{name}.png", np.full((6, 6), 1 if name == "a" else 9))
+        save_image(tmp_path / "images" / f"{name}.png", rng.integers(0, 255, (6, 6, 3)))
+        save_image(tmp_path / "masks" / f"{name}.png", np.full((6, 6), 1 if name == "a" else 9))
     with pytest.raises(DataError) as error:
         load_data(tmp_path, None, num_classes=2)
     message = str(error.value)

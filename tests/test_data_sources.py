@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_image, shared_data_dir
 from PIL import Image
 
 from keras_deeplab.data import (
@@ -24,12 +25,6 @@ from keras_deeplab.data import (
     voc,
     voc_palette,
 )
-from tests.official_tflite import shared_data_dir
-
-
-def save_rgb(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
 
 
 def save_mask(path, labels, mode="L"):
@@ -61,11 +56,11 @@ def voc_dir(tmp_path):
     root = tmp_path / "VOCdevkit" / "VOC2012"
     masks = {}
     for name, (h, w) in {"2007_000001": (20, 30), "2007_000002": (25, 17)}.items():
-        save_rgb(root / "JPEGImages" / f"{name}.jpg", rng.integers(0, 255, (h, w, 3)))
+        save_image(root / "JPEGImages" / f"{name}.jpg", rng.integers(0, 255, (h, w, 3)))
         masks[name] = random_labels(rng, (h, w), [0, 5, 20, 255])
         save_mask(root / "SegmentationClass" / f"{name}.png", masks[name], mode="P")
         save_mask(root / "SegmentationClassAug" / f"{name}.png", np.minimum(masks[name], 20))
-    save_rgb(root / "JPEGImages" / "2007_000003.jpg", rng.integers(0, 255, (8, 8, 3)))  # no mask
+    save_image(root / "JPEGImages" / "2007_000003.jpg", rng.integers(0, 255, (8, 8, 3)))  # no mask
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("2007_000001\n2007_000002\n")
@@ -120,7 +115,7 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     rng = np.random.default_rng(1)
     stem = "aachen_000000_000019"
     raw = random_labels(rng, (16, 32), [0, 7, 26, 33, 4])
-    save_rgb(
+    save_image(
         tmp_path / "leftImg8bit/train/aachen" / f"{stem}_leftImg8bit.png",
         rng.integers(0, 255, (16, 32, 3)),
     )
@@ -137,7 +132,7 @@ def test_ade20k_shifts_labels_and_ignores_zero(tmp_path):
     rng = np.random.default_rng(2)
     root = tmp_path / "ADEChallengeData2016"
     raw = random_labels(rng, (12, 10), [0, 1, 2, 150])
-    save_rgb(root / "images/validation/ADE_val_00000001.jpg", rng.integers(0, 255, (12, 10, 3)))
+    save_image(root / "images/validation/ADE_val_00000001.jpg", rng.integers(0, 255, (12, 10, 3)))
     save_mask(root / "annotations/validation/ADE_val_00000001.png", raw)
     (root / "images/training").mkdir(parents=True)
     (root / "annotations/training").mkdir(parents=True)
@@ -152,7 +147,7 @@ def test_paired_folders_suffix_detection_and_label_map(tmp_path):
     raw = {}
     for name in ("b", "a"):
         raw[name] = random_labels(rng, (9, 11), [0, 1, 2, 7])
-        save_rgb(tmp_path / "images" / f"{name}.jpg", rng.integers(0, 255, (9, 11, 3)))
+        save_image(tmp_path / "images" / f"{name}.jpg", rng.integers(0, 255, (9, 11, 3)))
         save_mask(tmp_path / "masks" / f"{name}_mask.png", raw[name])
     data = paired_folders(tmp_path / "images", tmp_path / "masks", 3, label_map={7: 255})
     assert [Path(i).stem for i, _ in data.files] == ["a", "b"]
@@ -169,7 +164,7 @@ def test_paired_folders_suffix_detection_and_label_map(tmp_path):
 def test_paired_folders_per_split_and_class_file(tmp_path):
     rng = np.random.default_rng(4)
     for split in ("train", "val"):
-        save_rgb(tmp_path / split / "images" / "x.png", rng.integers(0, 255, (8, 8, 3)))
+        save_image(tmp_path / split / "images" / "x.png", rng.integers(0, 255, (8, 8, 3)))
         save_mask(tmp_path / split / "masks" / "x.png", np.ones((8, 8)))
     (tmp_path / "classes.txt").write_text("bg\nthing\n")
     data = from_directory(tmp_path, "val")
@@ -201,7 +196,7 @@ def test_palette_helpers():
 
 
 def test_camvid_real_data():
-    root = shared_data_dir() / "camvid_segnet"
+    root = shared_data_dir("camvid_segnet")
     data = from_directory(root, "val")  # CamVid detected from the folder name
     assert data.num_examples == 101 and data.num_classes == 11
     assert data.class_names == CAMVID_CLASSES
@@ -216,7 +211,7 @@ def test_camvid_real_data():
 
 
 def test_isbi_real_data_binary_masks():
-    root = shared_data_dir() / "isbi2012_membrane"
+    root = shared_data_dir("isbi2012_membrane")
     with pytest.raises(DataError, match="mask_threshold=127"):
         from_directory(root, None)
     with pytest.warns(UserWarning, match="mask_threshold=127"):
@@ -233,7 +228,7 @@ def test_isbi_real_data_binary_masks():
 
 
 def test_voc_samples_real_data():
-    root = shared_data_dir() / "voc2012_samples"
+    root = shared_data_dir("voc2012_samples")
     with pytest.warns(UserWarning, match="no ImageSets/Segmentation"):
         data = from_directory(root, "val")
     assert data.num_examples == 8 and data.num_classes == 21
@@ -252,13 +247,13 @@ def test_voc_samples_real_data():
 def test_paired_folders_same_folder_and_duplicate_names(tmp_path):
     rng = np.random.default_rng(5)
     for name in ("p", "q"):
-        save_rgb(tmp_path / f"{name}.png", rng.integers(0, 255, (6, 7, 3)))
+        save_image(tmp_path / f"{name}.png", rng.integers(0, 255, (6, 7, 3)))
         save_mask(tmp_path / f"{name}_mask.png", np.full((6, 7), 1))
     data = paired_folders(tmp_path, tmp_path, 2)
     assert [(Path(i).name, Path(m).name) for i, m in data.files] == [
         ("p.png", "p_mask.png"),
         ("q.png", "q_mask.png"),
     ]
-    save_rgb(tmp_path / "p.jpg", rng.integers(0, 255, (6, 7, 3)))
+    save_image(tmp_path / "p.jpg", rng.integers(0, 255, (6, 7, 3)))
     with pytest.raises(DataError, match=r"p.jpg and .*p.png have the same name|p.png and .*p.jpg"):
         paired_folders(tmp_path, tmp_path, 2)

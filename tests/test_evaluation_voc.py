@@ -9,17 +9,17 @@ and `ConfusionMatrix` must reproduce that to 4 decimals.
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import shared_data_dir
 from PIL import Image
 
 from keras_deeplab.evaluation import ConfusionMatrix, Segmenter
 from keras_deeplab.weights import load_tflite
-from tests.official_tflite import official_tflite_dir, shared_data_dir
 
 
 @pytest.fixture(scope="module")
 def official():
-    model = load_tflite(official_tflite_dir() / "deeplabv3_257_mv_gpu.tflite")
-    root = shared_data_dir() / "voc2012_samples"
+    model = load_tflite(shared_data_dir("deeplabv3_tflite", "deeplabv3_257_mv_gpu.tflite"))
+    root = shared_data_dir("voc2012_samples")
     samples = []
     for path in sorted((root / "JPEGImages").glob("*.jpg")):
         with Image.open(path) as image:

@@ -20,6 +20,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_rgb
 from PIL import Image
 
 from keras_deeplab.cli import main
@@ -31,10 +32,6 @@ NUM_CLASSES = 3
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _rgb(seed=0, size=SIZE):
-    return np.random.default_rng(seed).integers(0, 256, size + (3,), dtype=np.uint8)
 
 
 def _mask(seed=0, size=SIZE, values=(0, 1, 2, 255)):
@@ -76,7 +73,7 @@ def make_dataset(root, count=3):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     for k in range(count):
-        Image.fromarray(_rgb(k)).save(root / "images" / f"good{k}.png")
+        Image.fromarray(random_rgb(SIZE, k)).save(root / "images" / f"good{k}.png")
         Image.fromarray(_mask(k), "L").save(root / "masks" / f"good{k}.png")
     return root
 
@@ -105,26 +102,26 @@ def _load(root, **kwargs):
 
 
 def _truncated_jpeg(root):
-    data = _jpeg_bytes(_rgb(5))
+    data = _jpeg_bytes(random_rgb(SIZE, 5))
     path, _ = _add(root, "cut.jpg", data[: len(data) // 2])
     return path, ["truncated JPEG", "fix:"]
 
 
 def _corrupt_jpeg(root):
-    data = bytearray(_jpeg_bytes(_rgb(5)))
+    data = bytearray(_jpeg_bytes(random_rgb(SIZE, 5)))
     data[2:200] = bytes(range(198))  # headers (quantisation / Huffman tables) destroyed
     path, _ = _add(root, "broken.jpg", bytes(data))
     return path, ["cannot", "image"]
 
 
 def _truncated_png(root):
-    data = _png_bytes(_rgb(5))
+    data = _png_bytes(random_rgb(SIZE, 5))
     path, _ = _add(root, "cut.png", data[: len(data) // 2])
     return path, ["truncated PNG", "fix:"]
 
 
 def _corrupt_png(root):
-    data = bytearray(_png_bytes(_rgb(5)))
+    data = bytearray(_png_bytes(random_rgb(SIZE, 5)))
     start = data.index(b"IDAT") + 40
     data[start : start + 64] = bytes(64)  # pixel data damaged, header and IEND intact
     path, _ = _add(root, "damaged.png", bytes(data))
@@ -140,20 +137,22 @@ def _low_range_16bit(root):
 
 
 def _mask_size_mismatch(root):
-    _, mask = _add(root, "odd.png", _png_bytes(_rgb(5)), _png_bytes(_mask(5, (24, 30)), "L"))
+    _, mask = _add(
+        root, "odd.png", _png_bytes(random_rgb(SIZE, 5)), _png_bytes(_mask(5, (24, 30)), "L")
+    )
     return mask, ["mask size 30x24 (WxH) differs from its image", "fix:"]
 
 
 def _mask_values_out_of_range(root):
     values = _mask(5, values=(0, 1, 7))
-    _, mask = _add(root, "seven.png", _png_bytes(_rgb(5)), _png_bytes(values, "L"))
+    _, mask = _add(root, "seven.png", _png_bytes(random_rgb(SIZE, 5)), _png_bytes(values, "L"))
     return mask, ["mask values [7] are outside [0, 3)", "label_map"]
 
 
 def _colour_coded_mask(root):
     colours = np.zeros(SIZE + (3,), np.uint8)
     colours[:, 16:] = (128, 0, 0)  # VOC's aeroplane colour
-    _, mask = _add(root, "colour.png", _png_bytes(_rgb(5)), _png_bytes(colours))
+    _, mask = _add(root, "colour.png", _png_bytes(random_rgb(SIZE, 5)), _png_bytes(colours))
     return mask, ["colour-coded RGB mask", "colors_to_labels"]
 
 
@@ -230,12 +229,14 @@ def test_without_the_scan_a_bad_file_crashes_the_epoch(tmp_path):
 # name -> (image bytes, expected decoded RGB)
 
 _GRAY = np.random.default_rng(1).integers(0, 256, SIZE, dtype=np.uint8)
-_RGBA = np.concatenate([_rgb(2), np.zeros(SIZE + (1,), np.uint8)], axis=-1)  # fully transparent
+_RGBA = np.concatenate(
+    [random_rgb(SIZE, 2), np.zeros(SIZE + (1,), np.uint8)], axis=-1
+)  # fully transparent
 _DEEP = (np.random.default_rng(3).integers(0, 65536, SIZE)).astype(np.uint16)
 
 
 def _palette_png():
-    img = Image.fromarray(_rgb(4)).quantize(16)
+    img = Image.fromarray(random_rgb(SIZE, 4)).quantize(16)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue(), np.asarray(img.convert("RGB"))
@@ -257,7 +258,7 @@ def _sixteen_bit():
 
 def _scan_data_damaged_jpeg():
     """Damaged entropy-coded data: decoders recover (a smeared image), nothing crashes."""
-    data = bytearray(_jpeg_bytes(_rgb(6)))
+    data = bytearray(_jpeg_bytes(random_rgb(SIZE, 6)))
     start = data.index(b"\xff\xda") + 40  # inside the scan, after the SOS header
     data[start : start + 30] = bytes(30)
     return bytes(data), None
@@ -293,7 +294,7 @@ def test_documented_conversions_are_accepted(case, tmp_path):
 def _voc(root, split_text=None):
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClass").mkdir()
-    Image.fromarray(_rgb(0)).save(root / "JPEGImages" / "a.jpg")
+    Image.fromarray(random_rgb(SIZE, 0)).save(root / "JPEGImages" / "a.jpg")
     Image.fromarray(_mask(0), "L").save(root / "SegmentationClass" / "a.png")
     sets = root / "ImageSets" / "Segmentation"
     sets.mkdir(parents=True)

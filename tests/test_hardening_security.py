@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import random_images
 from PIL import Image
 
 import keras_deeplab
@@ -34,7 +35,7 @@ def test_deeplab_keras_archive_loads_in_safe_mode(tmp_path):
     path = tmp_path / "deeplab.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    x = random_images()
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
 
 

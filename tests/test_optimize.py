@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import random_images, randomize_batch_norms
 
 import keras_deeplab
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D
@@ -15,31 +16,6 @@ from keras_deeplab.optimize import (
     optimize_for_inference,
     with_dtype_policy,
 )
-
-
-def _randomize_batch_norms(model, seed=0):
-    """Non-trivial BN statistics (fresh models have mean 0 / variance 1: folding is a no-op)."""
-    rng = np.random.default_rng(seed)
-
-    def walk(m):
-        for layer in m.layers:
-            if isinstance(layer, keras.Model):
-                walk(layer)
-            elif isinstance(layer, keras.layers.BatchNormalization):
-                n = layer.moving_mean.shape[0]
-                layer.moving_mean.assign(rng.normal(0, 0.5, n))
-                layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
-                if layer.scale:
-                    layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-                if layer.center:
-                    layer.beta.assign(rng.normal(0, 0.2, n))
-
-    walk(model.model if isinstance(model, MultiScaleInputs) else model)
-    return model
-
-
-def _images(size=65, batch=1, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (batch, size, size, 3)).astype("float32")
 
 
 def _max_rel_diff(a, b):
@@ -57,8 +33,8 @@ def _max_rel_diff(a, b):
     ],
 )
 def test_fold_batch_norm_matches_each_family(name):
-    model = _randomize_batch_norms(keras_deeplab.create_model(name, num_classes=5))
-    x = _images(65)
+    model = randomize_batch_norms(keras_deeplab.create_model(name, num_classes=5))
+    x = random_images(1, 65)
     before = np.asarray(model(x, training=False))
     folded = fold_batch_norm(model)
     assert count_batch_norms(model) > 0
@@ -86,14 +62,14 @@ def _space_to_batch_layers(model):
 
 def test_optimize_for_inference_runs_large_rate_depthwise_through_space_to_batch():
     # DeepLabV3+ separable ASPP: depthwise rates 6, 12, 18 at OS16; 8 and more are rewritten.
-    model = _randomize_batch_norms(
+    model = randomize_batch_norms(
         keras_deeplab.create_model("deeplabv3plus_resnet50", num_classes=5), seed=2
     )
     fast = optimize_for_inference(model)
     assert sorted(_space_to_batch_layers(fast)) == ["aspp2_depthwise", "aspp3_depthwise"]
     assert count_batch_norms(fast) == 0
     assert _space_to_batch_layers(fold_batch_norm(model)) == []
-    x = _images(97, batch=2)
+    x = random_images(2, 97)
     assert _max_rel_diff(model(x, training=False), fast(x, training=False)) <= 1e-4
     # Without BN after it (fold=False), the rewrite keeps the layer's own weights.
     unfolded = optimize_for_inference(model, fold=False)
@@ -105,18 +81,18 @@ def test_optimize_for_inference_runs_large_rate_depthwise_through_space_to_batch
 def test_fold_batch_norm_without_batch_norms_is_identity_function():
     model = keras_deeplab.create_model("deeplabv1_vgg16_largefov", num_classes=3)
     folded = fold_batch_norm(model)
-    x = _images(33)
+    x = random_images(1, 33)
     np.testing.assert_allclose(folded(x), model(x), atol=1e-6)
     assert count_batch_norms(folded) == 0
 
 
 def test_fold_batch_norm_msc_wrapper():
     model = keras_deeplab.create_model("deeplabv2_resnet50_aspp_l", num_classes=4)
-    msc = _randomize_batch_norms(MultiScaleInputs(model, scales=(1.0, 0.5)))
+    msc = randomize_batch_norms(MultiScaleInputs(model, scales=(1.0, 0.5)))
     folded = fold_batch_norm(msc)
     assert isinstance(folded, MultiScaleInputs) and folded.scales == (1.0, 0.5)
     assert count_batch_norms(folded) == 0
-    x = _images(49)
+    x = random_images(1, 49)
     assert _max_rel_diff(msc(x, training=False), folded(x, training=False)) <= 1e-4
 
 
@@ -138,7 +114,7 @@ def _handmade():
 
 
 def test_fold_rules_on_handmade_graph():
-    model = _randomize_batch_norms(_handmade(), seed=3)
+    model = randomize_batch_norms(_handmade(), seed=3)
     pairs = conv_bn_pairs(model)
     assert {k: v.name for k, v in pairs.items()} == {
         "dw": "dw_bn",
@@ -155,7 +131,7 @@ def test_fold_rules_on_handmade_graph():
 
 
 def test_bfloat16_copy_computes_in_bfloat16_with_float32_output():
-    model = _randomize_batch_norms(
+    model = randomize_batch_norms(
         keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05", num_classes=5)
     )
     fast = optimize_for_inference(model, fold=True, dtype_policy="mixed_bfloat16")
@@ -171,7 +147,7 @@ def test_bfloat16_copy_computes_in_bfloat16_with_float32_output():
         assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
         assert all(w.dtype == "float32" for w in m.weights)
     assert count_batch_norms(fast) == 0 and count_batch_norms(plain) > 0
-    x = _images(65)
+    x = random_images(1, 65)
     reference = np.asarray(model(x, training=False))
     out = fast(x, training=False)
     assert out.dtype == "float32" and out.shape == reference.shape

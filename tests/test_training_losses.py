@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_images
 
 import keras_deeplab
 from keras_deeplab.training import (
@@ -131,7 +132,7 @@ def test_msc_loss_sums_fused_and_per_scale_outputs():
     model = keras_deeplab.DeepLabV2(
         backbone="mobilenetv2_dm05", num_classes=3, multi_scale=True, output_stride=16
     )
-    images = np.random.default_rng(0).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    images = random_images()
     labels = np.random.default_rng(1).integers(0, 3, (1, 33, 33)).astype("int32")
     outputs = model(images, training=True)
     assert sorted(outputs) == ["fused", "scale_0.5", "scale_0.75", "scale_1"]

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import random_images
 from tf1_checkpoints import (
     model_variables,
     randomize_weights,
@@ -165,10 +166,6 @@ def _weights(model):
     return [w.numpy() for w in model.weights]
 
 
-def _image(size=65, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (1, size, size, 3)).astype("float32")
-
-
 @pytest.fixture(scope="module")
 def mnv2_ckpt(tmp_path_factory):
     """A randomised deeplabv3_mobilenetv2 and its TF1 checkpoint (with ignored extras)."""
@@ -271,7 +268,7 @@ def test_round_trip_bitwise(name, tmp_path):
     for wa, wb in zip(a.weights, b.weights, strict=True):
         assert wa.path == wb.path
         np.testing.assert_array_equal(wb.numpy(), wa.numpy(), err_msg=wa.path)
-    x = _image()
+    x = random_images(1, 65)
     np.testing.assert_array_equal(b(x).numpy(), a(x).numpy())
 
 
@@ -369,7 +366,7 @@ def test_num_classes(name, classes, tmp_path):
     assert name in info["suggested_models"]
 
     b = load_tf_checkpoint(prefix, create_model(name, num_classes=classes))
-    np.testing.assert_array_equal(b(_image(33)).numpy(), a(_image(33)).numpy())
+    np.testing.assert_array_equal(b(random_images()).numpy(), a(random_images()).numpy())
 
     with pytest.raises(ValueError) as err:
         load_tf_checkpoint(prefix, create_model(name))  # 21 classes

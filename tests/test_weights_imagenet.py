@@ -8,6 +8,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import randomize_batch_norms
 
 import keras_deeplab
 from keras_deeplab.backbones import get_backbone
@@ -33,20 +34,7 @@ def _application(name, size=None, seed=0):
     kwargs = {"include_top": False, "weights": None}
     if size is not None:
         kwargs["input_shape"] = (*size, 3)
-    app = APPS[name](**kwargs)
-    rng = np.random.default_rng(seed)
-    for layer in app.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, c),
-                    rng.normal(0, 0.1, c),
-                    rng.normal(0, 0.1, c),
-                    rng.uniform(0.5, 1.5, c),
-                ]
-            )
-    return app
+    return randomize_batch_norms(APPS[name](**kwargs), seed)
 
 
 def save_legacy_h5(model, path):

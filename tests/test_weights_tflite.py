@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
-from official_tflite import keras_layer_name, official_tflite_dir, shared_data_dir, to_keras_kernel
+from conftest import random_images, shared_data_dir
+from official_tflite import keras_layer_name, official_tflite_dir, to_keras_kernel
 from PIL import Image
 
 from keras_deeplab import create_model
@@ -76,7 +77,7 @@ def resize_257(image):
 @pytest.fixture(scope="module")
 def voc():
     """`[(name, 257x257 uint8 RGB, mask)]` of the 8 VOC pairs, in pairs.csv order."""
-    root = shared_data_dir() / "voc2012_samples"
+    root = shared_data_dir("voc2012_samples")
     with open(root / "pairs.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     samples = []
@@ -327,7 +328,7 @@ def test_convert_writes_weights_for_the_registered_model(tflite_path, model, tmp
     assert config["num_classes"] == NUM_CLASSES and config["output_stride"] == 8
     fresh = create_model(name)
     fresh.load_weights(out)
-    x = np.random.default_rng(0).uniform(0, 255, (1, 65, 81, 3)).astype(np.float32)
+    x = random_images(1, (65, 81))
     np.testing.assert_array_equal(np.asarray(fresh(x)), np.asarray(model(x)))
 
 

@@ -1,0 +1,124 @@
+"""Helpers shared by the tests: random images, tiny models, BatchNorm statistics, shared data.
+
+Test modules import the functions (`from conftest import random_images, tiny_model`); the
+fixtures (`shared_data`) need no import.
+
+* `random_images(batch, size, seed)`: float32 RGB in [0, 255), what the models take;
+* `random_rgb(size, seed)`: uint8 RGB pixels, as an image file holds them;
+* `save_image(path, array)`: a uint8 array written as an image file (folders created);
+* `tiny_model(num_classes)`: the smallest registered DeepLab (`TINY_MODEL`) with BatchNorm
+  statistics of real activations, so its logits and argmax are not degenerate;
+* `randomize_batch_norms(model, seed)`: non-trivial BatchNorm parameters and statistics in
+  every (nested) BatchNorm, so that a mistake involving them shows;
+* `shared_data_dir(*parts)` / the `shared_data` fixture: the real data beside the
+  repository (`keras_deeplab._shared_data`); fails under `CI=true`, skips elsewhere.
+"""
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_deeplab._shared_data import shared_data_dir as _locate_shared_data
+
+# The smallest registered model (MobileNetV2 x0.5, output stride 8); fast at 33-65 px.
+TINY_MODEL = "deeplabv3_mobilenetv2_dm05_os8"
+
+
+def random_images(batch=1, size=33, seed=0):
+    """float32 `[batch, H, W, 3]` uniform in [0, 255); `size` is an int or `(H, W)`."""
+    height, width = (size, size) if np.isscalar(size) else size
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (batch, height, width, 3)).astype("float32")
+
+
+def random_rgb(size=33, seed=0):
+    """uint8 `[H, W, 3]` uniform over 0..255 (an image file's pixels); `size` is an int or `(H, W)`."""
+    height, width = (size, size) if np.isscalar(size) else size
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def save_image(path, array):
+    """Writes a uint8 array (`[H, W]` or `[H, W, 3]`) as an image file; returns `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+    return path
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+    inner = getattr(model, "model", None)  # a multi-scale wrapper's single-scale model
+    if isinstance(inner, keras.Model) and inner not in model.layers:
+        yield from _layers(inner)
+
+
+def batch_norms(model):
+    """Every BatchNormalization of `model`, nested models included."""
+    found = {id(layer): layer for layer in _layers(model)}
+    return [layer for layer in found.values() if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def randomize_batch_norms(model, seed=0):
+    """Random gamma / beta / moving statistics in every BatchNorm of `model`; returns it.
+
+    Fresh models have mean 0 / variance 1, which hides BatchNorm mistakes (folding,
+    conversion, loading).
+    """
+    rng = np.random.default_rng(seed)
+    for bn in batch_norms(model):
+        n = bn.moving_mean.shape[0]
+        if bn.scale:
+            bn.gamma.assign(rng.uniform(0.5, 1.5, n))
+        if bn.center:
+            bn.beta.assign(rng.normal(0, 0.1, n))
+        bn.moving_mean.assign(rng.normal(0, 0.1, n))
+        bn.moving_variance.assign(rng.uniform(0.5, 1.5, n))
+    return model
+
+
+def calibrate_batch_norms(model, images):
+    """Sets every BatchNorm's moving statistics to those of `images` (one training pass)."""
+    norms = batch_norms(model)
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.momentum = 0.0
+    model(images, training=True)
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+    return model
+
+
+def tiny_model(num_classes=3, seed=0, size=33, **kwargs):
+    """`TINY_MODEL` with BatchNorm statistics of 4 random `size` images.
+
+    Freshly built models have near-zero logits (unit statistics on tiny activations);
+    calibrated ones have logits and an argmax that depend on the image.
+    """
+    import keras_deeplab
+
+    keras.utils.set_random_seed(seed)
+    model = keras_deeplab.create_model(TINY_MODEL, num_classes=num_classes, **kwargs)
+    return calibrate_batch_norms(model, random_images(4, size, seed))
+
+
+def shared_data_dir(*parts):
+    """The shared data folder (or `parts` below it); fails under `CI=true`, skips elsewhere."""
+    try:
+        return _locate_shared_data(*parts)
+    except FileNotFoundError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The shared data folder (see `shared_data_dir`)."""
+    return shared_data_dir()
