@@ -5,7 +5,6 @@ keras_deeplab is not installed.
 """
 
 import json
-import os
 import resource
 import time
 from pathlib import Path
@@ -16,17 +15,18 @@ RESULTS_DIR = Path(__file__).parent / "results"
 RESULT_TAG = "BENCHMARK_RESULT:"
 
 
-def shared_data_dir():
-    """`../shared/data` beside the repository (or `$KERAS_DEEPLAB_SHARED_DATA`)."""
-    path = Path(
-        os.environ.get("KERAS_DEEPLAB_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data")
-    )
-    if not path.is_dir():
-        raise SystemExit(
-            f"shared data not found at {path}: put it beside the repository or set "
-            "KERAS_DEEPLAB_SHARED_DATA."
-        )
-    return path
+def shared_data_dir(*parts):
+    """The shared data folder, or `parts` below it; stops the script with the fix when missing.
+
+    The one lookup the tests use too (`keras_deeplab._shared_data`: `$KERAS_DEEPLAB_SHARED_DATA`,
+    else `../shared/data` beside the repository). Example: `shared_data_dir("camvid_segnet")`.
+    """
+    from keras_deeplab._shared_data import shared_data_dir as find
+
+    try:
+        return find(*parts)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
 
 
 def voc_samples(size, data_dir=None):
@@ -37,7 +37,7 @@ def voc_samples(size, data_dir=None):
     """
     from PIL import Image
 
-    root = Path(data_dir or shared_data_dir()) / "voc2012_samples"
+    root = Path(data_dir) / "voc2012_samples" if data_dir else shared_data_dir("voc2012_samples")
     samples = []
     for image_path in sorted((root / "JPEGImages").glob("*.jpg")):
         mask_path = root / "SegmentationClass" / f"{image_path.stem}.png"

@@ -41,7 +41,7 @@ def calibration_images(size):
     try:
         return [rgb for _, rgb, _ in voc_samples(size)], "VOC 2012 val"
     except SystemExit:  # shared data missing
-        from keras_deeplab.export.tflite import synthetic_images
+        from keras_deeplab.export.images import synthetic_images
 
         return synthetic_images((size, size), count=8), "synthetic"
 

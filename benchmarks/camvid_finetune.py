@@ -26,13 +26,13 @@ Run: `python -m benchmarks.camvid_finetune` (defaults: 600 steps, crop 321, batc
 
 import argparse
 import json
-import math
 import platform
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._common import RESULTS_DIR, shared_data_dir
+from keras_deeplab._json import jsonable
 
 MODEL = "deeplabv3_mobilenetv2_dm05_os8"
 OFFICIAL = "deeplabv3_tflite/deeplabv3_257_mv_gpu.tflite"
@@ -156,7 +156,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
-    out.write_text(json.dumps(record, indent=2, default=_jsonable))
+    out.write_text(json.dumps(jsonable(record, nan_as_none=True), indent=2, default=str))
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     for run_name, result in results.items():
@@ -173,15 +173,6 @@ def _cores():
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def bench_pipeline(crop=513, batch=8, batches=12, data_dir=None):
     """
     from keras_deeplab.data import camvid, train_pipeline
 
-    root = Path(data_dir) if data_dir else shared_data_dir()
-    data = camvid(root / "camvid_segnet", "train")
+    root = Path(data_dir) / "camvid_segnet" if data_dir else shared_data_dir("camvid_segnet")
+    data = camvid(root, "train")
     ds = train_pipeline(data, batch, crop_size=crop, seed=0).repeat()
     it = iter(ds)
     for _ in range(2):  # warm-up: graph building, first files

@@ -33,23 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import shared_data_dir
+
 RESULTS_DIR = Path(__file__).parent / "results"
 OFFICIAL = "deeplabv3_tflite/deeplabv3_257_mv_gpu.tflite"
 REFERENCE = {"miou": 0.7559, "pixel_accuracy": 0.9451}
 SIZE = 257
 NUM_CLASSES = 21
-
-
-def shared_data_dir():
-    path = Path(
-        os.environ.get("KERAS_DEEPLAB_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data")
-    )
-    if not (path / OFFICIAL).is_file():
-        raise SystemExit(
-            f"official data not found under {path}: put ../shared/data beside the repository "
-            "or set KERAS_DEEPLAB_SHARED_DATA."
-        )
-    return path
 
 
 def load_samples(data_dir):
@@ -118,9 +108,9 @@ def main(argv=None):
             "or run with --no-crf."
         )
 
-    data_dir = shared_data_dir()
-    samples = load_samples(data_dir)
-    model = load_tflite(data_dir / OFFICIAL)  # RGB 0..255 in, logits out, any size
+    official = shared_data_dir(OFFICIAL)  # stops with the fix when it is missing
+    samples = load_samples(shared_data_dir())
+    model = load_tflite(official)  # RGB 0..255 in, logits out, any size
     rows = []
 
     def add(protocol, scales, flip, crf, labels, seconds):

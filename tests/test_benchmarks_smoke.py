@@ -9,7 +9,8 @@ import math
 import pytest
 
 from benchmarks import plan, workers
-from benchmarks._common import measure
+from benchmarks._common import measure, shared_data_dir, voc_samples
+from benchmarks.backends import calibration_images
 from benchmarks.crf import bench_crf
 from benchmarks.inference import bench_inference, scaling_exponents
 from benchmarks.machine import machine_info, matmul_peak
@@ -145,3 +146,15 @@ def test_worker_subprocess_round_trip():
     assert _finite_positive(out["peak_rss_mb"]) and out["wall_s"] > 0
     bad = workers.run_task({"kind": "nope"}, timeout=300)
     assert bad["error"].startswith("exit 1:") and "unknown task 'nope'" in bad["error"]
+
+
+def test_benchmarks_find_shared_data_like_the_tests(monkeypatch, tmp_path):
+    # One lookup for tests and benchmarks: the variable wins; missing data stops the script
+    # with one line naming the path and the fix (no traceback).
+    (tmp_path / "camvid_segnet").mkdir()
+    monkeypatch.setenv("KERAS_DEEPLAB_SHARED_DATA", str(tmp_path))
+    assert shared_data_dir("camvid_segnet") == tmp_path / "camvid_segnet"
+    with pytest.raises(SystemExit, match="voc2012_samples does not exist.*KERAS_DEEPLAB_SHARED"):
+        voc_samples(33)
+    images, source = calibration_images(33)  # int8 calibration falls back to synthetic images
+    assert source == "synthetic" and len(images) == 8 and images[0].shape == (33, 33, 3)
