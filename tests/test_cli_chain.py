@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import random_images, random_rgb, save_image, shared_data_dir
+from conftest import random_images, random_rgb, save_image, shared_data_dir, tiny_model
 
-import keras_deeplab
 from keras_deeplab.cli import main
 from keras_deeplab.training.run_dir import MODEL_FILE, WEIGHTS_FILE, load_run
 
@@ -85,7 +84,7 @@ def test_mismatched_classes_are_one_clear_error(run_dir, tmp_path, capsys):
     assert "--num-classes 21" in err and "5 classes" in err and "Traceback" not in err
     # another model's weights file of 5 classes loaded into a 21-class model: refused
     other = tmp_path / "other.weights.h5"
-    keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=5).save_weights(other)
+    tiny_model(5).save_weights(other)
     argv = ["predict", str(save_image(tmp_path / "x.png", random_rgb())), "--weights", str(other)]
     assert main([*argv, "--num-classes", "21", "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err

@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import random_rgb
+from conftest import random_rgb, tiny_model
 from PIL import Image
 
 from keras_deeplab.cli import main
@@ -341,11 +341,7 @@ def test_cli_reports_a_bad_dataset_in_one_line(tmp_path, capsys):
     root = make_dataset(tmp_path / "data")
     bad, _ = _truncated_png(root)
     weights = tmp_path / "w.weights.h5"
-    import keras_deeplab
-
-    keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3).save_weights(
-        weights
-    )
+    tiny_model(3).save_weights(weights)
     argv = ["eval", "--data", str(root), "--split", "x", "--num-classes", "3"]
     argv += ["--weights", str(weights), "--out", str(tmp_path / "out")]
     with warnings.catch_warnings():

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import random_images
+from conftest import TINY_MODEL, random_images, tiny_model
 from PIL import Image
 
-import keras_deeplab
 from keras_deeplab.cli import main, output_names
 
-MODEL = "deeplabv3_mobilenetv2_dm05_os8"
+MODEL = TINY_MODEL
 
 
 def _lambda_archive(path, sentinel):
@@ -31,11 +30,12 @@ def test_deeplab_keras_archive_loads_in_safe_mode(tmp_path):
     """Our layers need no unsafe deserialization: Keras' default safe_mode=True loads it."""
     import keras
 
-    model = keras_deeplab.create_model(MODEL, num_classes=3)
+    model = tiny_model(3)  # BatchNorm statistics of real activations: logits that vary
     path = tmp_path / "deeplab.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = random_images()
+    assert np.abs(np.asarray(model(x))).max() > 0.1  # a fresh model's logits are ~1e-11
     np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
 
 
@@ -45,7 +45,7 @@ def test_keras_archive_with_lambda_is_refused_by_our_loader(tmp_path):
 
     sentinel = tmp_path / "pwned.txt"
     path = _lambda_archive(tmp_path / "evil.keras", sentinel)
-    model = keras_deeplab.create_model(MODEL, num_classes=3)
+    model = tiny_model(3)
     with pytest.raises(UnsafeArchiveError) as info:
         load_weights(model, str(path))
     message = str(info.value)
@@ -124,7 +124,7 @@ def test_output_names_never_leave_the_output_folder(tmp_path):
 
 def test_predict_writes_only_inside_out(tmp_path, monkeypatch):
     weights = tmp_path / "w.weights.h5"
-    keras_deeplab.create_model(MODEL, num_classes=3).save_weights(weights)
+    tiny_model(3).save_weights(weights)
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     Image.fromarray(np.zeros((33, 33, 3), np.uint8)).save(tmp_path / "x.png")

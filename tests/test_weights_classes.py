@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL, tiny_model
 
 import keras_deeplab
 from keras_deeplab.weights import ClassCountMismatchError, weights_num_classes
@@ -94,10 +95,7 @@ def test_class_mismatch_argument_is_checked(tmp_path):
 
 
 def test_create_model_keeps_skip_and_warning(tmp_path):
-    path = _saved(
-        keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=11),
-        tmp_path / "camvid.weights.h5",
-    )
+    path = _saved(tiny_model(11), tmp_path / "camvid.weights.h5")
     with pytest.warns(UserWarning, match="except the logits layer"):
-        model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", weights=path)
+        model = keras_deeplab.create_model(TINY_MODEL, weights=path)
     assert model.output_shape[-1] == 21
