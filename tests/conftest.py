@@ -5,7 +5,8 @@ fixtures (`shared_data`) need no import.
 
 * `random_images(batch, size, seed)`: float32 RGB in [0, 255), what the models take;
 * `random_rgb(size, seed)`: uint8 RGB pixels, as an image file holds them;
-* `save_image(path, array)`: a uint8 array written as an image file (folders created);
+* `save_image(path, array)`, `save_mask(path, labels)`: image / mask files (folders created);
+* `make_pairs(root, count)`: a small folder dataset (`images/`, `masks/`);
 * `tiny_model(num_classes)`: the smallest registered DeepLab (`TINY_MODEL`) with BatchNorm
   statistics of real activations, so its logits and argmax are not degenerate;
 * `randomize_batch_norms(model, seed)`: non-trivial BatchNorm parameters and statistics in
@@ -47,6 +48,30 @@ def save_image(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
     return path
+
+
+def save_mask(path, labels, mode="L"):
+    """Writes labels as an 8-bit mask PNG: mode "L" (gray) or "P" (VOC palette); returns `path`."""
+    from keras_deeplab.data import voc_palette
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.asarray(labels, np.uint8), mode="L")
+    if mode == "P":
+        img = img.convert("P")
+        img.putpalette(voc_palette().reshape(-1).tolist())
+        img.putdata(np.asarray(labels, np.uint8).reshape(-1).tolist())
+    img.save(path)
+    return path
+
+
+def make_pairs(root, count=3, size=(10, 12), values=(0, 1, 2)):
+    """`root/images/im<k>.png` + `root/masks/im<k>.png`; returns the two folders."""
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        save_image(root / "images" / f"im{k}.png", rng.integers(0, 255, size + (3,)))
+        save_mask(root / "masks" / f"im{k}.png", rng.choice(values, size))
+    return root / "images", root / "masks"
 
 
 def _layers(model):

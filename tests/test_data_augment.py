@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_pairs
 
 from keras_deeplab.data import (
     SegmentationData,
@@ -14,7 +15,6 @@ from keras_deeplab.data import (
     steps_per_epoch,
     train_pipeline,
 )
-from tests.test_data_validation import make_pairs
 
 
 def block_data(sizes, seed=0, block=12):

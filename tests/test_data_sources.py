@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_image, shared_data_dir
+from conftest import save_image, save_mask, shared_data_dir
 from PIL import Image
 
 from keras_deeplab.data import (
@@ -25,16 +25,6 @@ from keras_deeplab.data import (
     voc,
     voc_palette,
 )
-
-
-def save_mask(path, labels, mode="L"):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(np.asarray(labels, np.uint8), mode="L")
-    if mode == "P":
-        img = img.convert("P")
-        img.putpalette(voc_palette().reshape(-1).tolist())
-        img.putdata(np.asarray(labels, np.uint8).reshape(-1).tolist())
-    img.save(path)
 
 
 def random_labels(rng, shape, values):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import make_pairs, save_mask
 from PIL import Image
 
 from keras_deeplab.data import (
@@ -14,15 +15,6 @@ from keras_deeplab.data import (
     train_pipeline,
     validate,
 )
-from tests.test_data_sources import save_mask, save_rgb
-
-
-def make_pairs(root, count=3, size=(10, 12), values=(0, 1, 2)):
-    rng = np.random.default_rng(0)
-    for k in range(count):
-        save_rgb(root / "images" / f"im{k}.png", rng.integers(0, 255, size + (3,)))
-        save_mask(root / "masks" / f"im{k}.png", rng.choice(values, size))
-    return root / "images", root / "masks"
 
 
 def test_size_mismatch_names_file(tmp_path):
