@@ -216,7 +216,12 @@ def steps_per_epoch(data, batch_size, drop_remainder=True):
 
 
 def padded_size(size, output_stride):
-    """Smallest `k * output_stride + 1 >= size` (ints or int tensors)."""
+    """Smallest `k * output_stride + 1 >= size` (ints or int tensors): the official eval crop rule.
+
+    Example:
+        >>> padded_size(375, 16)
+        385
+    """
     return (size - 1 + output_stride - 1) // output_stride * output_stride + 1
 
 

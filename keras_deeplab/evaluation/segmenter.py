@@ -25,6 +25,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab.data.augment import padded_size
 from keras_deeplab.layers import scale_dimension
 
 OFFICIAL_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -46,11 +47,6 @@ def _softmax(logits):
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def padded_size(size, output_stride):
-    """Smallest `k * output_stride + 1 >= size` (the official eval crop rule)."""
-    return int(math.ceil((size - 1) / output_stride)) * output_stride + 1
 
 
 OUTPUT_KINDS = ("logits", "softmax")
