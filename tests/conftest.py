@@ -9,6 +9,7 @@ fixtures (`shared_data`) need no import.
 * `make_pairs(root, count)`: a small folder dataset (`images/`, `masks/`);
 * `tiny_model(num_classes)`: the smallest registered DeepLab (`TINY_MODEL`) with BatchNorm
   statistics of real activations, so its logits and argmax are not degenerate;
+* `toy_model()`, `smooth_image(h, w)`: a tiny plain Keras net and an image for `Segmenter`;
 * `randomize_batch_norms(model, seed)`: non-trivial BatchNorm parameters and statistics in
   every (nested) BatchNorm, so that a mistake involving them shows;
 * `shared_data_dir(*parts)` / the `shared_data` fixture: the real data beside the
@@ -131,6 +132,36 @@ def tiny_model(num_classes=3, seed=0, size=33, **kwargs):
     keras.utils.set_random_seed(seed)
     model = keras_deeplab.create_model(TINY_MODEL, num_classes=num_classes, **kwargs)
     return calibrate_batch_norms(model, random_images(4, size, seed))
+
+
+def toy_model(num_classes=4, strided=True, softmax=False, seed=0):
+    """A random DeepLab-like net taking RGB 0..255: output stride 4 (strided) or per-pixel.
+
+    A plain `keras.Model` built in milliseconds (not a registered model): for `Segmenter` tests.
+    """
+    from keras_deeplab.layers import Conv2D, Preprocessing, ResizeBilinear
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    x = Preprocessing("symmetric")(inputs)
+    if strided:
+        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
+    else:
+        x = Conv2D(8, 1, activation="relu")(x)
+    x = Conv2D(num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=2.0))(x)
+    out = ResizeBilinear(name="upsampled_logits")([x, inputs])
+    if softmax:
+        out = keras.layers.Activation("softmax", name="probabilities")(out)
+    return keras.Model(inputs, out)
+
+
+def smooth_image(height, width, seed=0):
+    """uint8 `[H, W, 3]` random pixels smoothed along the width (structure beyond noise)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height, width, 3)).astype(np.float32)
+    # Smooth a bit so resizing matters less than structure; keep it asymmetric.
+    return np.round(0.5 * base + 0.5 * np.roll(base, 3, axis=1)).astype(np.uint8)
 
 
 def shared_data_dir(*parts):

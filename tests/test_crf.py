@@ -15,12 +15,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import smooth_image, toy_model
 
 from keras_deeplab import crf
 from keras_deeplab.crf import CRF_PRESETS, batch_crf, dense_crf, dense_crf_labels
 from keras_deeplab.evaluation import Segmenter
-from tests.test_evaluation_segmenter import image as random_image
-from tests.test_evaluation_segmenter import tiny_model
 
 LABEL_AGREEMENT = 0.98
 MEAN_ABS_TOLERANCE = 0.01
@@ -217,8 +216,8 @@ def test_batch_crf_serial_and_processes_agree(needs_crf):
 
 
 def test_segmenter_crf_option(needs_crf):
-    model = tiny_model()
-    images = [random_image(33, 45), random_image(29, 37, 1)]
+    model = toy_model()
+    images = [smooth_image(33, 45), smooth_image(29, 37, 1)]
     plain = Segmenter(model, flip=True, output_stride=4).predict_proba(images)
     refined = Segmenter(model, flip=True, output_stride=4, crf="deeplabv1_largefov")
     for img, probs, q in zip(images, plain, refined.predict_proba(images), strict=True):

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import smooth_image, toy_model
 
 import keras_deeplab
 from keras_deeplab.evaluation import (
@@ -10,24 +11,6 @@ from keras_deeplab.evaluation import (
     Segmenter,
     padded_size,
 )
-from keras_deeplab.layers import Conv2D, Preprocessing, ResizeBilinear
-
-
-def tiny_model(num_classes=4, strided=True, softmax=False, seed=0):
-    """Random DeepLab-like net taking RGB 0..255: output stride 4 (strided) or per-pixel."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, None, 3))
-    x = Preprocessing("symmetric")(inputs)
-    if strided:
-        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-        x = Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    else:
-        x = Conv2D(8, 1, activation="relu")(x)
-    x = Conv2D(num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=2.0))(x)
-    out = ResizeBilinear(name="upsampled_logits")([x, inputs])
-    if softmax:
-        out = keras.layers.Activation("softmax", name="probabilities")(out)
-    return keras.Model(inputs, out)
 
 
 def resize_align_corners(array, size):
@@ -51,13 +34,6 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def image(height, width, seed=0):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height, width, 3)).astype(np.float32)
-    # Smooth a bit so resizing matters less than structure; keep it asymmetric.
-    return np.round(0.5 * base + 0.5 * np.roll(base, 3, axis=1)).astype(np.uint8)
-
-
 def spy_shapes(segmenter):
     shapes = []
     run = segmenter._run_batch
@@ -77,8 +53,8 @@ def test_padded_size():
 
 
 def test_pads_to_k_os_plus_one_and_crops_back():
-    model = tiny_model()
-    img = image(38, 54)
+    model = toy_model()
+    img = smooth_image(38, 54)
     seg = Segmenter(model, output_stride=4)
     shapes = spy_shapes(seg)
     probs = seg.predict_proba(img)[0]
@@ -93,8 +69,8 @@ def test_pads_to_k_os_plus_one_and_crops_back():
 
 @pytest.mark.parametrize("fusion", ["mean", "max"])
 def test_multi_scale_matches_reference_on_odd_sizes(fusion):
-    model = tiny_model(strided=False)
-    img = image(37, 53)
+    model = toy_model(strided=False)
+    img = smooth_image(37, 53)
     scales = (0.5, 0.75, 1.25)
     seg = Segmenter(model, scales=scales, fusion=fusion, output_stride=1)
     shapes = spy_shapes(seg)
@@ -116,8 +92,8 @@ def test_multi_scale_matches_reference_on_odd_sizes(fusion):
 
 
 def test_flip_equivariance():
-    model = tiny_model()
-    img = image(35, 50)
+    model = toy_model()
+    img = smooth_image(35, 50)
     mirrored = np.ascontiguousarray(img[:, ::-1])
     seg = Segmenter(model, scales=(0.75, 1.0), flip=True, output_stride=4, batch_size=2)
     a, b = seg.predict_proba([img, mirrored])
@@ -129,8 +105,8 @@ def test_flip_equivariance():
 
 
 def test_flip_averages_both_passes():
-    model = tiny_model()
-    img = image(33, 41)
+    model = toy_model()
+    img = smooth_image(33, 41)
     seg = Segmenter(model, flip=True, output_stride=4)
     probs = seg.predict_proba(img)[0]
     direct = softmax(model(img[None].astype(np.float32)).numpy()[0])
@@ -139,8 +115,8 @@ def test_flip_averages_both_passes():
 
 
 def test_sliding_window_equals_full_image_for_a_per_pixel_model():
-    model = tiny_model(strided=False)
-    img = image(37, 53)
+    model = toy_model(strided=False)
+    img = smooth_image(37, 53)
     full = Segmenter(model, output_stride=1).predict_proba(img)[0]
     seg = Segmenter(model, output_stride=1, sliding_window=(17, 23), overlap=1 / 3, batch_size=4)
     shapes = spy_shapes(seg)
@@ -152,8 +128,8 @@ def test_sliding_window_equals_full_image_for_a_per_pixel_model():
 
 
 def test_sliding_window_with_scales_and_flip_on_strided_model():
-    model = tiny_model()
-    img = image(45, 70)
+    model = toy_model()
+    img = smooth_image(45, 70)
     seg = Segmenter(
         model,
         scales=(0.5, 1.25),
@@ -175,8 +151,8 @@ def test_sliding_window_with_scales_and_flip_on_strided_model():
 
 
 def test_batching_does_not_change_results():
-    model = tiny_model()
-    images = [image(33, 41, 0), image(40, 29, 1), image(33, 41, 2)]
+    model = toy_model()
+    images = [smooth_image(33, 41, 0), smooth_image(40, 29, 1), smooth_image(33, 41, 2)]
     kwargs = {"scales": (0.75, 1.0), "flip": True, "output_stride": 4}
     one = Segmenter(model, batch_size=1, **kwargs)
     many = Segmenter(model, batch_size=3, **kwargs)
@@ -190,9 +166,9 @@ def test_batching_does_not_change_results():
 
 
 def test_softmax_output_model():
-    logits_model = tiny_model(seed=3)
-    probs_model = tiny_model(seed=3, softmax=True)
-    img = image(33, 45)
+    logits_model = toy_model(seed=3)
+    probs_model = toy_model(seed=3, softmax=True)
+    img = smooth_image(33, 45)
     a = Segmenter(logits_model, scales=(0.5, 1.0), output_stride=4).predict_proba(img)[0]
     b = Segmenter(probs_model, scales=(0.5, 1.0), output_stride=4, outputs="softmax")
     np.testing.assert_allclose(a, b.predict_proba(img)[0], atol=1e-5)
@@ -201,7 +177,7 @@ def test_softmax_output_model():
 
 
 def test_input_checks():
-    model = tiny_model()
+    model = toy_model()
     seg = Segmenter(model, output_stride=4)
     with pytest.raises(ValueError, match="RGB"):
         seg.predict([np.zeros((20, 20, 4), np.uint8)])
@@ -219,7 +195,7 @@ def test_input_checks():
 
 def test_images_scaled_to_unit_range_are_refused():
     """A float image in [0, 1] given to a 0..255 model would predict nearly all background."""
-    model = tiny_model()
+    model = toy_model()
     image = np.random.default_rng(0).uniform(0, 1, (21, 21, 3)).astype("float32")
     with pytest.raises(ValueError, match=r"\[0, 1\].*multiply the image by 255"):
         Segmenter(model, output_stride=4).predict([image])
@@ -240,7 +216,7 @@ def test_builders_output_stride_and_odd_sizes(tmp_path):
     seg = Segmenter(reloaded, scales=(0.5, 1.0), flip=True, batch_size=2)
     assert seg.output_stride == 8
     shapes = spy_shapes(seg)
-    labels = seg.predict([image(35, 47), image(50, 33, 1)])
+    labels = seg.predict([smooth_image(35, 47), smooth_image(50, 33, 1)])
     assert [lab.shape for lab in labels] == [(35, 47), (50, 33)]
     assert all((h - 1) % 8 == 0 and (w - 1) % 8 == 0 for _, h, w, _ in shapes)
 
@@ -248,7 +224,7 @@ def test_builders_output_stride_and_odd_sizes(tmp_path):
 def test_msc_model():
     model = keras_deeplab.DeepLabV2(backbone="mobilenetv2_dm05", multi_scale=True, num_classes=3)
     assert Segmenter(model).output_stride == 8
-    probs = Segmenter(model).predict_proba(image(41, 30))[0]
+    probs = Segmenter(model).predict_proba(smooth_image(41, 30))[0]
     assert probs.shape == (41, 30, 3)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
 
