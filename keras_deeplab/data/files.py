@@ -43,6 +43,9 @@ def file_source(
 
     Only cheap structural checks run here (files exist, supported formats); run
     `validate(data)` to scan sizes and mask values before training.
+
+    Example:
+        >>> data = file_source([("a.jpg", "a.png")], num_classes=3)  # doctest: +SKIP
     """
     files = tuple((str(i), str(m)) for i, m in files)
     if not files:

@@ -20,6 +20,11 @@ def label_lut(label_map=None, mask_threshold=None, base=None):
             (entry `v` = label of raw value `v`). Applied after `mask_threshold` / `base`.
         mask_threshold: binary masks: raw `v > mask_threshold` -> 1, else 0.
         base: table applied first (a dataset's convention, e.g. Cityscapes ids -> train ids).
+
+    Example:
+        >>> lut = label_lut({255: 0})  # raw 255 -> label 0, the rest unchanged
+        >>> int(lut[255]), int(lut[3])
+        (0, 3)
     """
     table = np.arange(256, dtype=np.int64) if base is None else np.asarray(base, np.int64)
     if table.shape != (256,):

@@ -217,6 +217,9 @@ def validate(
 
     Returns:
         `data` (unchanged) or, with `skip_bad`, a new source without the bad examples.
+
+    Example:
+        >>> data = validate(paired_folders("images", "masks", 3), skip_bad=True)  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
