@@ -12,14 +12,12 @@ import tensorflow as tf
 
 import keras_deeplab
 from keras_deeplab.export import saved_model as sm
+from keras_deeplab.export.labels import VOC_LABELS, default_labels
+from keras_deeplab.export.model_info import model_preprocessing
 from keras_deeplab.export.report import VerificationError
-from keras_deeplab.export.saved_model import (
-    VOC_LABELS,
-    default_labels,
-    model_preprocessing,
-    to_saved_model,
-    verify_saved_model,
-)
+from keras_deeplab.export.saved_model import to_saved_model
+from keras_deeplab.export.serving import Serving
+from keras_deeplab.export.verify_saved_model import verify_saved_model
 
 NUM_CLASSES = 3
 MODEL_NAME = "deeplabv3_mobilenetv2_dm05_os8"
@@ -323,7 +321,7 @@ def test_model_without_preprocessing_needs_the_argument(tmp_path):
 def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
     model = _model(activation="softmax")
     image = tf.constant(_image(41, 53, 7)[None])
-    out = sm._Serving(model, None).images(image)
+    out = Serving(model, None).images(image)
     expected = np.asarray(model(tf.cast(image, tf.float32), training=False))
     assert np.max(np.abs(out["probabilities"].numpy() - expected)) <= 1e-6
     np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
@@ -331,6 +329,6 @@ def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
 
     msc = keras_deeplab.MultiScaleInputs(_model(), scales=(1.0, 0.5))
     assert model_preprocessing(msc) == "symmetric"
-    out = sm._Serving(msc, None).images(image)
+    out = Serving(msc, None).images(image)
     logits = np.asarray(msc(tf.cast(image, tf.float32), training=False))
     assert np.max(np.abs(out["probabilities"].numpy() - tf.nn.softmax(logits))) <= 1e-6

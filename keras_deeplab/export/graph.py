@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.export.model_info import (
-    backbone_preprocessing,
+    input_normalization,
     model_preprocessing,
     num_classes_of,
     output_activation,
@@ -60,14 +60,15 @@ class ExportGraph:
                 f"include_preprocessing must be None, True or False; got {include_preprocessing!r}."
             )
         own = model_preprocessing(model)
-        self.mode = own or backbone_preprocessing(model)
+        self.mode = input_normalization(model)
         self.core, self.prepend = model, None
         if include_preprocessing is True and own is None:
             if self.mode is None:
                 raise ValueError(
-                    f"Model {model.name!r} has no 'preprocessing' layer and no known backbone, so "
-                    "include_preprocessing=True cannot tell its normalisation; rebuild it with "
-                    "include_preprocessing=True or export with include_preprocessing=None."
+                    f"Model {model.name!r} does not normalise its input and is not a keras_deeplab "
+                    "SegmentationModel with a backbone, so include_preprocessing=True cannot tell "
+                    "its normalisation; add a keras_deeplab.layers.Preprocessing layer to it or "
+                    "export with include_preprocessing=None."
                 )
             self.prepend = Preprocessing(self.mode, name="preprocessing")
         elif include_preprocessing is False and own is not None:

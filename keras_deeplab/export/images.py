@@ -1,7 +1,8 @@
 """Images for export: calibration and verification images from folders, arrays or iterables.
 
 Everything here returns RGB float32 `[H, W, 3]` in [0, 255] at the export size (files and
-uint8 arrays resized with PIL bilinear, float arrays with TF's antialiased bilinear).
+uint8 arrays resized with PIL bilinear, float arrays with TF's antialiased bilinear), or,
+for SavedModel verification, RGB uint8 images of any size (`sample_images`, `uint8_images`).
 
 Example:
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_SAMPLE_IMAGES = 4
+SAMPLE_SIZES = ((65, 97), (65, 97), (96, 128))  # SavedModel verification: mixed sizes
 
 
 def _pil_resize(array, hw):
@@ -126,3 +128,43 @@ def synthetic_images(hw, count=DEFAULT_SAMPLE_IMAGES, seed=0):
     smooth = tf.image.resize(coarse.astype(np.float32), hw, method="bicubic").numpy()
     noisy = smooth + rng.normal(0, 8, smooth.shape)
     return list(np.clip(noisy, 0, 255).astype(np.float32))
+
+
+def sample_images(sizes=SAMPLE_SIZES):
+    """Deterministic synthetic RGB uint8 images (smooth patterns + noise), one per size."""
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w].astype("float32")
+        smooth = np.stack(
+            [255 * xx / w, 255 * yy / h, 127.5 + 127.5 * np.sin((xx + 2 * yy + 17 * i) / 9)], -1
+        )
+        noise = np.random.default_rng(i).normal(0, 24, (h, w, 3))
+        images.append(np.clip(smooth + noise, 0, 255).astype("uint8"))
+    return images
+
+
+def uint8_images(images, size):
+    """Verification images as a list of RGB uint8 `[H, W, 3]` (rounded and clipped), any
+    sizes unless the model's input `size` is fixed; None: `sample_images` at that size."""
+    if images is None:
+        fixed = None not in size
+        return sample_images([size, size] if fixed else SAMPLE_SIZES)
+    if isinstance(images, np.ndarray | tf.Tensor) and len(images.shape) in (3, 4):
+        images = np.asarray(images)
+        images = list(images) if images.ndim == 4 else [images]
+    result = []
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"Sample images must be RGB [H, W, 3]; got shape {image.shape}.")
+        if image.dtype != np.uint8:
+            image = np.clip(np.round(image), 0, 255).astype("uint8")
+        result.append(image)
+    if not result:
+        raise ValueError("verify_saved_model needs at least one sample image.")
+    if None not in size and any(image.shape[:2] != size for image in result):
+        raise ValueError(
+            f"The model takes {size[0]}x{size[1]} images only; got sample images of sizes "
+            f"{sorted({image.shape[:2] for image in result})}."
+        )
+    return result

@@ -13,9 +13,9 @@ y = dequantize(interpreter.get_tensor(out_detail["index"]), out_detail)  # float
 ```
 """
 
-import time
-
 import numpy as np
+
+from keras_deeplab.export.report import time_calls
 
 SIGNATURE = "serving_default"
 
@@ -71,14 +71,7 @@ def measure_latency(interpreter, runs=10, warmup=2, x=None):
     if x is None:
         x = np.zeros(detail["shape"], detail["dtype"])
     interpreter.set_tensor(detail["index"], x)
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs}
+    return time_calls(interpreter.invoke, runs=runs, warmup=warmup)
 
 
 def describe_tensor(detail, key):

@@ -1,32 +1,56 @@
-"""What the exporters need to know about a model: input size, class count, normalisation.
+"""What the exporters need to know about a model: normalisation, activation, classes, size.
+
+A `keras_deeplab.SegmentationModel` says it itself (`preprocessing`, `backbone_name`,
+`activation`, `num_classes`). Any other Keras model (a user's own) is taken as it is: its
+output is assumed to be logits (`output_activation` None), it normalises its input only if
+it has a `keras_deeplab.layers.Preprocessing` layer, and where an exporter needs a fact it
+cannot know (the normalisation of a model without that layer) it asks for an argument or
+raises a clear error.
 
 Example:
 
 ```python
-from keras_deeplab.export.model_info import num_classes_of, model_preprocessing
-
-num_classes_of(model)  # 21
-model_preprocessing(model)  # "symmetric" when the model normalises RGB [0, 255] inside
+model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+model_preprocessing(model), output_activation(model), num_classes_of(model)
+# ('symmetric', None, 3)
 ```
 """
 
-import keras
-
+from keras_deeplab.backbones import preprocessing_mode
+from keras_deeplab.layers import Preprocessing
 from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.segmentation_model import SegmentationModel
 
 
 def inner_model(model):
-    """The network a `MultiScaleInputs` wrapper runs at each scale; `model` otherwise."""
+    """The network a `MultiScaleInputs` model runs at each scale; `model` otherwise."""
     return model.model if isinstance(model, MultiScaleInputs) else model
 
 
 def model_preprocessing(model):
-    """Mode of the model's own `preprocessing` layer ("symmetric"/"caffe"), or None."""
-    try:
-        layer = inner_model(model).get_layer("preprocessing")
-    except ValueError:
-        return None
-    return getattr(layer, "mode", None)
+    """The normalisation the model applies inside to RGB [0, 255] images ("symmetric" /
+    "caffe"), or None when it takes already normalised input."""
+    if isinstance(model, SegmentationModel):
+        return model.preprocessing
+    layers = getattr(model, "layers", [])
+    return next((layer.mode for layer in layers if isinstance(layer, Preprocessing)), None)
+
+
+def input_normalization(model):
+    """The normalisation of the model's input convention, inside the model or not: its
+    backbone's for a `SegmentationModel`, else `model_preprocessing`; None when unknown."""
+    own = model_preprocessing(model)
+    if own is not None or not isinstance(model, SegmentationModel):
+        return own
+    return preprocessing_mode(model.backbone_name) if model.backbone_name else None
+
+
+def output_activation(model):
+    """None (logits), "softmax" or "sigmoid": what the model applies to its logits.
+
+    Other models than `SegmentationModel`s are assumed to return logits.
+    """
+    return model.activation if isinstance(model, SegmentationModel) else None
 
 
 def input_size_of(model):
@@ -39,33 +63,8 @@ def input_size_of(model):
 
 
 def num_classes_of(model):
-    """Channel count of the model's output."""
+    """The model's class count (its output channels for other models)."""
+    if isinstance(model, SegmentationModel):
+        return model.num_classes
     h, w = input_size_of(model)
     return int(model.compute_output_shape((1, h or 33, w or 33, 3))[-1])
-
-
-def output_activation(model):
-    """None, "softmax" or "sigmoid": the activation the model applies to its logits."""
-    if isinstance(model, MultiScaleInputs):
-        return model.activation
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return "softmax"
-    if isinstance(last, keras.layers.Activation):
-        name = keras.activations.serialize(last.activation)
-        name = name if isinstance(name, str) else name.get("config", {}).get("name", "")
-        return name if name in ("softmax", "sigmoid") else None
-    return None
-
-
-def backbone_preprocessing(model):
-    """Normalisation of the model's backbone (from its `<backbone>_backbone` sub-model)."""
-    from keras_deeplab.backbones import preprocessing_mode
-
-    for layer in getattr(inner_model(model), "layers", []):
-        if layer.name.endswith("_backbone"):
-            try:
-                return preprocessing_mode(layer.name[: -len("_backbone")])
-            except (KeyError, ValueError):
-                return None
-    return None

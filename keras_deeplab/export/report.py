@@ -8,7 +8,10 @@ JSON-serialisable dict. A failed check raises `VerificationError`, which carries
 import errno
 import json
 import os
+import time
 from pathlib import Path
+
+import numpy as np
 
 from keras_deeplab._json import jsonable
 
@@ -58,18 +61,25 @@ def disk_full_message(target, kept):
     )
 
 
+def pid_alive(pid):
+    """Whether process `pid` exists (another user's live process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's live process
+        return True
+    return True
+
+
 def _remove_stale_temporaries(path):
     """Deletes `.<name>.<pid>.tmp` files left by killed writers (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
-        except OSError:  # e.g. another user's live process
-            continue
 
 
 def atomic_write_bytes(path, data):
@@ -105,3 +115,15 @@ def write_report(path, report):
     """Writes `report` (a dict) as indented JSON, atomically; returns the path."""
     text = json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=True) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def time_calls(fn, runs=10, warmup=2):
+    """`{"median_ms", "min_ms", "runs"}`: wall time of `fn()` over `runs` calls after `warmup`."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs}

@@ -34,206 +34,30 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
 import tensorflow as tf
 
-from keras_deeplab.data.palette import VOC_CLASSES
+from keras_deeplab.export.labels import labels_text, resolve_labels
+from keras_deeplab.export.model_info import num_classes_of
 from keras_deeplab.export.report import (
     DiskFullError,
     VerificationError,
     disk_full_message,
     is_disk_full,
+    pid_alive,
     write_report,
 )
-from keras_deeplab.layers import PREPROCESSING_MODES, Preprocessing
-from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.export.serving import build_archive, serving_preprocessing, signature_summary
+from keras_deeplab.export.verify_saved_model import (
+    DEFAULT_TOLERANCE,
+    directory_size,
+    verify_saved_model,
+)
 
-VOC_LABELS = tuple(VOC_CLASSES)
 LABELS_FILE = "labels.txt"
-SIGNATURES = ("serving_default", "serving_bytes", "serve")
-DEFAULT_TOLERANCE = 1e-4
-
-
-# ---------------------------------------------------------------- model facts
-
-
-def model_preprocessing(model):
-    """Mode of the model's own `preprocessing` layer ("symmetric"/"caffe"), or None."""
-    if isinstance(model, MultiScaleInputs):
-        return model_preprocessing(model.model)
-    try:
-        layer = model.get_layer("preprocessing")
-    except ValueError:
-        return None
-    return getattr(layer, "mode", None)
-
-
-def _output_activation(model):
-    """None, "softmax" or "sigmoid": the activation the model applies to its logits."""
-    if isinstance(model, MultiScaleInputs):
-        return model.activation
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return "softmax"
-    if isinstance(last, keras.layers.Activation):
-        name = keras.activations.serialize(last.activation)
-        name = name if isinstance(name, str) else name.get("config", {}).get("name", "")
-        return name if name in ("softmax", "sigmoid") else None
-    return None
-
-
-def input_size_of(model):
-    """`(H, W)` of the model's input; None for dynamic dimensions."""
-    if isinstance(model, MultiScaleInputs):
-        return input_size_of(model.model)
-    try:
-        shape = model.input_shape
-    except (AttributeError, ValueError):
-        return None, None
-    return tuple(None if d is None else int(d) for d in shape[1:3])
-
-
-def num_classes_of(model):
-    """Channel count of the model's output."""
-    h, w = input_size_of(model)
-    return int(model.compute_output_shape((1, h or 33, w or 33, 3))[-1])
-
-
-def serving_preprocessing(model, preprocessing=None):
-    """The normalisation from RGB [0, 255] the serving graph adds before the model.
-
-    Returns None when the model normalises inside (its `preprocessing` layer), else
-    the explicit `preprocessing` mode. A model built with `include_preprocessing=False`
-    cannot tell its normalisation, so `preprocessing` is required then.
-    """
-    own = model_preprocessing(model)
-    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
-        raise ValueError(
-            f"preprocessing must be one of {PREPROCESSING_MODES} or None; got {preprocessing!r}."
-        )
-    if own is not None:
-        if preprocessing not in (None, own):
-            raise ValueError(
-                f"Model {model.name!r} already normalises its input (layer 'preprocessing', "
-                f"mode {own!r}); drop preprocessing={preprocessing!r} or it would be applied twice."
-            )
-        return None
-    if preprocessing is None:
-        raise ValueError(
-            f"Model {model.name!r} has no 'preprocessing' layer (built with "
-            "include_preprocessing=False), so the serving graph cannot know how to normalise "
-            "RGB [0, 255] images: pass preprocessing='symmetric' ([-1, 1]: xception, mobilenetv2, "
-            "*_beta ResNets) or 'caffe' (BGR mean subtraction: resnet50/101, vgg16), or rebuild "
-            "the model with include_preprocessing=True."
-        )
-    return preprocessing
-
-
-def default_labels(num_classes):
-    """PASCAL VOC names for 21 classes, `class_<i>` otherwise."""
-    if num_classes == len(VOC_LABELS):
-        return list(VOC_LABELS)
-    return [f"class_{i}" for i in range(num_classes)]
-
-
-def _resolve_labels(labels, num_classes):
-    if labels is None:
-        return default_labels(num_classes)
-    if isinstance(labels, str | os.PathLike):
-        labels = Path(labels).read_text().splitlines()
-    labels = [str(label).strip() for label in labels]
-    if len(labels) != num_classes or any(not label or "\n" in label for label in labels):
-        raise ValueError(
-            f"labels must be {num_classes} non-empty names (one per model output channel); "
-            f"got {len(labels)}."
-        )
-    return labels
-
-
-# ---------------------------------------------------------------- serving graph
-
-
-class _Serving:
-    """The three serving functions (plain Python; ExportArchive wraps them in tf.function)."""
-
-    def __init__(self, model, preprocessing):
-        self.model = model
-        self.activation = _output_activation(model)
-        self.normalise = None if preprocessing is None else Preprocessing(preprocessing)
-        self.num_classes = num_classes_of(model)
-        self.size = input_size_of(model)
-
-    def _outputs(self, rgb):
-        x = rgb if self.normalise is None else self.normalise(rgb)
-        scores = tf.cast(self.model(x, training=False), tf.float32)
-        class_map = tf.argmax(scores, axis=-1, output_type=tf.int32)
-        probabilities = scores if self.activation else tf.nn.softmax(scores, axis=-1)
-        return {"class_map": class_map, "probabilities": probabilities}
-
-    def images(self, images):
-        return self._outputs(tf.cast(images, tf.float32))
-
-    def _one_encoded(self, image_bytes):
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        if None not in self.size:
-            message = f"this model was exported for {self.size[0]}x{self.size[1]} images only"
-            check = tf.debugging.assert_equal(tf.shape(image)[:2], self.size, message=message)
-            with tf.control_dependencies([check]):
-                image = tf.identity(image)
-        outputs = self._outputs(tf.cast(image, tf.float32)[tf.newaxis])
-        return {
-            "class_map": tf.RaggedTensor.from_tensor(outputs["class_map"][0], ragged_rank=1),
-            "probabilities": tf.RaggedTensor.from_tensor(
-                outputs["probabilities"][0], ragged_rank=1
-            ),
-            "image_size": tf.shape(image, out_type=tf.int32)[:2],
-        }
-
-    def image_bytes(self, image_bytes):
-        # One model call per image (own size), then pad to the batch's largest size.
-        outputs = tf.map_fn(
-            self._one_encoded,
-            image_bytes,
-            fn_output_signature={
-                "class_map": tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
-                "probabilities": tf.RaggedTensorSpec(
-                    [None, None, self.num_classes], tf.float32, ragged_rank=1
-                ),
-                "image_size": tf.TensorSpec([2], tf.int32),
-            },
-        )
-        return {
-            "class_map": outputs["class_map"].to_tensor(default_value=-1),
-            "probabilities": outputs["probabilities"].to_tensor(default_value=0.0),
-            "image_size": outputs["image_size"],
-        }
-
-    def raw(self, images):
-        key = "probabilities" if self.activation else "logits"
-        return {key: tf.cast(self.model(images, training=False), tf.float32)}
-
-
-def _archive(model, preprocessing):
-    serving = _Serving(model, preprocessing)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    h, w = serving.size  # None (dynamic) unless the model was built for a fixed size
-    images = tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")
-    encoded = tf.TensorSpec([None], tf.string, name="image_bytes")
-    floats = tf.TensorSpec([None, h, w, 3], tf.float32, name="images")
-    archive.add_endpoint("serving_default", serving.images, input_signature=[images])
-    archive.add_endpoint("serving_bytes", serving.image_bytes, input_signature=[encoded])
-    archive.add_endpoint("serve", serving.raw, input_signature=[floats])
-    return archive
+_archive = build_archive  # looked up at call time: tests replace it to simulate failures
 
 
 # ---------------------------------------------------------------- files
-
-
-def _dir_size(path):
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _check_target(export_dir, overwrite):
@@ -320,16 +144,6 @@ def _publish(tmp, export_dir):
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's live process
-        return True
-    return True
-
-
 def _remove_stale_temporaries(export_dir):
     """Deletes the hidden siblings `.<name>.partial-<pid>-*` / `.<name>.old-<pid>-*` of writers
     that were killed (their process is gone). A killed fallback swap's old export
@@ -338,28 +152,12 @@ def _remove_stale_temporaries(export_dir):
         prefix = f".{export_dir.name}.{kind}-"
         for path in export_dir.parent.glob(f"{glob.escape(prefix)}*-*"):
             pid = path.name[len(prefix) :].split("-", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
                 continue
             old = path / "old"
             if kind == "old" and old.is_dir() and not os.path.lexists(export_dir):
                 os.rename(old, export_dir)
             _remove(path)
-
-
-def signature_summary(loaded):
-    """`{signature: {"inputs": {name: [dtype, shape]}, "outputs": {...}}}` of a loaded SavedModel."""
-
-    def spec(s):
-        return [s.dtype.name, [None if d is None else int(d) for d in s.shape.as_list()]]
-
-    summary = {}
-    for name, fn in loaded.signatures.items():
-        _, inputs = fn.structured_input_signature
-        summary[name] = {
-            "inputs": {k: spec(v) for k, v in sorted(inputs.items())},
-            "outputs": {k: spec(v) for k, v in sorted(fn.structured_outputs.items())},
-        }
-    return summary
 
 
 def to_saved_model(
@@ -418,7 +216,7 @@ def to_saved_model(
     """
     export_dir = Path(export_dir).expanduser().absolute()
     preprocessing_mode = serving_preprocessing(model, preprocessing)
-    labels = _resolve_labels(labels, num_classes_of(model))
+    labels = resolve_labels(labels, num_classes_of(model))
     _remove_stale_temporaries(export_dir)
     _check_target(export_dir, overwrite)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -437,7 +235,7 @@ def to_saved_model(
 
                 served = optimize_for_inference(model)
             _archive(served, preprocessing_mode).write_out(str(tmp), verbose=False)
-            (tmp / LABELS_FILE).write_text("\n".join(labels) + "\n")
+            (tmp / LABELS_FILE).write_text(labels_text(labels))
         except (OSError, tf.errors.OpError) as error:
             if not is_disk_full(error):
                 raise
@@ -461,7 +259,7 @@ def to_saved_model(
             report = {
                 "format": "saved_model",
                 "verified": False,
-                "size_bytes": _dir_size(tmp),
+                "size_bytes": directory_size(tmp),
                 "signatures": signature_summary(loaded),
             }
         report.update(
@@ -478,232 +276,4 @@ def to_saved_model(
             shutil.rmtree(tmp, ignore_errors=True)
     if report_path is not None:
         write_report(report_path, report)
-    return report
-
-
-# ---------------------------------------------------------------- verification
-
-
-def sample_images(sizes=((65, 97), (65, 97), (96, 128))):
-    """Deterministic synthetic RGB uint8 images (smooth patterns + noise), one per size."""
-    images = []
-    for i, (h, w) in enumerate(sizes):
-        yy, xx = np.mgrid[0:h, 0:w].astype("float32")
-        smooth = np.stack(
-            [255 * xx / w, 255 * yy / h, 127.5 + 127.5 * np.sin((xx + 2 * yy + 17 * i) / 9)], -1
-        )
-        noise = np.random.default_rng(i).normal(0, 24, (h, w, 3))
-        images.append(np.clip(smooth + noise, 0, 255).astype("uint8"))
-    return images
-
-
-def _as_image_list(images, size):
-    if images is None:
-        fixed = None not in size
-        return sample_images([size, size] if fixed else ((65, 97), (65, 97), (96, 128)))
-    if isinstance(images, np.ndarray | tf.Tensor) and len(images.shape) in (3, 4):
-        images = np.asarray(images)
-        images = list(images) if images.ndim == 4 else [images]
-    result = []
-    for image in images:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"Sample images must be RGB [H, W, 3]; got shape {image.shape}.")
-        if image.dtype != np.uint8:
-            image = np.clip(np.round(image), 0, 255).astype("uint8")
-        result.append(image)
-    if not result:
-        raise ValueError("verify_saved_model needs at least one sample image.")
-    if None not in size and any(image.shape[:2] != size for image in result):
-        raise ValueError(
-            f"The model takes {size[0]}x{size[1]} images only; got sample images of sizes "
-            f"{sorted({image.shape[:2] for image in result})}."
-        )
-    return result
-
-
-def _latency_ms(fn, repeats=3):
-    fn()  # warm-up (first calls trace / allocate)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 3)
-
-
-def _compare(name, reference, served, class_map, tolerance, stats):
-    """Accumulates max abs diff of probabilities and class-map agreement (ties excused).
-
-    `reference` is `(raw, probabilities)` of the Keras model; the class map is the argmax of
-    the raw outputs, and a pixel whose top-2 raw scores are within 2 * tolerance is a tie.
-    """
-    raw, probabilities = reference
-    diff = float(np.max(np.abs(served - probabilities))) if served.size else 0.0
-    key = f"{name}/probabilities"
-    stats["max_abs_diff"][key] = max(stats["max_abs_diff"].get(key, 0.0), diff)
-    expected = raw.argmax(-1)
-    if raw.shape[-1] > 1:
-        top2 = np.sort(raw, axis=-1)[..., -2:]
-        tie = top2[..., 1] - top2[..., 0] <= 2 * tolerance
-    else:
-        tie = np.zeros(expected.shape, bool)
-    mismatch = class_map != expected
-    counts = stats["_counts"].setdefault(name, [0, 0, 0])
-    counts[0] += int(mismatch.size)
-    counts[1] += int((~mismatch).sum())
-    counts[2] += int((mismatch & ~tie).sum())
-
-
-def verify_saved_model(
-    model, export_dir, images=None, preprocessing=None, tolerance=DEFAULT_TOLERANCE
-):
-    """Runs the written SavedModel's signatures on `images` against the Keras model.
-
-    `serving_default` is called on each group of same-size images (one batch per size),
-    `serving_bytes` on all images PNG-encoded in one batch (mixed sizes), `serve` on each
-    group in the model's own input convention. Probabilities (and `serve` logits) must match
-    within `tolerance`, class maps must agree everywhere except at ties (top-2 reference
-    probabilities within `tolerance`).
-
-    Args:
-        model: the Keras model that was exported.
-        export_dir: the SavedModel directory.
-        images: RGB uint8 images `[H, W, 3]` (a list, possibly of different sizes, or an
-            array `[N, H, W, 3]`); default `sample_images()`.
-        preprocessing: as in `to_saved_model` (models without a preprocessing layer).
-        tolerance: max abs difference allowed.
-
-    Returns:
-        A JSON-serialisable dict: `format`, `path`, `size_bytes`, `signatures`,
-        `num_images`, `image_sizes`, `tolerance`, `max_abs_diff` (per
-        `signature/output`), `class_map_agreement` and `class_map_mismatches` (non-tie,
-        per signature), `latency_ms` (per signature and `keras`, one image, median of 3),
-        `worst_output`, `passed`.
-
-    Raises:
-        VerificationError: naming the worst output when a difference exceeds `tolerance`
-            (the report is attached as `error.report`).
-    """
-    export_dir = Path(export_dir)
-    images = _as_image_list(images, input_size_of(model))
-    mode = serving_preprocessing(model, preprocessing)
-    activation = _output_activation(model)
-    normalise = None if mode is None else Preprocessing(mode)
-    loaded = tf.saved_model.load(str(export_dir))
-    missing = [name for name in SIGNATURES if name not in loaded.signatures]
-    if missing:
-        raise VerificationError(
-            f"SavedModel {export_dir} lacks signature(s) {missing}; it has "
-            f"{sorted(loaded.signatures)}. Re-export with keras_deeplab.export.to_saved_model."
-        )
-    signatures = {name: loaded.signatures[name] for name in SIGNATURES}
-    raw_key = "probabilities" if activation else "logits"
-
-    def keras_raw(batch):
-        x = tf.constant(batch, tf.float32)
-        x = x if normalise is None else normalise(x)
-        return np.asarray(tf.cast(model(x, training=False), tf.float32))
-
-    def to_probabilities(raw):
-        return raw if activation else np.asarray(tf.nn.softmax(raw, axis=-1))
-
-    stats = {"max_abs_diff": {}, "_counts": {}}
-    groups = {}
-    for image in images:
-        groups.setdefault(image.shape, []).append(image)
-    references = {}
-    for shape, group in groups.items():
-        batch = np.stack(group)
-        raw = keras_raw(batch)
-        references[shape] = (raw, to_probabilities(raw))
-        out = signatures["serving_default"](images=tf.constant(batch))
-        _compare(
-            "serving_default",
-            references[shape],
-            out["probabilities"].numpy(),
-            out["class_map"].numpy(),
-            tolerance,
-            stats,
-        )
-        model_input = batch.astype("float32")
-        if normalise is not None:
-            model_input = np.asarray(normalise(model_input))
-        served_raw = signatures["serve"](images=tf.constant(model_input))[raw_key].numpy()
-        key = f"serve/{raw_key}"
-        diff = float(np.max(np.abs(served_raw - raw)))
-        stats["max_abs_diff"][key] = max(stats["max_abs_diff"].get(key, 0.0), diff)
-
-    encoded = [tf.io.encode_png(image).numpy() for image in images]
-    out = signatures["serving_bytes"](image_bytes=tf.constant(encoded))
-    sizes = out["image_size"].numpy()
-    seen = {shape: 0 for shape in groups}
-    for i, image in enumerate(images):
-        h, w = image.shape[:2]
-        if tuple(sizes[i]) != (h, w):
-            raise VerificationError(
-                f"SavedModel {export_dir}: serving_bytes/image_size of image {i} is "
-                f"{tuple(sizes[i])}, expected {(h, w)}."
-            )
-        j = seen[image.shape]
-        seen[image.shape] += 1
-        reference = tuple(r[j] for r in references[image.shape])
-        _compare(
-            "serving_bytes",
-            reference,
-            out["probabilities"].numpy()[i, :h, :w],
-            out["class_map"].numpy()[i, :h, :w],
-            tolerance,
-            stats,
-        )
-
-    first = images[0][np.newaxis]
-    first_float = first.astype("float32")
-    first_model_input = first_float if normalise is None else np.asarray(normalise(first_float))
-    latency = {
-        "keras": _latency_ms(lambda: model(first_model_input, training=False)),
-        "serving_default": _latency_ms(
-            lambda: signatures["serving_default"](images=tf.constant(first))
-        ),
-        "serving_bytes": _latency_ms(
-            lambda: signatures["serving_bytes"](image_bytes=tf.constant(encoded[:1]))
-        ),
-        "serve": _latency_ms(lambda: signatures["serve"](images=tf.constant(first_model_input))),
-    }
-
-    counts = stats.pop("_counts")
-    agreement = {name: round(c[1] / max(c[0], 1), 6) for name, c in counts.items()}
-    mismatches = {name: c[2] for name, c in counts.items()}
-    max_abs_diff = stats["max_abs_diff"]
-    worst = max(max_abs_diff, key=max_abs_diff.get)
-    failed = [k for k, v in max_abs_diff.items() if v > tolerance]
-    failed += [f"{name}/class_map" for name, n in mismatches.items() if n]
-    if failed and worst not in failed:
-        worst = failed[0]  # only class maps disagree
-    report = {
-        "format": "saved_model",
-        "path": str(export_dir),
-        "verified": True,
-        "size_bytes": _dir_size(export_dir),
-        "signatures": signature_summary(loaded),
-        "num_images": len(images),
-        "image_sizes": [list(image.shape[:2]) for image in images],
-        "tolerance": tolerance,
-        "max_abs_diff": max_abs_diff,
-        "class_map_agreement": agreement,
-        "class_map_mismatches": mismatches,
-        "latency_ms": latency,
-        "latency_image_size": list(images[0].shape[:2]),
-        "worst_output": worst,
-        "passed": not failed,
-    }
-    if failed:
-        diffs = ", ".join(f"{k} {v:.3g}" for k, v in sorted(max_abs_diff.items()))
-        error = VerificationError(
-            f"SavedModel {export_dir} does not match the Keras model: worst output {worst} "
-            f"(max abs diffs: {diffs}; tolerance {tolerance:g}); class-map agreement "
-            f"{agreement}, non-tie mismatches {mismatches}.",
-            report=report,
-        )
-        raise error
     return report

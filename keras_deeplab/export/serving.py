@@ -1,0 +1,152 @@
+"""The SavedModel's serving graph: three signatures around the Keras model.
+
+Follows the serving interface of the TF Model Garden exporters
+(`tensorflow/models` `official/vision/serving/semantic_segmentation.py`); the signatures are
+described in `keras_deeplab.export.saved_model`. `build_archive(model, preprocessing)`
+returns the `keras.export.ExportArchive` to write.
+
+Example:
+
+```python
+archive = build_archive(model, serving_preprocessing(model))
+archive.write_out("exported/deeplab")
+```
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_deeplab.export.model_info import (
+    input_normalization,
+    input_size_of,
+    model_preprocessing,
+    num_classes_of,
+    output_activation,
+)
+from keras_deeplab.layers import PREPROCESSING_MODES, Preprocessing
+
+SIGNATURES = ("serving_default", "serving_bytes", "serve")
+
+
+def serving_preprocessing(model, preprocessing=None):
+    """The normalisation from RGB [0, 255] the serving graph adds before the model.
+
+    Returns None when the model normalises inside (`model_preprocessing`), else the
+    explicit `preprocessing` mode, which a model taking normalised input (built with
+    `include_preprocessing=False`) requires: the error names its backbone's mode.
+    """
+    own = model_preprocessing(model)
+    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(
+            f"preprocessing must be one of {PREPROCESSING_MODES} or None; got {preprocessing!r}."
+        )
+    if own is not None:
+        if preprocessing not in (None, own):
+            raise ValueError(
+                f"Model {model.name!r} already normalises its input (preprocessing {own!r}); "
+                f"drop preprocessing={preprocessing!r} or it would be applied twice."
+            )
+        return None
+    if preprocessing is None:
+        backbone = input_normalization(model)
+        hint = f" (its backbone's is preprocessing={backbone!r})" if backbone else ""
+        raise ValueError(
+            f"Model {model.name!r} takes normalised input (built with "
+            "include_preprocessing=False), so the serving graph must be told how to normalise "
+            "RGB [0, 255] images: pass preprocessing='symmetric' ([-1, 1]: xception, mobilenetv2, "
+            "*_beta ResNets) or 'caffe' (BGR mean subtraction: resnet50/101, vgg16)"
+            f"{hint}, or rebuild the model with include_preprocessing=True."
+        )
+    return preprocessing
+
+
+class Serving:
+    """The three serving functions (plain Python; ExportArchive wraps them in tf.function)."""
+
+    def __init__(self, model, preprocessing):
+        self.model = model
+        self.activation = output_activation(model)
+        self.normalise = None if preprocessing is None else Preprocessing(preprocessing)
+        self.num_classes = num_classes_of(model)
+        self.size = input_size_of(model)
+
+    def _outputs(self, rgb):
+        x = rgb if self.normalise is None else self.normalise(rgb)
+        scores = tf.cast(self.model(x, training=False), tf.float32)
+        class_map = tf.argmax(scores, axis=-1, output_type=tf.int32)
+        probabilities = scores if self.activation else tf.nn.softmax(scores, axis=-1)
+        return {"class_map": class_map, "probabilities": probabilities}
+
+    def images(self, images):
+        return self._outputs(tf.cast(images, tf.float32))
+
+    def _one_encoded(self, image_bytes):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        if None not in self.size:
+            message = f"this model was exported for {self.size[0]}x{self.size[1]} images only"
+            check = tf.debugging.assert_equal(tf.shape(image)[:2], self.size, message=message)
+            with tf.control_dependencies([check]):
+                image = tf.identity(image)
+        outputs = self._outputs(tf.cast(image, tf.float32)[tf.newaxis])
+        return {
+            "class_map": tf.RaggedTensor.from_tensor(outputs["class_map"][0], ragged_rank=1),
+            "probabilities": tf.RaggedTensor.from_tensor(
+                outputs["probabilities"][0], ragged_rank=1
+            ),
+            "image_size": tf.shape(image, out_type=tf.int32)[:2],
+        }
+
+    def image_bytes(self, image_bytes):
+        # One model call per image (own size), then pad to the batch's largest size.
+        outputs = tf.map_fn(
+            self._one_encoded,
+            image_bytes,
+            fn_output_signature={
+                "class_map": tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1),
+                "probabilities": tf.RaggedTensorSpec(
+                    [None, None, self.num_classes], tf.float32, ragged_rank=1
+                ),
+                "image_size": tf.TensorSpec([2], tf.int32),
+            },
+        )
+        return {
+            "class_map": outputs["class_map"].to_tensor(default_value=-1),
+            "probabilities": outputs["probabilities"].to_tensor(default_value=0.0),
+            "image_size": outputs["image_size"],
+        }
+
+    def raw(self, images):
+        key = "probabilities" if self.activation else "logits"
+        return {key: tf.cast(self.model(images, training=False), tf.float32)}
+
+
+def build_archive(model, preprocessing):
+    """The `keras.export.ExportArchive` of the three signatures (not yet written)."""
+    serving = Serving(model, preprocessing)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    h, w = serving.size  # None (dynamic) unless the model was built for a fixed size
+    images = tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")
+    encoded = tf.TensorSpec([None], tf.string, name="image_bytes")
+    floats = tf.TensorSpec([None, h, w, 3], tf.float32, name="images")
+    archive.add_endpoint("serving_default", serving.images, input_signature=[images])
+    archive.add_endpoint("serving_bytes", serving.image_bytes, input_signature=[encoded])
+    archive.add_endpoint("serve", serving.raw, input_signature=[floats])
+    return archive
+
+
+def signature_summary(loaded):
+    """`{signature: {"inputs": {name: [dtype, shape]}, "outputs": {...}}}` of a loaded SavedModel."""
+
+    def spec(s):
+        return [s.dtype.name, [None if d is None else int(d) for d in s.shape.as_list()]]
+
+    summary = {}
+    for name, fn in loaded.signatures.items():
+        _, inputs = fn.structured_input_signature
+        summary[name] = {
+            "inputs": {k: spec(v) for k, v in sorted(inputs.items())},
+            "outputs": {k: spec(v) for k, v in sorted(fn.structured_outputs.items())},
+        }
+    return summary
