@@ -75,20 +75,12 @@ def make_pairs(root, count=3, size=(10, 12), values=(0, 1, 2)):
     return root / "images", root / "masks"
 
 
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-    inner = getattr(model, "model", None)  # a multi-scale wrapper's single-scale model
-    if isinstance(inner, keras.Model) and inner not in model.layers:
-        yield from _layers(inner)
-
-
 def batch_norms(model):
     """Every BatchNormalization of `model`, nested models included."""
-    found = {id(layer): layer for layer in _layers(model)}
-    return [layer for layer in found.values() if isinstance(layer, keras.layers.BatchNormalization)]
+    from keras_deeplab import _compat
+
+    layers = _compat.all_layers(model)
+    return [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def randomize_batch_norms(model, seed=0):
