@@ -136,7 +136,7 @@ def conv_bn_pairs(functional):
     return pairs
 
 
-def _bn_scale_shift(bn):
+def bn_scale_shift(bn):
     """Per-channel `(scale, shift)` (float64) of a BatchNormalization in inference mode."""
     variance = np.asarray(bn.moving_variance, np.float64)
     scale = 1.0 / np.sqrt(variance + bn.epsilon)
@@ -157,7 +157,7 @@ def _layer_config(layer, dtype_policy):
 
 def _folded_conv(conv, bn, x, dtype_policy, space_to_batch):
     """Calls on `x` a new conv equal to `bn(conv(.))`; returns its output."""
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = bn_scale_shift(bn)
     kernel = np.asarray(conv.kernel, np.float64)
     bias = np.asarray(conv.bias, np.float64) if conv.use_bias else 0.0
     if isinstance(conv, keras.layers.DepthwiseConv2D):

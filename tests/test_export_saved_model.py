@@ -300,7 +300,7 @@ def test_failed_verification_publishes_nothing_and_writes_the_report(tmp_path, m
 def test_model_without_preprocessing_needs_the_argument(tmp_path):
     bare = _model(include_preprocessing=False)
     assert model_preprocessing(bare) is None
-    with pytest.raises(ValueError, match="preprocessing='symmetric'"):
+    with pytest.raises(ValueError, match="its backbone's is preprocessing='symmetric'"):
         to_saved_model(bare, tmp_path / "bare")
     with pytest.raises(ValueError, match="applied twice"):
         to_saved_model(_model(), tmp_path / "x", preprocessing="caffe")

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from conftest import calibrate_batch_norms
 from PIL import Image
 
 import keras_deeplab
@@ -56,25 +57,11 @@ REPORT_KEYS = {
 
 
 def _tiny_model():
-    """MobileNetV2-dm0.5 OS8 DeepLab v3 with BatchNorm statistics of real activations.
-
-    Freshly built models have near-zero logits (unit BN statistics on tiny activations);
-    one training-mode pass with momentum 0 gives every BN the statistics of a batch, so the
-    logits (and their argmax) are not degenerate.
-    """
+    """MobileNetV2-dm0.5 OS8 DeepLab v3 with BatchNorm statistics of real activations, so
+    its logits (and their argmax) are not degenerate."""
     model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=NUM_CLASSES)
-    batch_norms = [
-        layer
-        for layer in model._flatten_layers()
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
-    for bn in batch_norms:
-        bn.momentum = 0.0
     x = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
-    model(x, training=True)
-    for bn in batch_norms:
-        bn.momentum = 0.9997
-    return model
+    return calibrate_batch_norms(model, x)
 
 
 def _copy(model):
@@ -295,6 +282,34 @@ def test_preprocessing_conventions(model):
     added = ExportGraph(raw, include_preprocessing=True)
     assert added.input_key == "image" and added.prepend is not None
     assert np.max(np.abs(added.reference(x) - np.asarray(model(x)))) <= 1e-6
+
+
+def test_model_facts_from_segmentation_models_and_assumed_for_others(model):
+    softmax = create_model(
+        "deeplabv3_mobilenetv2_dm05_os8",
+        num_classes=NUM_CLASSES,
+        activation="softmax",
+        include_preprocessing=False,
+    )
+    graph = ExportGraph(softmax)  # the model's properties: activation, backbone normalisation
+    assert (graph.output_key, graph.input_key, graph.mode) == (
+        "probabilities",
+        "normalized_image",
+        "symmetric",
+    )
+    assert ExportGraph(softmax, include_preprocessing=True).prepend.mode == "symmetric"
+
+    plain = keras.models.clone_model(model)  # a plain Functional: no SegmentationModel facts
+    assert not isinstance(plain, keras_deeplab.SegmentationModel)
+    graph = ExportGraph(plain)  # logits assumed; normalisation from its Preprocessing layer
+    assert (graph.output_key, graph.input_key, graph.mode) == ("logits", "image", "symmetric")
+    assert graph.num_classes == NUM_CLASSES
+
+    inputs = keras.Input((None, None, 3))
+    bare = keras.Model(inputs, keras.layers.Conv2D(NUM_CLASSES, 1)(inputs), name="bare")
+    assert ExportGraph(bare).input_key == "normalized_image"  # fed as given
+    with pytest.raises(ValueError, match="'bare' does not normalise its input"):
+        ExportGraph(bare, include_preprocessing=True)
 
 
 def test_labels():

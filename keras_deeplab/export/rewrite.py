@@ -12,10 +12,12 @@ network, applied = optimize_for_export(model, (257, 257))  # applied: ["image_po
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_deeplab import _compat
 from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.optimize import bn_scale_shift
 
 IMAGE_POOLING = ("image_pooling_mean", "image_pooling_resize", "aspp_concat")
 PROJECTION = ("concat_projection", "concat_projection_BatchNorm")
@@ -28,23 +30,19 @@ class _ImagePoolingProjection(keras.layers.Layer):
     at every position, so its rows of the 1x1 projection kernel can be applied on the 1x1
     map and broadcast-added: no resize, no concatenation of that branch, and the projection
     conv shrinks by its channels. BatchNorm (inference statistics) is folded into both
-    kernels and the bias. Equal to the original up to float rounding. Export-only.
+    kernels and the bias (the weights at construction, as constants). Equal to the original
+    up to float rounding. Export-only.
     """
 
     def __init__(self, conv, bn, constant, **kwargs):
         super().__init__(**kwargs)
-        self.conv, self.bn = conv, bn
+        scale, shift = bn_scale_shift(bn)  # float64, as optimize_for_inference folds
+        kernel = np.asarray(conv.kernel, np.float64)[0, 0] * scale  # [in, out]
+        self.kernel, self.shift = kernel.astype(np.float32), shift.astype(np.float32)
+        self.filters = conv.filters
         self.constant = tuple(constant)  # per input: True for the constant (1x1) branches
 
     def call(self, inputs):
-        bn = self.bn
-        scale = tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-        if bn.scale:
-            scale = scale * bn.gamma
-        shift = -bn.moving_mean * scale
-        if bn.center:
-            shift = shift + bn.beta
-        kernel = self.conv.kernel[0, 0] * scale  # [in, out]
         rows = {True: [], False: []}
         offset = 0
         for x, constant in zip(inputs, self.constant, strict=True):
@@ -54,16 +52,16 @@ class _ImagePoolingProjection(keras.layers.Layer):
 
         def project(tensors, which):
             x = tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=-1)
-            k = tf.gather(kernel, rows[which])[None, None]
-            return tf.nn.conv2d(x, k, strides=1, padding="VALID")
+            kernel = tf.constant(self.kernel[rows[which]][None, None])
+            return tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
 
         spatial = [x for x, c in zip(inputs, self.constant, strict=True) if not c]
         constant = [x for x, c in zip(inputs, self.constant, strict=True) if c]
-        return project(spatial, False) + (project(constant, True) + shift)
+        return project(spatial, False) + (project(constant, True) + self.shift)
 
     def compute_output_shape(self, input_shapes):
         spatial = next(s for s, c in zip(input_shapes, self.constant, strict=True) if not c)
-        return (*spatial[:3], self.conv.filters)
+        return (*spatial[:3], self.filters)
 
 
 def _consumers(functional):
