@@ -10,6 +10,7 @@ fixtures (`shared_data`) need no import.
 * `tiny_model(num_classes)`: the smallest registered DeepLab (`TINY_MODEL`) with BatchNorm
   statistics of real activations, so its logits and argmax are not degenerate;
 * `toy_model()`, `smooth_image(h, w)`: a tiny plain Keras net and an image for `Segmenter`;
+* `randomize_weights(model, seed)`: seeded random values in every weight;
 * `randomize_batch_norms(model, seed)`: non-trivial BatchNorm parameters and statistics in
   every (nested) BatchNorm, so that a mistake involving them shows;
 * `shared_data_dir(*parts)` / the `shared_data` fixture: the real data beside the
@@ -98,6 +99,24 @@ def randomize_batch_norms(model, seed=0):
             bn.beta.assign(rng.normal(0, 0.1, n))
         bn.moving_mean.assign(rng.normal(0, 0.1, n))
         bn.moving_variance.assign(rng.uniform(0.5, 1.5, n))
+    return model
+
+
+def randomize_weights(model, seed=0):
+    """Seeded random values in every weight of `model` (BatchNorm variances positive).
+
+    Kernels keep their initializer's scale; after it, equal weights mean loaded weights.
+    """
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        if w.path.endswith(("moving_variance", "gamma")):
+            value = rng.uniform(0.5, 1.5, w.shape)
+        elif w.path.endswith(("beta", "moving_mean", "bias")):
+            value = rng.normal(0.0, 0.1, w.shape)
+        else:  # kernels: keep the initializer's scale, new values
+            std = float(np.std(w.numpy())) or 0.05
+            value = rng.normal(0.0, std, w.shape)
+        w.assign(value.astype(w.dtype))
     return model
 
 

@@ -8,13 +8,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import random_images
-from tf1_checkpoints import (
-    model_variables,
-    randomize_weights,
-    write_model_checkpoint,
-    write_tf1_checkpoint,
-)
+from conftest import random_images, randomize_weights
+from tf1_checkpoints import model_variables, write_model_checkpoint, write_tf1_checkpoint
 
 from keras_deeplab.backbones import get_backbone
 from keras_deeplab.models import create_model

@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import random_images
+from conftest import random_images, randomize_weights
 
 import keras_deeplab
 from keras_deeplab.weights.loading import load_weights, model_layers
@@ -17,15 +17,6 @@ from keras_deeplab.weights.presets import (
 )
 
 BACKBONE = "mobilenetv2_dm05"
-
-
-def _randomise(model, seed=0):
-    """Random values in every variable (BN statistics too), so equality means loaded."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        value = rng.uniform(0.5, 1.5, variable.shape).astype("float32")
-        variable.assign(value)
-    return model
 
 
 def _by_name(model):
@@ -46,7 +37,7 @@ def _assert_equal(a, b, skip=()):
 
 
 def _saved(model, path, seed=0):
-    _randomise(model, seed)
+    randomize_weights(model, seed)
     model.save_weights(path)
     return str(path)
 
@@ -213,7 +204,7 @@ def test_preset_registry_is_consistent():
 
 
 def test_keras_archive_loads_too(tmp_path):
-    source = _randomise(keras_deeplab.DeepLabV3(backbone=BACKBONE, num_classes=3), seed=11)
+    source = randomize_weights(keras_deeplab.DeepLabV3(backbone=BACKBONE, num_classes=3), seed=11)
     source.save(tmp_path / "model.keras")
     target = keras_deeplab.DeepLabV3(backbone=BACKBONE, num_classes=3)
     load_weights(target, str(tmp_path / "model.keras"))

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from conftest import randomize_weights  # noqa: F401 (tests import it from here too)
 
 from keras_deeplab.weights.checkpoint import network_scope, official_variable_names
 
@@ -32,23 +33,6 @@ def write_tf1_checkpoint(prefix, variables):
             sess.run([f[0] for f in feeds], feed_dict={f[1]: f[2] for f in feeds})
             saver.save(sess, str(prefix), write_meta_graph=False, write_state=False)
     return str(prefix)
-
-
-def randomize_weights(model, seed=0):
-    """Sets every weight of `model` to seeded random values (BN variances positive)."""
-    rng = np.random.default_rng(seed)
-    for w in model.weights:
-        if w.path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 1.5, w.shape)
-        elif w.path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, w.shape)
-        elif w.path.endswith(("beta", "moving_mean", "bias")):
-            value = rng.normal(0.0, 0.1, w.shape)
-        else:  # kernels: keep the initializer's scale, new values
-            std = float(np.std(w.numpy())) or 0.05
-            value = rng.normal(0.0, std, w.shape)
-        w.assign(value.astype(w.dtype))
-    return model
 
 
 def model_variables(model, backbone_only=False):
