@@ -113,9 +113,29 @@ def pages(tmp_path_factory):
     return {}
 
 
+@pytest.fixture(scope="module")
+def restore_registries():
+    """Undoes what a page registers (docs/architecture.md adds a toy head, architecture and
+    model) before the next page and after the last, so no other test sees it."""
+    import keras_deeplab.architectures  # noqa: F401 - the package's own entries, registered first
+    from keras_deeplab import registry
+
+    tables = (registry.HEADS, registry.ARCHITECTURES, registry.MODELS)
+    saved = [dict(table) for table in tables]
+
+    def restore():
+        for table, entries in zip(tables, saved, strict=True):
+            table.clear()
+            table.update(entries)
+
+    yield restore
+    restore()
+
+
 @pytest.mark.parametrize("page, index", BLOCKS, ids=[_block_id(p, i) for p, i in BLOCKS])
-def test_python_block(page, index, pages, tmp_path_factory, monkeypatch):
+def test_python_block(page, index, pages, restore_registries, tmp_path_factory, monkeypatch):
     if page not in pages:
+        restore_registries()
         folder = tmp_path_factory.mktemp(Path(page).stem)
         pages[page] = _Page(page, folder)
     state = pages[page]
