@@ -41,7 +41,7 @@ def _load_backbone_weights(model, backbone_weights):
     if backbone_weights is not None:
         from keras_deeplab.weights.imagenet import load_backbone_weights
 
-        load_backbone_weights(model.backbone, model.backbone_name, backbone_weights)
+        load_backbone_weights(model.get_backbone(), model.backbone_name, backbone_weights)
 
 
 def build_model(architecture, **kwargs):

@@ -40,7 +40,7 @@ import keras
 
 import keras_deeplab.architectures  # noqa: F401 - registers the architectures and heads
 from keras_deeplab import optimize
-from keras_deeplab.backbones import get_backbone, preprocessing_mode, resolve_backbone_name
+from keras_deeplab.backbones import backbone_graph, preprocessing_mode, resolve_backbone_name
 from keras_deeplab.backbones.common import check_input_shape, check_output_stride, frozen_config
 from keras_deeplab.layers import PACKAGE, Preprocessing, ResizeBilinear
 from keras_deeplab.registry import check_arguments, get_architecture, get_head
@@ -150,7 +150,7 @@ def _build_graph(arch, args):
     if arch.graph is not None:
         return inputs, _finish(inputs, arch.graph(x, args), args["activation"]), None
     height, width, _ = args["input_shape"]
-    backbone_model = get_backbone(
+    backbone_model, feature_info = backbone_graph(
         backbone,
         input_shape=(height, width, 3),
         output_stride=args["output_stride"],
@@ -161,7 +161,7 @@ def _build_graph(arch, args):
     y = features["final"]
     for head in arch.heads(args):
         y = get_head(head).build(y, features, args)
-    return inputs, _finish(inputs, y, args["activation"]), backbone_model.feature_info
+    return inputs, _finish(inputs, y, args["activation"]), feature_info
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -307,10 +307,10 @@ class SegmentationModel(keras.Model):
         """The backbone taps the heads see: `[{"name", "stride", "channels"}, ...]`."""
         return self._spec_value("feature_info")
 
-    @property
-    def backbone(self):
-        """The nested backbone model (`Backbone`, or its rewritten copy after
-        `optimize_for_inference`), None when there is none."""
+    def get_backbone(self):
+        """The nested backbone (a functional model mapping normalised images to the taps of
+        `feature_info`), None when there is none. A method, not a property: Keras saves
+        every layer-valued attribute, which would move the backbone's weights in the file."""
         name = self.backbone_name
         if name is None:
             return None

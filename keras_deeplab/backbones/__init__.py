@@ -4,7 +4,14 @@
 family module registering its graph (`@register_family`) plus a `BACKBONES` entry here.
 """
 
-from keras_deeplab.backbones.common import VALID_OUTPUT_STRIDES, Backbone
+import keras
+
+from keras_deeplab.backbones.common import (
+    BACKBONE_FAMILIES,
+    VALID_OUTPUT_STRIDES,
+    Backbone,
+    feature_info_of,
+)
 from keras_deeplab.backbones.mobilenet_v2 import MobileNetV2Backbone
 from keras_deeplab.backbones.resnet import ResNetBackbone
 from keras_deeplab.backbones.vgg import VGG16Backbone
@@ -78,6 +85,25 @@ def get_backbone(
     )
 
 
+def backbone_graph(
+    backbone, input_shape=(None, None, 3), output_stride=16, multi_grid=None, name=None
+):
+    """`(model, feature_info)`: a registered backbone as the plain functional model that
+    `SegmentationModel`s nest (so weights files keep Keras' `layers/functional` layout), and
+    its taps (see `Backbone.feature_info`).
+
+    Example:
+        `graph, info = backbone_graph("mobilenetv2", output_stride=8, name="mobilenetv2_backbone")`
+    """
+    family, fixed, _ = BACKBONES[resolve_backbone_name(backbone)]
+    inputs, taps, default_name = BACKBONE_FAMILIES[family](
+        input_shape=input_shape, output_stride=output_stride, multi_grid=multi_grid, **fixed
+    )
+    return keras.Model(inputs, taps, name=name or default_name), feature_info_of(
+        taps, output_stride
+    )
+
+
 __all__ = [
     "BACKBONES",
     "VALID_OUTPUT_STRIDES",
@@ -86,6 +112,7 @@ __all__ = [
     "ResNetBackbone",
     "VGG16Backbone",
     "XceptionBackbone",
+    "backbone_graph",
     "get_backbone",
     "list_backbones",
     "preprocessing_mode",

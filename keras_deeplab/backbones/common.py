@@ -12,7 +12,8 @@ A backbone is a `Backbone` (a functional `keras.Model`) taking *normalised* imag
 
 `backbone.feature_info` lists the taps with their stride and channels (as timm's
 `FeatureInfo` / keras-hub's `pyramid_outputs`); it is part of `get_config()`, so it
-survives `.keras` files and `keras.models.clone_model`.
+survives `.keras` files and `Backbone.from_config` (also inside a model cloned by
+`keras.models.clone_model`, which clones nested layers through their config).
 
 A family (xception, resnet, mobilenetv2, vgg16) is one module whose graph function is
 registered with `@register_family(name)`: `fn(input_shape, output_stride, multi_grid,
@@ -129,6 +130,14 @@ def _tap_stride(tap, output_stride):
     return output_stride if tap == "final" else int(tap.rsplit("_", 1)[1])
 
 
+def feature_info_of(taps, output_stride):
+    """`[{"name", "stride", "channels"}]` of a dict of tap tensors (stride order)."""
+    return [
+        {"name": tap, "stride": _tap_stride(tap, output_stride), "channels": int(t.shape[-1])}
+        for tap, t in taps.items()
+    ]
+
+
 def frozen_config(config):
     """`config` as JSON text: what a `.keras` file gives back (tuples become lists), and an
     attribute that neither Keras nor TF checkpoint tracking wraps."""
@@ -140,7 +149,8 @@ class Backbone(keras.Model):
     """A feature extractor: normalised images -> dict of feature taps (`"stride_4"`, ..., `"final"`).
 
     Built from its arguments (`get_config()` returns them, plus `feature_info`), so it
-    reloads from a `.keras` file or `clone_model` as the same class with the same taps.
+    reloads from a `.keras` file or `Backbone.from_config` as the same class with the same
+    taps.
 
     Args:
         family: a registered family (`"xception"`, `"resnet"`, `"mobilenetv2"`, `"vgg16"`).
@@ -167,10 +177,7 @@ class Backbone(keras.Model):
         feature_info=None,
         **options,
     ):
-        if family not in BACKBONE_FAMILIES:
-            import keras_deeplab.backbones  # noqa: F401 - registers the families
-
-        if family not in BACKBONE_FAMILIES:
+        if family not in BACKBONE_FAMILIES:  # (importing this module registered them all)
             raise ValueError(
                 f"Unknown backbone family {family!r}; registered: {sorted(BACKBONE_FAMILIES)}."
             )
@@ -181,10 +188,7 @@ class Backbone(keras.Model):
         super().__init__(
             inputs=inputs, outputs=taps, name=name or default_name, trainable=trainable
         )
-        info = [
-            {"name": tap, "stride": _tap_stride(tap, output_stride), "channels": int(t.shape[-1])}
-            for tap, t in taps.items()
-        ]
+        info = feature_info_of(taps, output_stride)
         if feature_info is not None and [dict(i) for i in feature_info] != info:
             raise ValueError(
                 f"Backbone {self.name!r}: its saved feature_info {feature_info} differs from the "

@@ -52,19 +52,6 @@ def _softmax(logits):
 OUTPUT_KINDS = ("logits", "softmax")
 
 
-def _output_kind(model, outputs):
-    """`"logits"` or `"softmax"`: `outputs` if given, else from the model's `activation`."""
-    if outputs is None:
-        activation = getattr(model, "activation", None)  # SegmentationModel property
-        outputs = "logits" if activation is None else activation
-    if outputs not in OUTPUT_KINDS:
-        raise ValueError(
-            f"Segmenter needs a model returning logits or softmax probabilities; model "
-            f"{model.name!r} returns {outputs!r} (outputs= takes {OUTPUT_KINDS})."
-        )
-    return outputs
-
-
 def _window_starts(length, window, overlap):
     """Evenly spaced window starts covering `length`, neighbours sharing >= `overlap`."""
     if length <= window:
@@ -168,7 +155,15 @@ class Segmenter:
             raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
         self.batch_size = int(batch_size)
         self.crf_processes = crf_processes
-        self._probabilities_out = _output_kind(model, outputs) == "softmax"
+        if outputs is None:  # SegmentationModel property; other models: logits
+            activation = getattr(model, "activation", None)
+            outputs = "logits" if activation is None else activation
+        if outputs not in OUTPUT_KINDS:
+            raise ValueError(
+                f"Segmenter needs a model returning logits or softmax probabilities; model "
+                f"{model.name!r} returns {outputs!r} (outputs= takes {OUTPUT_KINDS})."
+            )
+        self._probabilities_out = outputs == "softmax"
         self._forward = tf.function(self._call_model, reduce_retracing=True)
 
     # --- model calls -------------------------------------------------------------------

@@ -37,6 +37,8 @@ import yaml
 
 from keras_deeplab.training.optim import OFFICIAL_LAST_LAYERS
 
+OUTPUT_STRIDES = (8, 16, 32)  # keras_deeplab.backbones.VALID_OUTPUT_STRIDES, without importing TF
+
 
 class ConfigError(ValueError):
     """Invalid training configuration; the message lists every problem."""
@@ -374,6 +376,8 @@ def _semantic_checks(config, errors):
         close = difflib.get_close_matches(name, list_models(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         errors.append(f"model.name: unknown model {name!r}{hint}; see `keras-deeplab models`")
+    elif isinstance(name, str) and isinstance(config.model.options, dict):
+        _model_argument_checks(config.model, errors)
     at_least_one = {
         "model.num_classes": config.model.num_classes,
         "train.steps": config.train.steps,
@@ -398,7 +402,9 @@ def _semantic_checks(config, errors):
     for key, value in positive.items():
         if _number(value) and value <= 0:
             errors.append(f"{key}: must be > 0, got {value}")
-    if config.model.output_stride not in (None, 8, 16, 32) and _number(config.model.output_stride):
+    if config.model.output_stride not in (None, *OUTPUT_STRIDES) and _number(
+        config.model.output_stride
+    ):
         errors.append(
             f"model.output_stride: must be 8, 16, 32 or null, got {config.model.output_stride}"
         )
@@ -418,6 +424,47 @@ def _semantic_checks(config, errors):
         errors.append("data.root: required when data.source is 'directory'")
     if config.data.source == "tfds" and not config.data.name:
         errors.append("data.name: required (the TFDS dataset name) when data.source is 'tfds'")
+
+
+def build_kwargs(model_config):
+    """`create_model(model_config.name, **build_kwargs(model_config))` builds the configured model."""
+    kwargs = dict(model_config.options)
+    kwargs["num_classes"] = model_config.num_classes
+    for key in ("output_stride", "weights", "backbone_weights"):
+        value = getattr(model_config, key)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def _model_argument_checks(model, errors):
+    """`model.options` (and the model fields) as `create_model` would take them: unknown
+    keys, unknown backbone or head names and invalid values, found without building."""
+    from keras_deeplab.models import check_model_arguments, model_architecture
+    from keras_deeplab.segmentation_model import resolve_arguments
+
+    kwargs = build_kwargs(model)
+    if kwargs["num_classes"] is None:
+        del kwargs["num_classes"]  # null: the data's class count, known later
+    try:
+        check_model_arguments(model.name, **kwargs)
+    except (ValueError, TypeError) as error:
+        errors.append(f"model.options: {error}")
+        return
+    architecture, arguments = model_architecture(model.name)
+    arguments.update(kwargs)
+    for key in ("weights", "backbone_weights", "name", "multi_scale", "scales"):
+        arguments.pop(key, None)
+    if not isinstance(arguments.get("num_classes", 1), int) or model.output_stride not in (
+        None,
+        *OUTPUT_STRIDES,
+    ):
+        return  # reported by the checks of those fields
+    arguments.setdefault("num_classes", 1)  # any valid count: the data's is not known yet
+    try:
+        resolve_arguments(architecture, arguments)
+    except (ValueError, TypeError) as error:
+        errors.append(f"model.options: {error}")
 
 
 DATA_OPTION_SECTIONS = ("options", "eval_options")

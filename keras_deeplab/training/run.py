@@ -4,13 +4,12 @@ The entry point of `keras-deeplab train --config FILE [section.key=value ...]`.
 """
 
 import dataclasses
-import inspect
 from pathlib import Path
 
 import keras
 
-from keras_deeplab.training import run_dir as run_files
-from keras_deeplab.training.config import TrainConfig, check_labels, load_config
+import keras_deeplab.training.run_dir as run_files
+from keras_deeplab.training.config import TrainConfig, build_kwargs, check_labels, load_config
 from keras_deeplab.training.distribute import make_strategy
 from keras_deeplab.training.trainer import Trainer
 
@@ -42,31 +41,6 @@ def load_source(data_config, split, evaluation=False):
             options.setdefault("data_dir", data_config.root)
         return data.load_data(f"tfds:{data_config.name}", split, **options)
     return data.load_data(data_config.root, split, **options)
-
-
-def model_output_stride(model_config):
-    """Output stride of the configured model (explicit, registry or builder default)."""
-    from keras_deeplab.models import model_config as registry_config
-
-    if model_config.output_stride is not None:
-        return model_config.output_stride
-    builder, fixed = registry_config(model_config.name)
-    if "output_stride" in model_config.options:
-        return model_config.options["output_stride"]
-    if "output_stride" in fixed:
-        return fixed["output_stride"]
-    return inspect.signature(builder).parameters["output_stride"].default
-
-
-def build_kwargs(model_config):
-    """`create_model(model_config.name, **build_kwargs(model_config))` builds the configured model."""
-    kwargs = dict(model_config.options)
-    kwargs["num_classes"] = model_config.num_classes
-    for key in ("output_stride", "weights", "backbone_weights"):
-        value = getattr(model_config, key)
-        if value is not None:
-            kwargs[key] = value
-    return kwargs
 
 
 def model_builder(model_config):
@@ -147,12 +121,12 @@ def train_from_config(config, overrides=(), strategy=None):
             skip_batches=skip_batches,
         )
 
+    trainer = Trainer(model_builder(model), config, strategy=strategy)
     eval_data = None
     if eval_source is not None:
         eval_data = data.eval_pipeline(
-            eval_source, cfg_data.eval_batch_size, output_stride=model_output_stride(model)
+            eval_source, cfg_data.eval_batch_size, output_stride=trainer.model.output_stride
         )
-    trainer = Trainer(model_builder(model), config, strategy=strategy)
     run_dir = config.checkpoint.dir
     if trainer.is_chief:  # how eval/predict/export rebuild the model (`load_run`)
         spec_step = None
@@ -172,6 +146,5 @@ __all__ = [
     "build_kwargs",
     "load_source",
     "model_builder",
-    "model_output_stride",
     "train_from_config",
 ]

@@ -89,8 +89,7 @@ def read_model_spec(run_dir):
             f"{run_dir}: not a training run directory (no {MODEL_FILE} or config.yaml); pass "
             "the checkpoint.dir of a `keras-deeplab train` run."
         )
-    from keras_deeplab.training.config import load_config
-    from keras_deeplab.training.run import build_kwargs
+    from keras_deeplab.training.config import build_kwargs, load_config
 
     model = load_config(str(config_path)).model
     return {"model": model.name, "kwargs": build_kwargs(model), "class_names": None}

@@ -132,18 +132,6 @@ def epoch_seed(seed, epoch):
     return int((int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1))
 
 
-def _backbone_of(model_config):
-    from keras_deeplab.models import model_config as registry_config
-
-    backbone = model_config.options.get("backbone")
-    if backbone is None:
-        try:
-            backbone = registry_config(model_config.name)[1].get("backbone")
-        except ValueError:
-            return None
-    return backbone
-
-
 def _shard_by_data(dataset):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -175,11 +163,10 @@ class Trainer:
             returning one (built in the scope, under the mixed-precision policy of
             `config.train.mixed_precision`).
         config: `TrainConfig` (or a mapping/path for `load_config`); the `loss`,
-            `optimizer`, `schedule`, `train` and `checkpoint` sections are used,
-            `model` only to look up the backbone's official weight decay.
+            `optimizer`, `schedule`, `train` and `checkpoint` sections are used.
         strategy: a `tf.distribute.Strategy` (default: the current one).
-        backbone: backbone name for the default weight decay (default: from
-            `config.model`).
+        backbone: backbone name for the default weight decay (default: the model's
+            `backbone_name`; 4e-5 for models without one).
 
     Example:
         ```python
@@ -212,7 +199,7 @@ class Trainer:
 
         weight_decay = cfg.optimizer.weight_decay
         if weight_decay is None:
-            backbone = backbone or _backbone_of(cfg.model)
+            backbone = backbone or getattr(self.model, "backbone_name", None)
             weight_decay = default_weight_decay(backbone) if backbone else 4e-5
         self.weight_decay = float(weight_decay)
         factors = gradient_multipliers(
