@@ -1,4 +1,4 @@
-"""Training configuration: dataclasses, YAML/JSON loading, validation, overrides.
+"""Training configuration: dataclasses, YAML/JSON loading, type validation, overrides.
 
 A `TrainConfig` has the sections `model`, `data`, `loss`, `optimizer`,
 `schedule`, `train` and `checkpoint`; defaults are the official DeepLab values
@@ -14,7 +14,8 @@ problem (unknown keys, wrong types, bad choices, unknown model names) in one
 recipe's options the new source does not take (`image_size`, `num_examples`) are dropped
 with one warning; options given as overrides are never dropped. `check_labels(loss, source,
 num_classes)` checks, once the data is loaded and before any step, that the loss's ignore
-label, class weights and the model's class count agree with the data.
+label, class weights and the model's class count agree with the data. The checks beyond
+types (ranges, model arguments, reader options, labels) are in `training.config_checks`.
 
 Example:
     ```python
@@ -35,13 +36,15 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from keras_deeplab.training.config_checks import (
+    ConfigError,
+    build_kwargs,
+    check_labels,
+    data_option_checks,
+    recipe_data,
+    semantic_checks,
+)
 from keras_deeplab.training.optim import OFFICIAL_LAST_LAYERS
-
-OUTPUT_STRIDES = (8, 16, 32)  # keras_deeplab.backbones.VALID_OUTPUT_STRIDES, without importing TF
-
-
-class ConfigError(ValueError):
-    """Invalid training configuration; the message lists every problem."""
 
 
 @dataclasses.dataclass
@@ -363,221 +366,6 @@ def _build(cls, raw, path, errors):
     return cls(**kwargs)
 
 
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _semantic_checks(config, errors):
-    """Value checks beyond types (names, ranges, sizes); wrongly typed values are skipped."""
-    from keras_deeplab.models import list_models
-
-    name = config.model.name
-    if isinstance(name, str) and name not in list_models():
-        close = difflib.get_close_matches(name, list_models(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        errors.append(f"model.name: unknown model {name!r}{hint}; see `keras-deeplab models`")
-    elif isinstance(name, str) and isinstance(config.model.options, dict):
-        _model_argument_checks(config.model, errors)
-    at_least_one = {
-        "model.num_classes": config.model.num_classes,
-        "train.steps": config.train.steps,
-        "train.batch_size": config.train.batch_size,
-        "train.steps_per_epoch": config.train.steps_per_epoch,
-        "train.eval_every_epochs": config.train.eval_every_epochs,
-        "train.summary_every_steps": config.train.summary_every_steps,
-        "checkpoint.every_steps": config.checkpoint.every_steps,
-        "checkpoint.max_to_keep": config.checkpoint.max_to_keep,
-        "data.eval_batch_size": config.data.eval_batch_size,
-        "schedule.decay_steps": config.schedule.decay_steps,
-    }
-    for key, value in at_least_one.items():
-        if _number(value) and value < 1:
-            errors.append(f"{key}: must be >= 1, got {value}")
-    positive = {
-        "optimizer.learning_rate": config.optimizer.learning_rate,
-        "data.min_scale": config.data.min_scale,
-        "data.max_scale": config.data.max_scale,
-        "data.scale_step": config.data.scale_step,
-    }
-    for key, value in positive.items():
-        if _number(value) and value <= 0:
-            errors.append(f"{key}: must be > 0, got {value}")
-    if config.model.output_stride not in (None, *OUTPUT_STRIDES) and _number(
-        config.model.output_stride
-    ):
-        errors.append(
-            f"model.output_stride: must be 8, 16, 32 or null, got {config.model.output_stride}"
-        )
-    crop = config.data.crop_size
-    if isinstance(crop, list) and len(crop) != 2:
-        errors.append(f"data.crop_size: expected an int or [height, width], got {crop}")
-    momentum = config.train.batch_norm_momentum
-    if _number(momentum) and not 0.0 <= momentum < 1.0:
-        errors.append(f"train.batch_norm_momentum: must be in [0, 1), got {momentum}")
-    top_k = config.loss.top_k_percent_pixels
-    if _number(top_k) and not 0.0 < top_k <= 1.0:
-        errors.append(f"loss.top_k_percent_pixels: must be in (0, 1], got {top_k}")
-    lo, hi = config.data.min_scale, config.data.max_scale
-    if _number(lo) and _number(hi) and lo > hi:
-        errors.append(f"data.min_scale ({lo}) must be <= data.max_scale ({hi})")
-    if config.data.source == "directory" and not config.data.root:
-        errors.append("data.root: required when data.source is 'directory'")
-    if config.data.source == "tfds" and not config.data.name:
-        errors.append("data.name: required (the TFDS dataset name) when data.source is 'tfds'")
-
-
-def build_kwargs(model_config):
-    """`create_model(model_config.name, **build_kwargs(model_config))` builds the configured model."""
-    kwargs = dict(model_config.options)
-    kwargs["num_classes"] = model_config.num_classes
-    for key in ("output_stride", "weights", "backbone_weights"):
-        value = getattr(model_config, key)
-        if value is not None:
-            kwargs[key] = value
-    return kwargs
-
-
-def _model_argument_checks(model, errors):
-    """`model.options` (and the model fields) as `create_model` would take them: unknown
-    keys, unknown backbone or head names and invalid values, found without building."""
-    from keras_deeplab.models import check_model_arguments, model_architecture
-    from keras_deeplab.segmentation_model import resolve_arguments
-
-    kwargs = build_kwargs(model)
-    if kwargs["num_classes"] is None:
-        del kwargs["num_classes"]  # null: the data's class count, known later
-    try:
-        check_model_arguments(model.name, **kwargs)
-    except (ValueError, TypeError) as error:
-        errors.append(f"model.options: {error}")
-        return
-    architecture, arguments = model_architecture(model.name)
-    arguments.update(kwargs)
-    for key in ("weights", "backbone_weights", "name", "multi_scale", "scales"):
-        arguments.pop(key, None)
-    if not isinstance(arguments.get("num_classes", 1), int) or model.output_stride not in (
-        None,
-        *OUTPUT_STRIDES,
-    ):
-        return  # reported by the checks of those fields
-    arguments.setdefault("num_classes", 1)  # any valid count: the data's is not known yet
-    try:
-        resolve_arguments(architecture, arguments)
-    except (ValueError, TypeError) as error:
-        errors.append(f"model.options: {error}")
-
-
-DATA_OPTION_SECTIONS = ("options", "eval_options")
-
-
-def _recipe_data(raw):
-    """`(source, {section: option keys})` of a raw config before its overrides."""
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    source = data.get("source", DataConfig.source)
-    keys = {}
-    for section in DATA_OPTION_SECTIONS:
-        options = data.get(section)
-        keys[section] = set(options) if isinstance(options, dict) else set()
-    return source, keys
-
-
-def _override_paths(overrides):
-    return {item.split("=", 1)[0].strip() for item in overrides or () if "=" in item}
-
-
-def _data_option_checks(config, errors, recipe, overrides):
-    """Options the source's reader does not take: dropped (returned) if the recipe's, else errors."""
-    from keras_deeplab.data.folders import reader_options
-
-    source = config.data.source
-    if source not in typing.get_args(typing.get_type_hints(DataConfig)["source"]):
-        return []  # already reported
-    recipe_source, recipe_keys = recipe
-    accepted = reader_options(source)
-    paths = _override_paths(overrides)
-    dropped = []
-    for section in DATA_OPTION_SECTIONS:
-        options = getattr(config.data, section)
-        if not isinstance(options, dict):
-            continue
-        unknown = [key for key in options if key not in accepted]
-        if source != recipe_source and f"data.{section}" not in paths:
-            from_recipe = [
-                key
-                for key in unknown
-                if key in recipe_keys[section] and f"data.{section}.{key}" not in paths
-            ]
-            for key in from_recipe:
-                del options[key]
-                dropped.append(f"data.{section}.{key}")
-            unknown = [key for key in unknown if key not in from_recipe]
-        if unknown:
-            close = [difflib.get_close_matches(key, accepted, n=1) for key in unknown]
-            hints = [f"{key!r} -> {c[0]!r}" for key, c in zip(unknown, close, strict=True) if c]
-            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
-            errors.append(
-                f"data.{section}: {', '.join(unknown)} not taken by data.source={source!r}{hint}, "
-                f"which takes {', '.join(accepted)}; fix: remove "
-                f"{'it' if len(unknown) == 1 else 'them'} (override data.{section}={{}} "
-                "clears them all)"
-            )
-    return dropped
-
-
-def check_labels(loss, source, num_classes=None):
-    """Checks that the loss and the model agree with the data's labels, before training.
-
-    Call it once the training data is loaded (and for the evaluation data): a mismatch
-    would otherwise be a TensorFlow assertion in the middle of an epoch.
-
-    Args:
-        loss: the `LossConfig` (`ignore_label` None means "take the data's").
-        source: the `SegmentationData` (its `num_classes` and `ignore_label`).
-        num_classes: the model's class count (`model.num_classes`); None takes the data's.
-
-    Raises:
-        ConfigError: every disagreement, each with the setting that fixes it.
-
-    Example:
-        `check_labels(config.loss, source, config.model.num_classes)`
-    """
-    problems = []
-    data_classes, data_ignore = source.num_classes, source.ignore_label
-    if num_classes is not None and num_classes != data_classes:
-        problems.append(
-            f"model.num_classes={num_classes} but {source.name} has {data_classes} classes; "
-            f"fix: leave model.num_classes out (null) to take the data's, or set it to "
-            f"{data_classes}"
-        )
-    if loss.ignore_label is not None and loss.ignore_label != data_ignore:
-        fixes = [
-            "leave loss.ignore_label out (null) to take the data's",
-            f"set loss.ignore_label={data_ignore}",
-        ]
-        if data_classes <= loss.ignore_label <= 255:
-            fixes.append(f"make it the data's with data.options.ignore_label={loss.ignore_label}")
-        detail = f"its ignored pixels would reach the loss as label {data_ignore}"
-        if 0 <= loss.ignore_label < data_classes:
-            detail += f" and its class {loss.ignore_label} would be ignored"
-        problems.append(
-            f"loss.ignore_label={loss.ignore_label} but {source.name} marks the pixels to "
-            f"ignore with {data_ignore} (after its label map): {detail}; "
-            f"fix: {', or '.join(fixes)}"
-        )
-    classes = num_classes or data_classes
-    weights = loss.class_weights
-    if weights is not None and len(weights) != classes:
-        problems.append(
-            f"loss.class_weights has {len(weights)} entries but the model predicts {classes} "
-            "classes; fix: give one weight per class"
-        )
-    if problems:
-        raise ConfigError(
-            f"The training config does not fit the data {source.name}:\n"
-            + "\n".join(f"  - {p}" for p in problems)
-        )
-
-
 # ------------------------------------------------------------------------ overrides
 
 
@@ -689,11 +477,12 @@ def load_config(source=None, overrides=()):
             f"Training config{what}: the top level must be a mapping of sections, "
             f"got {type(raw).__name__}."
         )
-    recipe = _recipe_data(raw)
+    recipe = recipe_data(raw, DataConfig.source)
     errors = apply_overrides(raw, overrides)
     config = _build(TrainConfig, raw, "", errors)
-    _semantic_checks(config, errors)
-    dropped = _data_option_checks(config, errors, recipe, overrides)
+    semantic_checks(config, errors)
+    sources = typing.get_args(typing.get_type_hints(DataConfig)["source"])
+    dropped = data_option_checks(config, errors, recipe, overrides, sources)
     if errors:
         raise ConfigError(
             f"Invalid training config{what} ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n"
@@ -707,3 +496,20 @@ def load_config(source=None, overrides=()):
             stacklevel=2,
         )
     return config
+
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "TrainLoopConfig",
+    "apply_overrides",
+    "build_kwargs",
+    "check_labels",
+    "load_config",
+]
