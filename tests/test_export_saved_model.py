@@ -288,7 +288,7 @@ def test_verification_fails_when_a_variable_changed(exported):
 def test_failed_verification_publishes_nothing_and_writes_the_report(tmp_path, monkeypatch):
     model, other = _model(0), _model(1)
     real_archive = sm._archive
-    monkeypatch.setattr(sm, "_archive", lambda m, p: real_archive(other, p))
+    monkeypatch.setattr(sm, "_archive", lambda m, *rest: real_archive(other, *rest))
     report_path = tmp_path / "report.json"
     with pytest.raises(VerificationError, match="does not match the Keras model"):
         to_saved_model(model, tmp_path / "out", report_path=report_path)
@@ -332,3 +332,24 @@ def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
     out = Serving(msc, None).images(image)
     logits = np.asarray(msc(tf.cast(image, tf.float32), training=False))
     assert np.max(np.abs(out["probabilities"].numpy() - tf.nn.softmax(logits))) <= 1e-6
+
+
+def test_plain_keras_model_says_what_it_returns_with_outputs(tmp_path):
+    model = _model(activation="softmax")
+    plain = keras.models.clone_model(model)  # a plain Functional: no SegmentationModel facts
+    plain.set_weights(model.get_weights())
+    assert not isinstance(plain, keras_deeplab.SegmentationModel)
+    image = tf.constant(_image(41, 53, 8)[None])
+    expected = np.asarray(model(tf.cast(image, tf.float32), training=False))
+    told = Serving(plain, None, outputs="softmax").images(image)["probabilities"].numpy()
+    assert np.max(np.abs(told - expected)) <= 1e-6
+    assumed = Serving(plain, None).images(image)["probabilities"].numpy()  # logits assumed
+    assert np.max(np.abs(assumed - tf.nn.softmax(expected))) <= 1e-6
+
+    with pytest.raises(ValueError, match="returns softmax .* drop outputs='logits'"):
+        to_saved_model(model, tmp_path / "x", outputs="logits")
+    with pytest.raises(ValueError, match="outputs must be one of"):
+        to_saved_model(plain, tmp_path / "x", outputs="probabilities")
+    assert not list(tmp_path.iterdir())
+    report = to_saved_model(plain, tmp_path / "plain", outputs="softmax")
+    assert report["passed"] and "serve/probabilities" in report["max_abs_diff"]

@@ -2,10 +2,10 @@
 
 A `keras_deeplab.SegmentationModel` says it itself (`preprocessing`, `backbone_name`,
 `activation`, `num_classes`). Any other Keras model (a user's own) is taken as it is: its
-output is assumed to be logits (`output_activation` None), it normalises its input only if
-it has a `keras_deeplab.layers.Preprocessing` layer, and where an exporter needs a fact it
-cannot know (the normalisation of a model without that layer) it asks for an argument or
-raises a clear error.
+output is logits unless the caller says otherwise (`outputs=`), it normalises its input
+only if it has a `keras_deeplab.layers.Preprocessing` layer, and where an exporter needs a
+fact it cannot know (the normalisation of a model without that layer) it asks for an
+argument or raises a clear error.
 
 Example:
 
@@ -20,6 +20,8 @@ from keras_deeplab.backbones import preprocessing_mode
 from keras_deeplab.layers import Preprocessing
 from keras_deeplab.msc import MultiScaleInputs
 from keras_deeplab.segmentation_model import SegmentationModel
+
+OUTPUT_KINDS = ("logits", "softmax", "sigmoid")
 
 
 def inner_model(model):
@@ -45,12 +47,24 @@ def input_normalization(model):
     return preprocessing_mode(model.backbone_name) if model.backbone_name else None
 
 
-def output_activation(model):
+def output_activation(model, outputs=None):
     """None (logits), "softmax" or "sigmoid": what the model applies to its logits.
 
-    Other models than `SegmentationModel`s are assumed to return logits.
+    A `SegmentationModel` says it (`model.activation`); for other models `outputs` does
+    (`"logits"`, the default, `"softmax"` or `"sigmoid"`).
     """
-    return model.activation if isinstance(model, SegmentationModel) else None
+    if outputs is not None and outputs not in OUTPUT_KINDS:
+        raise ValueError(f"outputs must be one of {OUTPUT_KINDS} or None; got {outputs!r}.")
+    told = None if outputs in (None, "logits") else outputs
+    if not isinstance(model, SegmentationModel):
+        return told
+    if outputs is not None and told != model.activation:
+        raise ValueError(
+            f"Model {model.name!r} returns {model.activation or 'logits'} (its activation); "
+            f"drop outputs={outputs!r}, which only describes models that are not "
+            "keras_deeplab SegmentationModels."
+        )
+    return model.activation
 
 
 def input_size_of(model):

@@ -37,7 +37,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_deeplab.export.labels import labels_text, resolve_labels
-from keras_deeplab.export.model_info import num_classes_of
+from keras_deeplab.export.model_info import num_classes_of, output_activation
 from keras_deeplab.export.report import (
     DiskFullError,
     VerificationError,
@@ -171,6 +171,7 @@ def to_saved_model(
     overwrite=False,
     tolerance=DEFAULT_TOLERANCE,
     optimize=False,
+    outputs=None,
 ):
     """Exports `model` as a SavedModel with serving signatures, then verifies it.
 
@@ -189,7 +190,8 @@ def to_saved_model(
     line) is written inside the directory.
 
     Args:
-        model: a keras_deeplab model (functional or `MultiScaleInputs`).
+        model: a keras_deeplab `SegmentationModel` (`MultiScaleInputs` included) or another
+            Keras model taking `[B, H, W, 3]` images (see `preprocessing`, `outputs`).
         export_dir: output directory; must not exist or be empty unless `overwrite`.
         verify: run `verify_saved_model` on the written files (raises `VerificationError`).
         sample_images: images for the verification (see `verify_saved_model`).
@@ -206,6 +208,10 @@ def to_saved_model(
             convs through space-to-batch (inference-only, faster on CPU, see the README's
             Benchmarks; equal up to float rounding, about 1e-5 on probabilities). The files
             are still verified against `model` itself.
+        outputs: only for Keras models that are not keras_deeplab `SegmentationModel`s
+            (which know their activation): what `model` returns, `"logits"` (assumed when
+            None), `"softmax"` or `"sigmoid"`, so `probabilities` is not a softmax of
+            probabilities.
 
     Returns:
         The report dict (see `verify_saved_model`; without verification: path, size,
@@ -216,6 +222,7 @@ def to_saved_model(
     """
     export_dir = Path(export_dir).expanduser().absolute()
     preprocessing_mode = serving_preprocessing(model, preprocessing)
+    output_activation(model, outputs)  # bad `outputs` fail before anything is written
     labels = resolve_labels(labels, num_classes_of(model))
     _remove_stale_temporaries(export_dir)
     _check_target(export_dir, overwrite)
@@ -234,7 +241,7 @@ def to_saved_model(
                 from keras_deeplab.optimize import optimize_for_inference
 
                 served = optimize_for_inference(model)
-            _archive(served, preprocessing_mode).write_out(str(tmp), verbose=False)
+            _archive(served, preprocessing_mode, outputs).write_out(str(tmp), verbose=False)
             (tmp / LABELS_FILE).write_text(labels_text(labels))
         except (OSError, tf.errors.OpError) as error:
             if not is_disk_full(error):
@@ -245,7 +252,12 @@ def to_saved_model(
         if verify:
             try:
                 report = verify_saved_model(
-                    model, tmp, sample_images, preprocessing=preprocessing, tolerance=tolerance
+                    model,
+                    tmp,
+                    sample_images,
+                    preprocessing=preprocessing,
+                    tolerance=tolerance,
+                    outputs=outputs,
                 )
             except VerificationError as error:
                 report = getattr(error, "report", None)

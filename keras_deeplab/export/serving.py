@@ -63,9 +63,9 @@ def serving_preprocessing(model, preprocessing=None):
 class Serving:
     """The three serving functions (plain Python; ExportArchive wraps them in tf.function)."""
 
-    def __init__(self, model, preprocessing):
+    def __init__(self, model, preprocessing, outputs=None):
         self.model = model
-        self.activation = output_activation(model)
+        self.activation = output_activation(model, outputs)
         self.normalise = None if preprocessing is None else Preprocessing(preprocessing)
         self.num_classes = num_classes_of(model)
         self.size = input_size_of(model)
@@ -121,9 +121,9 @@ class Serving:
         return {key: tf.cast(self.model(images, training=False), tf.float32)}
 
 
-def build_archive(model, preprocessing):
+def build_archive(model, preprocessing, outputs=None):
     """The `keras.export.ExportArchive` of the three signatures (not yet written)."""
-    serving = Serving(model, preprocessing)
+    serving = Serving(model, preprocessing, outputs)
     archive = keras.export.ExportArchive()
     archive.track(model)
     h, w = serving.size  # None (dynamic) unless the model was built for a fixed size

@@ -55,7 +55,7 @@ def _compare(name, reference, served, class_map, tolerance, stats):
 
 
 def verify_saved_model(
-    model, export_dir, images=None, preprocessing=None, tolerance=DEFAULT_TOLERANCE
+    model, export_dir, images=None, preprocessing=None, tolerance=DEFAULT_TOLERANCE, outputs=None
 ):
     """Runs the written SavedModel's signatures on `images` against the Keras model.
 
@@ -72,6 +72,7 @@ def verify_saved_model(
             array `[N, H, W, 3]`); default `sample_images()`.
         preprocessing: as in `to_saved_model` (models without a preprocessing layer).
         tolerance: max abs difference allowed.
+        outputs: as in `to_saved_model` (models that are not `SegmentationModel`s).
 
     Returns:
         A JSON-serialisable dict: `format`, `path`, `size_bytes`, `signatures`,
@@ -87,7 +88,7 @@ def verify_saved_model(
     export_dir = Path(export_dir)
     images = uint8_images(images, input_size_of(model))
     mode = serving_preprocessing(model, preprocessing)
-    activation = output_activation(model)
+    activation = output_activation(model, outputs)
     normalise = None if mode is None else Preprocessing(mode)
     loaded = tf.saved_model.load(str(export_dir))
     missing = [name for name in SIGNATURES if name not in loaded.signatures]
