@@ -86,6 +86,8 @@ class Architecture:
         resolve: `args -> args`, normalises and checks the options (raises `ValueError`
             with the fix); `args` already holds the canonical backbone and output stride.
         multi_scale: accepts `multi_scale=True` (wrapped in `MultiScaleInputs`).
+        preprocessing: input normalisation when there is no backbone (`"symmetric"`, to
+            [-1, 1], or `"caffe"`); with a backbone, the backbone's.
         description: one line for readers of `list_architectures()`.
     """
 
@@ -98,6 +100,7 @@ class Architecture:
     backbones: tuple | None = None
     resolve: Callable | None = None
     multi_scale: bool = False
+    preprocessing: str = "symmetric"
     description: str = ""
 
     def arguments(self):

@@ -139,14 +139,20 @@ def _finish(inputs, logits, activation):
     return outputs
 
 
+def _preprocessing(arch, args):
+    """The input normalisation inside the model: the backbone's, else the architecture's."""
+    if not args["include_preprocessing"]:
+        return None
+    return preprocessing_mode(args["backbone"]) if args["backbone"] else arch.preprocessing
+
+
 def _build_graph(arch, args):
     """`(inputs, outputs, feature_info)` of an architecture with resolved arguments."""
     inputs = keras.Input(shape=args["input_shape"], name="image")
     x = inputs
     backbone = args["backbone"]
     if args["include_preprocessing"]:
-        mode = preprocessing_mode(backbone) if backbone else "symmetric"
-        x = Preprocessing(mode, name="preprocessing")(x)
+        x = Preprocessing(_preprocessing(arch, args), name="preprocessing")(x)
     if arch.graph is not None:
         return inputs, _finish(inputs, arch.graph(x, args), args["activation"]), None
     height, width, _ = args["input_shape"]
@@ -240,9 +246,7 @@ class SegmentationModel(keras.Model):
             "output_stride": args["output_stride"],
             "num_classes": args["num_classes"],
             "activation": args["activation"],
-            "preprocessing": (
-                preprocessing_mode(args["backbone"]) if args["include_preprocessing"] else None
-            ),
+            "preprocessing": _preprocessing(arch, args),
             "feature_info": feature_info,
         }
         self._init_graph(inputs, outputs, config, spec, name or arch.name, trainable, dtype)

@@ -258,6 +258,31 @@ def test_adding_an_architecture_is_a_head_and_a_registry_entry(monkeypatch):
     assert same.get_config() == model.get_config()
 
 
+def test_an_architecture_without_backbone_is_one_graph_function(monkeypatch):
+    """U-Net / SegNet style: the architecture builds the whole network itself."""
+    from keras_deeplab import registry
+    from keras_deeplab.layers import Conv2D
+
+    def graph(x, args):
+        x = Conv2D(args["width"], 3, strides=2, padding="same", activation="relu")(x)
+        return Conv2D(args["num_classes"], 1, name="logits_semantic")(x)
+
+    toy = Architecture(name="toy_net", graph=graph, options={"width": 4}, default_output_stride=8)
+    monkeypatch.setitem(registry.ARCHITECTURES, "toy_net", toy)
+    model = SegmentationModel("toy_net", num_classes=2, width=5)
+    assert (model.architecture, model.backbone_name, model.feature_info) == ("toy_net", None, None)
+    assert (model.preprocessing, model.output_stride, model.get_backbone()) == (
+        "symmetric",
+        8,
+        None,
+    )
+    assert model(_image()).shape == (1, *SIZE, 2)
+    same = SegmentationModel.from_config(model.get_config())
+    assert same.get_config() == model.get_config() and same.count_params() == model.count_params()
+    with pytest.raises(ValueError, match="give exactly one of heads, graph"):
+        registry.register_architecture(Architecture(name="neither"))
+
+
 def test_load_tflite_returns_a_segmentation_model():
     from tests.official_tflite import official_tflite_dir
 
