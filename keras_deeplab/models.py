@@ -47,9 +47,22 @@ def _load_backbone_weights(model, backbone_weights):
 def build_model(architecture, **kwargs):
     """Builds a model of a registered architecture; loads `weights`/`backbone_weights`.
 
-    Takes the architecture's arguments (`SegmentationModel`), plus `weights`,
-    `backbone_weights`, `name` and, for architectures with multi-scale inputs,
-    `multi_scale` / `scales`. An unknown argument is one error listing the accepted ones.
+    Takes the architecture's arguments (`SegmentationModel`; an unknown one is one error
+    listing the accepted ones), these, and for architectures with multi-scale inputs
+    `multi_scale` / `scales` (see `DeepLabV2`):
+
+    Args:
+        num_classes: number of classes (21 for PASCAL VOC).
+        input_shape: `(H, W, 3)`; H and W may be None.
+        activation: None (logits), `"softmax"` or `"sigmoid"`.
+        include_preprocessing: the model takes RGB in [0, 255] and normalises it inside
+            (the backbone's convention: [-1, 1], or Caffe BGR mean subtraction); False: it
+            takes normalised input.
+        weights: None, a `.weights.h5` path or a named preset (see
+            `keras_deeplab.weights.resolve_weights`).
+        backbone_weights: None, `"imagenet"` (keras.applications download, for
+            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
+        name: model name (default: the architecture's).
 
     Example:
         `model = build_model("deeplabv3", backbone="mobilenetv2_dm05", num_classes=3)`
@@ -92,19 +105,11 @@ def DeepLabV1(
     Chen et al., ICLR 2015, arXiv:1412.7062 (the CRF is post-processing, not part
     of the model).
 
-    Args:
+    Args (and those of `build_model`: `num_classes`, `input_shape`, `activation`,
+    `include_preprocessing`, `weights`, `backbone_weights`, `name`):
         backbone: `"vgg16"` (the only trunk of DeepLab v1).
-        num_classes: number of classes (21 for PASCAL VOC).
-        input_shape: `(H, W, 3)`; H and W may be None.
         output_stride: 8 (the paper's setting); 16/32 are allowed for experiments.
         dropout: dropout rate after fc6 and fc7.
-        activation: None (logits), `"softmax"` or `"sigmoid"`.
-        include_preprocessing: the model takes RGB in [0, 255] (Caffe BGR mean
-            subtraction inside); False: it takes preprocessed input.
-        weights: None, a `.weights.h5` path or a named preset (see
-            `keras_deeplab.weights.resolve_weights`).
-        backbone_weights: None, `"imagenet"` (keras.applications download, for
-            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV1(num_classes=21)`
@@ -133,11 +138,10 @@ def DeepLabV2(
 
     Chen et al., TPAMI 2017, arXiv:1606.00915.
 
-    Args:
+    Args (and those of `build_model`: `num_classes`, `input_shape`, `activation`,
+    `include_preprocessing`, `weights`, `backbone_weights`, `name`):
         backbone: `"resnet101"` (the paper's), `"resnet50"`, `"vgg16"` (fc6-fc7-fc8
             branches) or any other registered backbone (one 3x3 conv per branch).
-        num_classes: number of classes.
-        input_shape: `(H, W, 3)`; H and W may be None.
         output_stride: 8 in the paper.
         aspp: `"L"` (rates 6, 12, 18, 24) or `"S"` (2, 4, 8, 12); ignored when
             `atrous_rates` is given.
@@ -147,12 +151,6 @@ def DeepLabV2(
             weights, logits are max-fused; per-scale logits are returned in training.
         scales: MSC input scales.
         dropout: dropout inside the VGG branches.
-        activation: None (logits), `"softmax"` or `"sigmoid"`.
-        include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None, a `.weights.h5` path or a named preset (see
-            `keras_deeplab.weights.resolve_weights`).
-        backbone_weights: None, `"imagenet"` (keras.applications download, for
-            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV2(backbone="resnet101", aspp="L", multi_scale=True)`
@@ -183,10 +181,9 @@ def DeepLabV3(
     Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation",
     arXiv:1706.05587. Logits at `output_stride`, upsampled to the input.
 
-    Args:
+    Args (and those of `build_model`: `num_classes`, `input_shape`, `activation`,
+    `include_preprocessing`, `weights`, `backbone_weights`, `name`):
         backbone: any registered backbone (`list_backbones()`); `"xception"` is xception65.
-        num_classes: number of classes.
-        input_shape: `(H, W, 3)`; H and W may be None.
         output_stride: 8, 16 or 32.
         atrous_rates: three ASPP rates; default (6, 12, 18) at OS16, (12, 24, 36) at
             OS8, (3, 6, 9) at OS32, and `()` (image pooling + 1x1 only, the official
@@ -199,12 +196,6 @@ def DeepLabV3(
         image_pooling: add the image-level feature branch.
         cascade_blocks: extra blocks of the cascade head (block5, block6, ...).
         dropout: dropout after the ASPP projection.
-        activation: None (logits), `"softmax"` or `"sigmoid"`.
-        include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None, a `.weights.h5` path or a named preset (see
-            `keras_deeplab.weights.resolve_weights`).
-        backbone_weights: None, `"imagenet"` (keras.applications download, for
-            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8)`
@@ -237,10 +228,9 @@ def DeepLabV3Plus(
     Image Segmentation", ECCV 2018, arXiv:1802.02611. Defaults are the official
     xception65 configuration: OS16, separable ASPP and decoder convs, image pooling.
 
-    Args:
+    Args (and those of `build_model`: `num_classes`, `input_shape`, `activation`,
+    `include_preprocessing`, `weights`, `backbone_weights`, `name`):
         backbone: any registered backbone; `"xception"` is xception65.
-        num_classes: number of classes.
-        input_shape: `(H, W, 3)`; H and W may be None.
         output_stride: encoder output stride, 8, 16 or 32 (the decoder is at 4).
         atrous_rates: three ASPP rates (defaults as `DeepLabV3`).
         multi_grid: unit rates of the last block (default (1, 2, 4) for `_beta` ResNets).
@@ -250,12 +240,6 @@ def DeepLabV3Plus(
         decoder_filters: channels of the decoder refinement convs.
         low_level_filters: channels of the low-level projection.
         dropout: dropout after the ASPP projection.
-        activation: None (logits), `"softmax"` or `"sigmoid"`.
-        include_preprocessing: take RGB in [0, 255] and normalise inside.
-        weights: None, a `.weights.h5` path or a named preset (see
-            `keras_deeplab.weights.resolve_weights`).
-        backbone_weights: None, `"imagenet"` (keras.applications download, for
-            resnet50/101, mobilenetv2 and vgg16) or a local `.h5`/`.weights.h5` file.
 
     Example:
         `model = keras_deeplab.DeepLabV3Plus(backbone="xception", num_classes=21)`

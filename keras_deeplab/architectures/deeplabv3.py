@@ -17,15 +17,20 @@ def default_multi_grid(backbone, multi_grid):
     return None if multi_grid is None else tuple(multi_grid)
 
 
-def _resolve(args):
-    if args["head"] not in V3_HEADS:
-        raise ValueError(f"head must be 'aspp' or 'cascade'; got {args['head']!r}.")
+def resolve_encoder(args):
+    """The v3 encoder's defaults (shared with v3+): multi-grid and ASPP rates."""
     backbone = args["backbone"]
     return {
         **args,
         "multi_grid": default_multi_grid(backbone, args["multi_grid"]),
         "atrous_rates": aspp.resolve_rates(backbone, args["output_stride"], args["atrous_rates"]),
     }
+
+
+def _resolve(args):
+    if args["head"] not in V3_HEADS:
+        raise ValueError(f"head must be 'aspp' or 'cascade'; got {args['head']!r}.")
+    return resolve_encoder(args)
 
 
 register_architecture(

@@ -4,19 +4,9 @@ Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Ima
 Segmentation", ECCV 2018, arXiv:1802.02611.
 """
 
-from keras_deeplab.architectures.deeplabv3 import default_multi_grid
+from keras_deeplab.architectures.deeplabv3 import resolve_encoder
 from keras_deeplab.heads import aspp, common, decoder  # noqa: F401 - registers the heads
 from keras_deeplab.registry import Architecture, register_architecture, register_model
-
-
-def _resolve(args):
-    backbone = args["backbone"]
-    return {
-        **args,
-        "multi_grid": default_multi_grid(backbone, args["multi_grid"]),
-        "atrous_rates": aspp.resolve_rates(backbone, args["output_stride"], args["atrous_rates"]),
-    }
-
 
 register_architecture(
     Architecture(
@@ -34,7 +24,7 @@ register_architecture(
         },
         default_backbone="xception65",
         default_output_stride=16,
-        resolve=_resolve,
+        resolve=resolve_encoder,
         description="DeepLab v3+: ASPP encoder + decoder on the stride-4 tap",
     )
 )
