@@ -163,6 +163,7 @@ def test_unpacked_wheel_cli_help_loads_no_tensorflow(wheel, tmp_path):
     assert "usage:" in result.stdout and "demo" in result.stdout
 
 
+@pytest.mark.slow  # the same tiny demo runs from the source tree in tests/test_cli.py
 def test_unpacked_wheel_runs_the_demo_outside_the_tree(wheel, tmp_path):
     """`keras-deeplab demo` at a tiny size from the wheel: reads its recipe from the package."""
     _, unpacked = wheel

@@ -227,7 +227,7 @@ def _fit_one_step(model, optimizer):
     return x
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "loss_scale"])
+@pytest.mark.parametrize("optimizer", ["adam", pytest.param("loss_scale", marks=pytest.mark.slow)])
 def test_plain_keras_save_of_a_compiled_model_loads(tmp_path, optimizer):
     import h5py
     import keras
