@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from keras_deeplab._json import jsonable
+from keras_deeplab.export.report import write_report
 
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -36,20 +37,6 @@ class LoadedRun:
     source: str
 
 
-def _atomic_write(path, text):
-    tmp = Path(f"{path}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _tuples(value):
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
 def write_model_spec(run_dir, name, kwargs, class_names=None, weights_step=None):
     """Writes `model.json`: how to rebuild the run's model (`create_model(name, **kwargs)`)."""
     spec = {
@@ -58,8 +45,7 @@ def write_model_spec(run_dir, name, kwargs, class_names=None, weights_step=None)
         "class_names": list(class_names) if class_names else None,
         "weights_step": weights_step,
     }
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    _atomic_write(Path(run_dir) / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    write_report(Path(run_dir) / MODEL_FILE, spec)
 
 
 def write_final_weights(run_dir, model, step):
@@ -70,7 +56,7 @@ def write_final_weights(run_dir, model, step):
     os.replace(tmp, run_dir / WEIGHTS_FILE)
     spec = read_model_spec(run_dir)
     spec["weights_step"] = int(step)
-    _atomic_write(run_dir / MODEL_FILE, json.dumps(spec, indent=2) + "\n")
+    write_report(run_dir / MODEL_FILE, spec)
     return run_dir / WEIGHTS_FILE
 
 
@@ -143,7 +129,7 @@ def load_run(path):
             f"{WEIGHTS_FILE}, or a checkpoint prefix such as run/ckpt-600)."
         )
     spec = read_model_spec(run_dir)
-    model = create_model(spec["model"], **_tuples(spec["kwargs"]))
+    model = create_model(spec["model"], **spec["kwargs"])
     class_names = tuple(spec["class_names"]) if spec.get("class_names") else None
     weights = run_dir / WEIGHTS_FILE
     if path.name.startswith("ckpt-"):
