@@ -41,6 +41,7 @@ def test_scaling_exponent_of_a_power_law():
     assert out["keras"] == pytest.approx(0.9) and out["macs"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # 45-55 s on 2 cores: keeps the default suite under 15 min in CI
 def test_quick_path_core_functions_and_report():
     peak = matmul_peak(n=256, reps=2)
     assert _finite_positive(peak["gflops"])
