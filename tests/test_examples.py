@@ -117,6 +117,7 @@ def test_export_tflite(tmp_path):
     assert prediction.size == (49, 49)
 
 
+@pytest.mark.slow  # ~52 s; MirroredStrategy on 2 CPUs is checked in test_training_distributed.py
 def test_distributed_training_mirrored_two_cpus(tmp_path):
     out = run_example(
         "distributed_training.py",
