@@ -26,6 +26,10 @@ BACKBONES = {
     "resnet101": ("resnet", {"depth": 101, "flavour": "caffe"}, "caffe"),
     "resnet50_beta": ("resnet", {"depth": 50, "flavour": "beta"}, "symmetric"),
     "resnet101_beta": ("resnet", {"depth": 101, "flavour": "beta"}, "symmetric"),
+    "resnet50_tv": ("resnet", {"depth": 50, "flavour": "torchvision"}, "torch"),
+    "resnet101_tv": ("resnet", {"depth": 101, "flavour": "torchvision"}, "torch"),
+    "resnet50_deep": ("resnet", {"depth": 50, "flavour": "deep"}, "torch"),
+    "resnet101_deep": ("resnet", {"depth": 101, "flavour": "deep"}, "torch"),
     "mobilenetv2": ("mobilenetv2", {"depth_multiplier": 1.0}, "symmetric"),
     "mobilenetv2_dm05": ("mobilenetv2", {"depth_multiplier": 0.5}, "symmetric"),
     "vgg16": ("vgg16", {}, "caffe"),
@@ -37,6 +41,10 @@ ALIASES = {
     "xception_71": "xception71",
     "resnet_v1_50_beta": "resnet50_beta",
     "resnet_v1_101_beta": "resnet101_beta",
+    "resnet50_torchvision": "resnet50_tv",
+    "resnet101_torchvision": "resnet101_tv",
+    "resnet50_deep_stem": "resnet50_deep",
+    "resnet101_deep_stem": "resnet101_deep",
     "mobilenet_v2": "mobilenetv2",
     "mobilenetv2_dm1": "mobilenetv2",
     "mobilenetv2_dm10": "mobilenetv2",
@@ -61,7 +69,8 @@ def resolve_backbone_name(name):
 
 
 def preprocessing_mode(name):
-    """Input convention of a backbone: "symmetric" ([-1, 1]) or "caffe" (BGR mean)."""
+    """Input convention of a backbone: "symmetric" ([-1, 1]), "caffe" (BGR mean) or "torch"
+    (ImageNet mean/std on [0, 1] RGB)."""
     return BACKBONES[resolve_backbone_name(name)][2]
 
 

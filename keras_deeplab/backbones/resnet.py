@@ -13,6 +13,16 @@
   their ImageNet weights load by name. Chen et al., "DeepLab: Semantic Image
   Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully
   Connected CRFs", arXiv:1606.00915.
+* `flavour="torchvision"`: `torchvision.models.resnet50/101` (7x7 stem, stride on
+  the 3x3 conv, strided 1x1 projection; `replace_stride_with_dilation`: the first
+  block of a dilated stage keeps the previous dilation). Layer names mirror the
+  torch state-dict keys (`layer3_0_conv2`, `layer3_0_downsample_0`, `bn1`), so a
+  torch checkpoint maps by name.
+* `flavour="deep"`: the PSPNet / CSAIL trunk (`hszhao/semseg` `model/resnet.py`
+  `deep_base=True`, `mit_semseg` resnet): stem 3x3/2 64, 3x3 64, 3x3 128, then the
+  torchvision bottlenecks; in a dilated stage *every* block's 3x3 conv is dilated
+  (semseg's PSPNet sets conv2 dilation 2 in all of layer3 and 4 in all of layer4).
+  Zhao et al., "Pyramid Scene Parsing Network", arXiv:1612.01105.
 """
 
 import keras
@@ -30,12 +40,14 @@ from keras_deeplab.layers import Conv2D, conv2d_same
 
 UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BASE_DEPTHS = (64, 128, 256, 512)
-FLAVOURS = ("beta", "caffe")
+FLAVOURS = ("beta", "caffe", "torchvision", "deep")
 
 # Official ResNet BN (decay 0.95, eps 1e-5, `core/feature_extractor.py`) and
 # the keras.applications defaults used by the Caffe layout.
 BETA_BN = {"momentum": 0.95, "epsilon": 1e-5}
 CAFFE_BN = {"momentum": 0.99, "epsilon": 1.001e-5}
+# torch's BatchNorm2d: eps 1e-5, momentum 0.1 (Keras momentum = 1 - torch momentum).
+TORCH_BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 
 def _conv_bn(x, filters, kernel_size, name, stride=1, rate=1, relu=True):
@@ -137,6 +149,72 @@ def _build_caffe(inputs, depth, output_stride, multi_grid):
     return taps
 
 
+def _torch_conv_bn(x, filters, kernel_size, conv_name, bn_name, stride=1, rate=1, relu=True):
+    """torch `Conv2d(padding=rate * (k // 2), bias=False)` + `BatchNorm2d` (+ ReLU): symmetric
+    zero padding, so strided convs see the same pixels as in torch."""
+    x = conv2d_same(x, filters, kernel_size, stride=stride, rate=rate, name=conv_name)
+    x = batch_norm(x, bn_name, **TORCH_BN)
+    if relu:
+        x = keras.layers.ReLU(name=f"{conv_name}_relu")(x)
+    return x
+
+
+def _torch_bottleneck(x, planes, stride, rate, name):
+    """torchvision `Bottleneck` (v1.5: stride on the 3x3 conv), named as its state dict."""
+    shortcut = x
+    if stride != 1 or x.shape[-1] != 4 * planes:
+        shortcut = Conv2D(
+            4 * planes, 1, strides=stride, use_bias=False, name=f"{name}_downsample_0"
+        )(x)
+        shortcut = batch_norm(shortcut, f"{name}_downsample_1", **TORCH_BN)
+    y = _torch_conv_bn(x, planes, 1, f"{name}_conv1", f"{name}_bn1")
+    y = _torch_conv_bn(y, planes, 3, f"{name}_conv2", f"{name}_bn2", stride=stride, rate=rate)
+    y = _torch_conv_bn(y, 4 * planes, 1, f"{name}_conv3", f"{name}_bn3", relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=name)(y)
+
+
+def stage_tap(stage, output_stride):
+    """Name of the tap holding ResNet stage `stage`'s output (torch's `layer{stage}`, 1-3)
+    in the `"torchvision"` / `"deep"` layouts: `"stride_{s}"` when the stage runs below the
+    output stride, else `"layer{stage}_stride_{output_stride}"` (a dilated stage).
+
+    Example:
+        >>> stage_tap(3, 8), stage_tap(3, 32)
+        ('layer3_stride_8', 'stride_16')
+    """
+    stride = 2 ** (stage + 1)
+    return f"stride_{stride}" if stride < output_stride else f"layer{stage}_stride_{output_stride}"
+
+
+def _build_torch(inputs, depth, output_stride, multi_grid, deep_stem):
+    if deep_stem:
+        x = _torch_conv_bn(inputs, 64, 3, "conv1", "bn1", stride=2)
+        x = _torch_conv_bn(x, 64, 3, "conv2", "bn2")
+        x = _torch_conv_bn(x, 128, 3, "conv3", "bn3")
+    else:
+        x = _torch_conv_bn(inputs, 64, 7, "conv1", "bn1", stride=2)
+    # torch MaxPool2d(3, 2, padding=1); zero padding is exact after the ReLU.
+    x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
+
+    planner = StridePlanner(output_stride, current_stride=4)
+    taps = {}
+    for s, (units, planes) in enumerate(zip(UNITS_PER_BLOCK[depth], BASE_DEPTHS, strict=True)):
+        for u in range(units):
+            stride, previous_rate = planner.next(2 if s > 0 and u == 0 else 1)
+            # torchvision's replace_stride_with_dilation: the first block of a dilated
+            # stage keeps the previous dilation; semseg/CSAIL-PSPNet: every block dilated.
+            rate = previous_rate if (u == 0 and not deep_stem) else planner.rate
+            if s == 3:
+                rate *= multi_grid[u]
+            x = _torch_bottleneck(x, planes, stride, rate, f"layer{s + 1}_{u}")
+        if s < 3:
+            taps[stage_tap(s + 1, output_stride)] = x
+    taps["final"] = x
+    return taps
+
+
 @register_family("resnet")
 def _resnet_graph(
     input_shape=(None, None, 3), output_stride=16, multi_grid=None, depth=50, flavour="beta"
@@ -151,6 +229,10 @@ def _resnet_graph(
     multi_grid = check_multi_grid(multi_grid)
 
     inputs = keras.Input(shape=input_shape, name="images")
+    if flavour in ("torchvision", "deep"):
+        taps = _build_torch(inputs, depth, output_stride, multi_grid, flavour == "deep")
+        suffix = "_tv" if flavour == "torchvision" else "_deep"
+        return inputs, taps, f"resnet{depth}{suffix}"
     build = _build_beta if flavour == "beta" else _build_caffe
     taps = build(inputs, depth, output_stride, multi_grid)
     return inputs, taps, f"resnet{depth}_beta" if flavour == "beta" else f"resnet{depth}"
@@ -182,6 +264,16 @@ def ResNetBackbone(
     the last unit outputs (`convN_blockK_out`) of conv2 (`stride_4`, there is
     no official decoder tap for this layout), conv3 and conv4.
 
+    `"torchvision"` (`resnet50_tv`) and `"deep"` (`resnet50_deep`, the PSPNet/CSAIL
+    64-64-128 stem) are the torch layouts: bias-free convs, BN eps 1e-5, stride on the
+    3x3 conv, layer names as the torch state dict (`conv1`, `bn1`, `layer2_0_conv2`,
+    `layer2_0_downsample_0`); dilation as torchvision's `replace_stride_with_dilation`
+    (first block of a dilated stage at the previous rate) or, for `"deep"`, every block
+    at the new rate (semseg's PSPNet). Taps: every stage output, `"stride_4"`,
+    `"stride_8"`, `"stride_16"` below `output_stride` and `"layer{N}_stride_{output_stride}"`
+    for a dilated stage N (e.g. `"layer3_stride_8"`, PSPNet's auxiliary tap; see
+    `stage_tap`).
+
     `"stride_8"` / `"stride_16"` are present only when below `output_stride`.
 
     Args:
@@ -189,7 +281,7 @@ def ResNetBackbone(
         output_stride: 8, 16 or 32 (stride of `"final"`, 2048 channels).
         multi_grid: three block4/conv5 unit-rate multipliers (default `(1, 1, 1)`).
         depth: 50 or 101.
-        flavour: `"beta"` or `"caffe"`.
+        flavour: `"beta"`, `"caffe"`, `"torchvision"` or `"deep"`.
         name: model name (default `resnet{depth}_beta` / `resnet{depth}`).
 
     Returns:
