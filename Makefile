@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install clean parity parity-venv
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 12), "keras_deeplab needs Python 3.11 or 3.12"'
@@ -38,3 +38,22 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# PyTorch parity (docs/parity.md): torch and the references live in their own venv, never in .venv.
+PARITY_VENV := benchmarks/.venv-parity
+PARITY_PY := $(PARITY_VENV)/bin/python
+PARITY_STAMP := $(PARITY_VENV)/.installed
+
+$(PARITY_STAMP): benchmarks/parity/requirements.txt
+	python3.11 -m venv $(PARITY_VENV)
+	$(PARITY_PY) -m pip install --quiet --upgrade pip
+	$(PARITY_PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PARITY_PY) -m pip install --quiet -r benchmarks/parity/requirements.txt
+	$(PARITY_PY) -m pip install --quiet --no-deps torchfcn==1.9.7 mit-semseg==1.0.0 refinenet==0.9.5
+	$(PARITY_PY) -m benchmarks.parity.torch_side --check-imports
+	touch $(PARITY_STAMP)
+
+parity-venv: $(PARITY_STAMP)
+
+parity: $(STAMP) $(PARITY_STAMP)
+	$(BIN)/python -m benchmarks.parity
