@@ -46,6 +46,8 @@ NAMES = [
     "deeplabv3plus_xception41",
     "deeplabv3plus_xception65",
     "deeplabv3plus_xception71",
+    "parsenet_mobilenetv2",
+    "parsenet_vgg16_largefov",
 ]
 SIZE = (33, 41)
 NUM_CLASSES = 3
