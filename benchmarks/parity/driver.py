@@ -44,6 +44,11 @@ def discover_systems(package=SYSTEMS_PACKAGE):
 
 def load_system(name, package=SYSTEMS_PACKAGE):
     """The system module `name` (in `package`, or a dotted module path), checked for the interface."""
+    if "." not in name and name not in discover_systems(package):
+        raise ParityError(
+            f"no system {name!r}; the systems are {discover_systems(package)} (modules of "
+            f"{package}), or give a dotted module path"
+        )
     module = importlib.import_module(name if "." in name else f"{package}.{name}")
     missing = [a for a in ("CASES", "torch_reference", "keras_check") if not hasattr(module, a)]
     if missing:
@@ -68,7 +73,8 @@ def torch_python(path=None):
 def run_torch_side(system, case, npz, python, extra_path=()):
     """Runs the torch side of one case in a subprocess (repository root as cwd)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, extra_path)])
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, extra_path), *inherited])
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [str(python), "-m", "benchmarks.parity.torch_side", system, case, str(npz)]
     result = subprocess.run(
