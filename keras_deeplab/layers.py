@@ -40,11 +40,14 @@ class ResizeBilinear(keras.layers.Layer):
 
     Args:
         scale: optional float scale factor (used when called on one tensor).
+        align_corners: True (the official DeepLab / Caffe `Interp` convention); False for
+            half-pixel centres, torch's `align_corners=False` (torchvision, CSAIL, mmseg).
     """
 
-    def __init__(self, scale=None, **kwargs):
+    def __init__(self, scale=None, align_corners=True, **kwargs):
         super().__init__(**kwargs)
         self.scale = None if scale is None else float(scale)
+        self.align_corners = bool(align_corners)
 
     def _target_size(self, inputs):
         if isinstance(inputs, (list, tuple)):
@@ -57,7 +60,10 @@ class ResizeBilinear(keras.layers.Layer):
         x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
         size = self._target_size(inputs)
         y = tf.raw_ops.ResizeBilinear(
-            images=x, size=size, align_corners=True, half_pixel_centers=False
+            images=x,
+            size=size,
+            align_corners=self.align_corners,
+            half_pixel_centers=not self.align_corners,
         )
         return tf.cast(y, x.dtype)
 
@@ -71,7 +77,10 @@ class ResizeBilinear(keras.layers.Layer):
         return (input_shape[0], h, w, input_shape[3])
 
     def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
+        config = {**super().get_config(), "scale": self.scale}
+        if not self.align_corners:  # files written before the option keep their config
+            config["align_corners"] = False
+        return config
 
 
 def _tf_padding(layer):
@@ -176,12 +185,21 @@ class BatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "fused": self.fused}
 
 
-# Per-backbone input conventions (official `core/feature_extractor.py`).
-# "symmetric": (2 / 255) * x - 1 (xception, mobilenet, *_beta ResNets).
+# Input conventions, each mapping RGB in [0, 255]:
+# "symmetric": (2 / 255) * x - 1 (xception, mobilenet, *_beta ResNets; official
+#     `core/feature_extractor.py`).
 # "caffe": RGB -> BGR and ImageNet BGR mean subtraction, the convention of the
-# Caffe-layout ResNets / VGG-16 and of their keras.applications weights.
+#     Caffe-layout ResNets / VGG-16 and of their keras.applications weights.
+# "torch": x / 255, minus the ImageNet RGB mean, divided by its std (torchvision's
+#     `Normalize`, the torchvision-layout and deep-stem ResNets).
+# "unit": x / 255, any number of channels (U-Net).
+# "bgr": RGB -> BGR, values kept in [0, 255] (SegNet-Tutorial feeds raw BGR).
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-PREPROCESSING_MODES = ("symmetric", "caffe")
+TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+TORCH_RGB_STD = (0.229, 0.224, 0.225)
+PREPROCESSING_MODES = ("symmetric", "caffe", "torch", "unit", "bgr")
+# The modes defined for any channel count; the others need RGB.
+CHANNEL_AGNOSTIC_MODES = ("symmetric", "unit")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -189,7 +207,8 @@ class Preprocessing(keras.layers.Layer):
     """Maps RGB values in [0, 255] to a backbone's input convention. No weights.
 
     Args:
-        mode: `"symmetric"` (to [-1, 1]) or `"caffe"` (BGR, mean subtracted).
+        mode: `"symmetric"` (to [-1, 1]), `"caffe"` (BGR, mean subtracted), `"torch"`
+            (ImageNet mean/std on [0, 1] RGB), `"unit"` (to [0, 1]) or `"bgr"` (BGR, raw).
     """
 
     def __init__(self, mode="symmetric", **kwargs):
@@ -204,7 +223,15 @@ class Preprocessing(keras.layers.Layer):
         x = tf.cast(inputs, self.compute_dtype)
         if self.mode == "symmetric":
             return x * (2.0 / 255.0) - 1.0
+        if self.mode == "unit":
+            return x * (1.0 / 255.0)
+        if self.mode == "torch":
+            mean = tf.constant(TORCH_RGB_MEAN, dtype=x.dtype)
+            scale = tf.constant([1.0 / (255.0 * s) for s in TORCH_RGB_STD], dtype=x.dtype)
+            return x * scale - mean / tf.constant(TORCH_RGB_STD, dtype=x.dtype)
         x = x[..., ::-1]
+        if self.mode == "bgr":
+            return x
         return x - tf.constant(CAFFE_BGR_MEAN, dtype=x.dtype)
 
     def compute_output_shape(self, input_shape):

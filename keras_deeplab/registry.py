@@ -38,6 +38,7 @@ from typing import Any
 HEADS = {}
 ARCHITECTURES = {}
 MODELS = {}
+UPSAMPLE_MODES = ("align_corners", "half_pixel", None)
 
 # Arguments every architecture takes (`SegmentationModel`), with their defaults.
 COMMON_ARGUMENTS = {
@@ -86,8 +87,17 @@ class Architecture:
         resolve: `args -> args`, normalises and checks the options (raises `ValueError`
             with the fix); `args` already holds the canonical backbone and output stride.
         multi_scale: accepts `multi_scale=True` (wrapped in `MultiScaleInputs`).
-        preprocessing: input normalisation when there is no backbone (`"symmetric"`, to
-            [-1, 1], or `"caffe"`); with a backbone, the backbone's.
+        preprocessing: input normalisation when there is no backbone (a mode of
+            `keras_deeplab.layers.PREPROCESSING_MODES`); with a backbone, the backbone's.
+        upsample: how the logits reach the input size: `"align_corners"` (the DeepLab /
+            Caffe bilinear), `"half_pixel"` (torch's `align_corners=False`), or None when the
+            graph returns its final logits itself (FCN's crops, valid U-Net).
+        input_channels: channels of the input image (None: any, `input_shape[-1]` decides).
+        auxiliary: `args -> tuple of (head name, loss weight)`: training-only heads on the
+            backbone taps (each head's `build` gets the `"final"` tap and picks its own).
+            Their weights are part of the model; its inference graph (`model(x)`, exports)
+            has only the main logits, and `model(x, training=True)` returns
+            `{"logits": ..., "aux": ..., "aux_1": ...}`.
         description: one line for readers of `list_architectures()`.
     """
 
@@ -101,6 +111,9 @@ class Architecture:
     resolve: Callable | None = None
     multi_scale: bool = False
     preprocessing: str = "symmetric"
+    upsample: str | None = "align_corners"
+    input_channels: int | None = 3
+    auxiliary: Callable | None = None
     description: str = ""
 
     def arguments(self):
@@ -123,6 +136,11 @@ def register_architecture(architecture):
     """Adds an `Architecture` to the registry (a name registered twice is an error)."""
     if (architecture.heads is None) == (architecture.graph is None):
         raise ValueError(f"Architecture {architecture.name!r}: give exactly one of heads, graph.")
+    if architecture.upsample not in UPSAMPLE_MODES:
+        raise ValueError(
+            f"Architecture {architecture.name!r}: upsample must be one of {UPSAMPLE_MODES}; "
+            f"got {architecture.upsample!r}."
+        )
     _add(ARCHITECTURES, architecture.name, architecture, "architecture")
     return architecture
 

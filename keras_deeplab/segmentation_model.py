@@ -42,7 +42,7 @@ import keras_deeplab.architectures  # noqa: F401 - registers the architectures a
 from keras_deeplab import optimize
 from keras_deeplab.backbones import backbone_graph, preprocessing_mode, resolve_backbone_name
 from keras_deeplab.backbones.common import check_input_shape, check_output_stride, frozen_config
-from keras_deeplab.layers import PACKAGE, Preprocessing, ResizeBilinear
+from keras_deeplab.layers import CHANNEL_AGNOSTIC_MODES, PACKAGE, Preprocessing, ResizeBilinear
 from keras_deeplab.registry import check_arguments, get_architecture, get_head
 
 ACTIVATIONS = (None, "softmax", "sigmoid")
@@ -56,6 +56,7 @@ SPEC_KEYS = (
     "activation",
     "preprocessing",
     "feature_info",
+    "auxiliary_loss_weights",
 )
 
 
@@ -98,7 +99,14 @@ def resolve_arguments(architecture, arguments):
     check_num_classes(args["num_classes"])
     check_activation(args["activation"])
     check_output_stride(args["output_stride"])
-    args["input_shape"] = check_input_shape(args["input_shape"])
+    args["input_shape"] = check_input_shape(args["input_shape"], arch.input_channels)
+    mode = _preprocessing(arch, args)
+    if mode is not None and mode not in CHANNEL_AGNOSTIC_MODES and args["input_shape"][-1] != 3:
+        raise ValueError(
+            f"Preprocessing {mode!r} ({arch.name}) needs RGB input; input_shape "
+            f"{args['input_shape']} has {args['input_shape'][-1]} channels. Pass 3-channel "
+            "images, or include_preprocessing=False and normalise the input yourself."
+        )
     if arch.resolve is not None:
         args = arch.resolve(args)
     return arch, args
@@ -129,14 +137,32 @@ def _dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def _finish(inputs, logits, activation):
+def _to_input_size(inputs, logits, upsample, name):
+    """`logits` resized to the input's size by the architecture's convention (None: kept)."""
+    if upsample is None:
+        return logits
+    resize = ResizeBilinear(align_corners=upsample == "align_corners", name=name)
+    return resize([logits, inputs])
+
+
+def _finish(inputs, logits, activation, upsample="align_corners"):
     """Logits resized to the input size, then the activation (if any)."""
-    outputs = ResizeBilinear(name="upsampled_logits")([logits, inputs])
+    outputs = _to_input_size(inputs, logits, upsample, "upsampled_logits")
     if activation is not None:
         outputs = keras.layers.Activation(activation, dtype="float32", name="probabilities")(
             outputs
         )
     return outputs
+
+
+def auxiliary_heads(arch, args):
+    """`{output key: (head name, loss weight)}` of the training-only heads `args` enable."""
+    if arch.auxiliary is None:
+        return {}
+    return {
+        "aux" if i == 0 else f"aux_{i}": (head, float(weight))
+        for i, (head, weight) in enumerate(arch.auxiliary(args))
+    }
 
 
 def _preprocessing(arch, args):
@@ -147,14 +173,16 @@ def _preprocessing(arch, args):
 
 
 def _build_graph(arch, args):
-    """`(inputs, outputs, feature_info)` of an architecture with resolved arguments."""
+    """`(inputs, outputs, auxiliary outputs, feature_info)` of an architecture with resolved
+    arguments; the auxiliary outputs (`{key: logits at the input size}`) are training-only."""
     inputs = keras.Input(shape=args["input_shape"], name="image")
     x = inputs
     backbone = args["backbone"]
     if args["include_preprocessing"]:
         x = Preprocessing(_preprocessing(arch, args), name="preprocessing")(x)
     if arch.graph is not None:
-        return inputs, _finish(inputs, arch.graph(x, args), args["activation"]), None
+        outputs = _finish(inputs, arch.graph(x, args), args["activation"], arch.upsample)
+        return inputs, outputs, {}, None
     height, width, _ = args["input_shape"]
     backbone_model, feature_info = backbone_graph(
         backbone,
@@ -167,7 +195,17 @@ def _build_graph(arch, args):
     y = features["final"]
     for head in arch.heads(args):
         y = get_head(head).build(y, features, args)
-    return inputs, _finish(inputs, y, args["activation"]), feature_info
+    outputs = _finish(inputs, y, args["activation"], arch.upsample)
+    auxiliary = {
+        key: _to_input_size(
+            inputs,
+            get_head(head).build(features["final"], features, args),
+            arch.upsample or "align_corners",
+            f"upsampled_{key}",
+        )
+        for key, (head, _) in auxiliary_heads(arch, args).items()
+    }
+    return inputs, outputs, auxiliary, feature_info
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -231,7 +269,7 @@ class SegmentationModel(keras.Model):
         inference = _inference_options(inference)
         dtype = dtype or keras.config.dtype_policy().name
         with _dtype_policy(dtype):
-            inputs, outputs, feature_info = _build_graph(arch, args)
+            inputs, outputs, auxiliary, feature_info = _build_graph(arch, args)
             if inference is not None:
                 graph = optimize.transform_graph(
                     keras.Model(inputs, outputs), share_layers=False, **inference
@@ -248,8 +286,17 @@ class SegmentationModel(keras.Model):
             "activation": args["activation"],
             "preprocessing": _preprocessing(arch, args),
             "feature_info": feature_info,
+            "auxiliary_loss_weights": {
+                key: weight for key, (_, weight) in auxiliary_heads(arch, args).items()
+            },
         }
         self._init_graph(inputs, outputs, config, spec, name or arch.name, trainable, dtype)
+        if auxiliary and inference is None:
+            # Tracked as an attribute: its layers (the heads') are saved with the model; the
+            # shared ones once. Inference-rewritten graphs drop the training-only heads.
+            self._training_graph = keras.Model(
+                inputs, {"logits": outputs, **auxiliary}, name=f"{self.name}_training"
+            )
 
     def _init_graph(self, inputs, outputs, config, spec, name, trainable, dtype):
         """The functional-model initialisation shared by every construction path."""
@@ -305,6 +352,20 @@ class SegmentationModel(keras.Model):
         """Input normalisation inside the model (`"symmetric"` or `"caffe"`), taking RGB in
         [0, 255]; None when the model takes already normalised input."""
         return self._spec_value("preprocessing")
+
+    @property
+    def auxiliary_loss_weights(self):
+        """`{output key: loss weight}` of the training-only auxiliary heads (e.g.
+        `{"aux": 0.4}` for PSPNet); empty when the model has none. `model(x, training=True)`
+        then returns `{"logits": ..., **{key: aux logits}}`, all at the input size."""
+        if getattr(self, "_training_graph", None) is None:
+            return {}
+        return dict(self._spec_value("auxiliary_loss_weights") or {})
+
+    def call(self, inputs, training=None, mask=None):
+        if training and getattr(self, "_training_graph", None) is not None:
+            return self._training_graph(inputs, training=True)
+        return super().call(inputs, training=training, mask=mask)
 
     @property
     def feature_info(self):

@@ -40,13 +40,22 @@ def check_output_stride(output_stride, allowed=VALID_OUTPUT_STRIDES, backbone=""
         )
 
 
-def check_input_shape(input_shape):
+def check_input_shape(input_shape, channels=3):
+    """`input_shape` as a tuple `(H, W, C)`; `channels`: the C required (None: any >= 1)."""
     input_shape = tuple(input_shape)
     if len(input_shape) != 3:
         raise ValueError(
-            f"input_shape must be (height, width, 3) with height/width None or int; got {input_shape}."
+            f"input_shape must be (height, width, channels) with height/width None or int; "
+            f"got {input_shape}."
         )
-    if input_shape[-1] != 3:
+    if channels is None:
+        if not isinstance(input_shape[-1], int) or input_shape[-1] < 1:
+            raise ValueError(
+                f"input_shape must end with a positive channel count (e.g. 1 for grayscale); "
+                f"got {input_shape}."
+            )
+        return input_shape
+    if input_shape[-1] != channels:
         raise ValueError(
             f"DeepLab models take RGB images with 3 channels; input_shape {input_shape} has "
             f"{input_shape[-1]}. Convert grayscale (1 channel) or RGBA (4 channels) images to RGB first."

@@ -114,4 +114,10 @@ class ExportGraph:
             return "(rgb - 127.5) / 127.5, RGB in [-1, 1]"
         if self.mode == "caffe":
             return "BGR with the ImageNet mean (103.939, 116.779, 123.68) subtracted"
+        if self.mode == "torch":
+            return "RGB / 255, minus (0.485, 0.456, 0.406), divided by (0.229, 0.224, 0.225)"
+        if self.mode == "unit":
+            return "x / 255, in [0, 1]"
+        if self.mode == "bgr":
+            return "BGR in [0, 255]"
         return "the model's own input convention"

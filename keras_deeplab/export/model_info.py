@@ -19,6 +19,7 @@ model_preprocessing(model), output_activation(model), num_classes_of(model)
 from keras_deeplab.backbones import preprocessing_mode
 from keras_deeplab.layers import Preprocessing
 from keras_deeplab.msc import MultiScaleInputs
+from keras_deeplab.registry import get_architecture
 from keras_deeplab.segmentation_model import SegmentationModel
 
 OUTPUT_KINDS = ("logits", "softmax", "sigmoid")
@@ -30,8 +31,8 @@ def inner_model(model):
 
 
 def model_preprocessing(model):
-    """The normalisation the model applies inside to RGB [0, 255] images ("symmetric" /
-    "caffe"), or None when it takes already normalised input."""
+    """The normalisation the model applies inside to RGB [0, 255] images (a mode of
+    `keras_deeplab.layers.PREPROCESSING_MODES`), or None when it takes normalised input."""
     if isinstance(model, SegmentationModel):
         return model.preprocessing
     layers = getattr(model, "layers", [])
@@ -44,7 +45,9 @@ def input_normalization(model):
     own = model_preprocessing(model)
     if own is not None or not isinstance(model, SegmentationModel):
         return own
-    return preprocessing_mode(model.backbone_name) if model.backbone_name else None
+    if model.backbone_name:
+        return preprocessing_mode(model.backbone_name)
+    return get_architecture(model.architecture).preprocessing
 
 
 def output_activation(model, outputs=None):

@@ -54,7 +54,8 @@ def serving_preprocessing(model, preprocessing=None):
             f"Model {model.name!r} takes normalised input (built with "
             "include_preprocessing=False), so the serving graph must be told how to normalise "
             "RGB [0, 255] images: pass preprocessing='symmetric' ([-1, 1]: xception, mobilenetv2, "
-            "*_beta ResNets) or 'caffe' (BGR mean subtraction: resnet50/101, vgg16)"
+            "*_beta ResNets), 'caffe' (BGR mean subtraction: resnet50/101, vgg16), 'torch' "
+            "(ImageNet mean/std: *_tv and *_deep ResNets), 'unit' ([0, 1]) or 'bgr' (raw BGR)"
             f"{hint}, or rebuild the model with include_preprocessing=True."
         )
     return preprocessing

@@ -93,17 +93,24 @@ def cross_entropy_terms(
     return tf.reduce_sum(top), tf.reduce_sum(tf.cast(tf.not_equal(top, 0.0), tf.float32))
 
 
-def loss_terms(labels, outputs, **kwargs):
+def loss_terms(labels, outputs, output_weights=None, **kwargs):
     """`[(total, count), ...]`: one term per logits tensor of `outputs`.
 
-    `outputs` is the model's training output: a logits tensor, or the dict of
-    `MultiScaleInputs` (`"fused"` plus one entry per scale, all at the input size),
-    which gives the DeepLab v2 MSC loss (one cross-entropy per output, summed).
-    Keyword arguments are those of `cross_entropy_terms`.
+    `outputs` is the model's training output: a logits tensor, or a dict of logits at the
+    input size: `MultiScaleInputs`' (`"fused"` plus one entry per scale: the DeepLab v2 MSC
+    loss, one cross-entropy per output, summed) or a model with auxiliary heads'
+    (`"logits"`, `"aux"`, ...). `output_weights` (`{key: weight}`, e.g. a model's
+    `auxiliary_loss_weights`) scales a term's total; unlisted keys weigh 1. Other keyword
+    arguments are those of `cross_entropy_terms`.
     """
-    if isinstance(outputs, dict):
-        return [cross_entropy_terms(labels, outputs[k], **kwargs) for k in sorted(outputs)]
-    return [cross_entropy_terms(labels, outputs, **kwargs)]
+    if not isinstance(outputs, dict):
+        return [cross_entropy_terms(labels, outputs, **kwargs)]
+    weights = output_weights or {}
+    terms = []
+    for key in sorted(outputs):
+        total, count = cross_entropy_terms(labels, outputs[key], **kwargs)
+        terms.append((total * weights.get(key, 1.0), count))
+    return terms
 
 
 def segmentation_loss(labels, outputs, **kwargs):

@@ -152,7 +152,11 @@ def _epoch_datasets(train_data):
 
 
 def _logits(outputs):
-    return outputs["fused"] if isinstance(outputs, dict) else outputs
+    """The main logits of a training output (MSC's `"fused"`, or `"logits"` beside the
+    auxiliary heads' outputs)."""
+    if not isinstance(outputs, dict):
+        return outputs
+    return outputs["fused"] if "fused" in outputs else outputs["logits"]
 
 
 class Trainer:
@@ -274,7 +278,10 @@ class Trainer:
         variables, multipliers = self.variables, self.multipliers
         regularized, weight_decay = self.regularized, self.weight_decay
         replicas = strategy.num_replicas_in_sync
-        loss_kwargs = self._loss_kwargs()
+        loss_kwargs = {
+            **self._loss_kwargs(),
+            "output_weights": getattr(model, "auxiliary_loss_weights", None),
+        }
         scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def replica_step(images, masks, step):

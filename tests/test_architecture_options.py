@@ -1,0 +1,130 @@
+"""The architecture options of the registry: upsampling convention, input channels,
+training-only auxiliary heads; and the preprocessing modes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_deeplab import SegmentationModel
+from keras_deeplab.heads.common import logits_conv
+from keras_deeplab.layers import Preprocessing, ResizeBilinear
+from keras_deeplab.registry import (
+    ARCHITECTURES,
+    HEADS,
+    Architecture,
+    Head,
+    register_architecture,
+    register_head,
+)
+from keras_deeplab.training.losses import loss_terms
+
+
+def _toy_graph(x, args):
+    return logits_conv(x, args["num_classes"], name="toy_logits")
+
+
+def _register(name, **fields):
+    ARCHITECTURES.pop(name, None)
+    register_architecture(Architecture(name=name, **fields))
+
+
+def _aux_head(x, features, args):
+    return logits_conv(features["stride_8"], args["num_classes"], name="toy_aux_logits")
+
+
+@pytest.fixture(scope="module")
+def aux_architecture():
+    HEADS.pop("toy_aux", None)
+    register_head(Head("toy_aux", build=_aux_head))
+    _register(
+        "toy_aux_arch",
+        heads=lambda args: ("logits",),
+        options={"aux_head": True},
+        default_backbone="mobilenetv2_dm05",
+        auxiliary=lambda args: (("toy_aux", 0.4),) if args["aux_head"] else (),
+    )
+    yield "toy_aux_arch"
+    ARCHITECTURES.pop("toy_aux_arch")
+    HEADS.pop("toy_aux")
+
+
+def test_preprocessing_modes_match_their_formulas():
+    rgb = np.random.default_rng(0).uniform(0, 255, (1, 3, 4, 3)).astype("float32")
+    torch_like = (rgb / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(Preprocessing("torch")(rgb), torch_like, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Preprocessing("unit")(rgb), rgb / 255, rtol=1e-6)
+    np.testing.assert_array_equal(Preprocessing("bgr")(rgb), rgb[..., ::-1])
+    gray = rgb[..., :1]
+    np.testing.assert_allclose(Preprocessing("unit")(gray), gray / 255, rtol=1e-6)
+    with pytest.raises(ValueError, match="torch"):
+        Preprocessing("imagenet")
+
+
+def test_resize_half_pixel_matches_tf_image_resize():
+    x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype("float32")
+    ref = np.zeros((1, 13, 17, 2), "float32")
+    got = ResizeBilinear(align_corners=False)([x, ref])
+    np.testing.assert_allclose(got, tf.image.resize(x, (13, 17), "bilinear"), atol=1e-5)
+    corners = ResizeBilinear()([x, ref])
+    np.testing.assert_allclose(corners[0, -1, -1], x[0, -1, -1], atol=1e-6)  # align corners
+    layer = ResizeBilinear.from_config(ResizeBilinear(align_corners=False).get_config())
+    assert layer.align_corners is False
+
+
+def test_graph_architecture_without_upsampling_takes_any_channels():
+    _register(
+        "toy_gray",
+        graph=_toy_graph,
+        upsample=None,
+        input_channels=None,
+        preprocessing="unit",
+    )
+    try:
+        model = SegmentationModel("toy_gray", num_classes=2, input_shape=(None, None, 1))
+        out = model(np.zeros((1, 9, 11, 1), "float32"))
+        assert out.shape == (1, 9, 11, 2)
+        assert "upsampled_logits" not in [layer.name for layer in model.layers]
+        with pytest.raises(ValueError, match="channel"):
+            SegmentationModel("toy_gray", input_shape=(None, None, 0))
+    finally:
+        ARCHITECTURES.pop("toy_gray")
+
+
+def test_rgb_preprocessing_refuses_other_channel_counts():
+    _register("toy_caffe", graph=_toy_graph, input_channels=None, preprocessing="caffe")
+    try:
+        with pytest.raises(ValueError, match="needs RGB input"):
+            SegmentationModel("toy_caffe", input_shape=(None, None, 1))
+    finally:
+        ARCHITECTURES.pop("toy_caffe")
+
+
+def test_auxiliary_head_is_training_only(aux_architecture, tmp_path):
+    model = SegmentationModel(aux_architecture, num_classes=3)
+    without = SegmentationModel(aux_architecture, num_classes=3, aux_head=False)
+    info = {f["name"]: f["channels"] for f in model.feature_info}
+    aux_params = info["stride_8"] * 3 + 3
+    assert model.count_params() == without.count_params() + aux_params
+    assert model.auxiliary_loss_weights == {"aux": 0.4}
+    assert without.auxiliary_loss_weights == {}
+    image = np.random.default_rng(2).uniform(0, 255, (1, 33, 41, 3)).astype("float32")
+    inference = model(image)
+    assert inference.shape == (1, 33, 41, 3)
+    training = model(image, training=True)
+    assert sorted(training) == ["aux", "logits"]
+    assert training["aux"].shape == (1, 33, 41, 3)
+    assert "toy_aux_logits" not in [layer.name for layer in model.layers]  # inference graph
+    # The weighted loss: logits term + 0.4 * aux term.
+    labels = np.random.default_rng(3).integers(0, 3, (1, 33, 41)).astype("int32")
+    plain = loss_terms(labels, training)
+    weighted = loss_terms(labels, training, output_weights=model.auxiliary_loss_weights)
+    np.testing.assert_allclose(weighted[0][0], 0.4 * plain[0][0], rtol=1e-6)  # "aux" sorts first
+    np.testing.assert_allclose(weighted[1][0], plain[1][0], rtol=1e-6)
+    # Saved and reloaded with the auxiliary weights.
+    path = tmp_path / "aux.keras"
+    model.save(path)
+    same = keras.models.load_model(path)
+    np.testing.assert_array_equal(
+        same(image, training=True)["aux"], model(image, training=True)["aux"]
+    )
