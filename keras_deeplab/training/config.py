@@ -109,13 +109,15 @@ class LossConfig:
 
     Attributes:
         ignore_label: label without loss; None takes the data's (255, or ADE20K's).
-        class_weights: one loss weight per class (None: all 1).
+        class_weights: one loss weight per class (None: all 1), or `"median_frequency"`:
+            SegNet's weights computed from the training labels before the first step
+            (`training.class_weights`; printed and recorded in the run's `config.yaml`).
         top_k_percent_pixels: hard-pixel mining fraction (1.0: all pixels).
         hard_example_mining_step: steps to anneal the kept fraction from 1 to the target.
     """
 
     ignore_label: int | None = None
-    class_weights: list[float] | None = None
+    class_weights: list[float] | Literal["median_frequency"] | None = None
     top_k_percent_pixels: float = 1.0
     hard_example_mining_step: int = 0
 

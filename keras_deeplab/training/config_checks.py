@@ -227,7 +227,7 @@ def check_labels(loss, source, num_classes=None):
         )
     classes = num_classes or data_classes
     weights = loss.class_weights
-    if weights is not None and len(weights) != classes:
+    if isinstance(weights, list) and len(weights) != classes:
         problems.append(
             f"loss.class_weights has {len(weights)} entries but the model predicts {classes} "
             "classes; fix: give one weight per class"

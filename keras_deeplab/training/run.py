@@ -43,6 +43,18 @@ def load_source(data_config, split, evaluation=False):
     return data.load_data(data_config.root, split, **options)
 
 
+def _median_frequency(source, num_classes):
+    """SegNet's median-frequency class weights of the training labels, printed once."""
+    from keras_deeplab.training.class_weights import median_frequency_weights, source_masks
+
+    weights = median_frequency_weights(source_masks(source), num_classes, source.ignore_label)
+    print(
+        f"loss.class_weights: median frequency over {source.name}: "
+        + ", ".join(f"{name} {w:.4f}" for name, w in zip(source.class_names, weights, strict=False))
+    )
+    return weights
+
+
 def model_builder(model_config):
     """A function building the configured model (called by the trainer in the strategy scope)."""
     from keras_deeplab.models import create_model
@@ -96,6 +108,8 @@ def train_from_config(config, overrides=(), strategy=None):
     loss = config.loss
     if loss.ignore_label is None:
         loss = dataclasses.replace(loss, ignore_label=source.ignore_label)
+    if loss.class_weights == "median_frequency":  # recorded in the run's config.yaml
+        loss = dataclasses.replace(loss, class_weights=_median_frequency(source, model.num_classes))
     train = config.train
     if train.steps_per_epoch is None:
         per_epoch = data.steps_per_epoch(source, train.batch_size)
