@@ -59,6 +59,9 @@ NAMES = [
     "context_mobilenetv2",
     "dilation8_camvid",
     "dilation8_voc",
+    "context_mobilenetv2",
+    "dilation8_camvid",
+    "dilation8_voc",
 ]
 SIZE = (33, 41)
 NUM_CLASSES = 3

@@ -17,3 +17,4 @@ Example:
 from keras_deeplab.architectures import deeplabv1, deeplabv2, deeplabv3, deeplabv3plus  # noqa: F401
 from keras_deeplab.architectures import segnet as segnet  # noqa: F401
 from keras_deeplab.architectures import parsenet  # noqa: F401
+from keras_deeplab.architectures import dilation  # noqa: F401
