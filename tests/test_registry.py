@@ -62,6 +62,12 @@ NAMES = [
     "context_mobilenetv2",
     "dilation8_camvid",
     "dilation8_voc",
+    "fcn32s",
+    "fcn16s",
+    "fcn8s",
+    "fcn8s_atonce",
+    "fcn_resnet50",
+    "fcn_resnet101",
 ]
 SIZE = (33, 41)
 NUM_CLASSES = 3

@@ -18,3 +18,4 @@ from keras_deeplab.architectures import deeplabv1, deeplabv2, deeplabv3, deeplab
 from keras_deeplab.architectures import segnet as segnet  # noqa: F401
 from keras_deeplab.architectures import parsenet  # noqa: F401
 from keras_deeplab.architectures import dilation  # noqa: F401
+from keras_deeplab.architectures import fcn, fcn_resnet  # noqa: F401

@@ -20,3 +20,4 @@ Example:
 
 from keras_deeplab.heads import aspp, aspp_v2, cascade, common, decoder, largefov  # noqa: F401
 from keras_deeplab.heads import context, parsenet  # noqa: F401
+from keras_deeplab.heads import fcn  # noqa: F401
