@@ -68,6 +68,9 @@ NAMES = [
     "fcn8s_atonce",
     "fcn_resnet50",
     "fcn_resnet101",
+    "pspnet50",
+    "pspnet101",
+    "pspnet_mobilenetv2",
 ]
 SIZE = (33, 41)
 NUM_CLASSES = 3

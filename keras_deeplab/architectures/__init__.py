@@ -17,5 +17,6 @@ Example:
 from keras_deeplab.architectures import deeplabv1, deeplabv2, deeplabv3, deeplabv3plus  # noqa: F401
 from keras_deeplab.architectures import segnet as segnet  # noqa: F401
 from keras_deeplab.architectures import parsenet  # noqa: F401
+from keras_deeplab.architectures import pspnet  # noqa: F401
 from keras_deeplab.architectures import dilation  # noqa: F401
 from keras_deeplab.architectures import fcn, fcn_resnet  # noqa: F401

@@ -21,3 +21,4 @@ Example:
 from keras_deeplab.heads import aspp, aspp_v2, cascade, common, decoder, largefov  # noqa: F401
 from keras_deeplab.heads import context, parsenet  # noqa: F401
 from keras_deeplab.heads import fcn  # noqa: F401
+from keras_deeplab.heads import ppm  # noqa: F401
