@@ -22,3 +22,4 @@ from keras_deeplab.heads import aspp, aspp_v2, cascade, common, decoder, largefo
 from keras_deeplab.heads import context, parsenet  # noqa: F401
 from keras_deeplab.heads import fcn  # noqa: F401
 from keras_deeplab.heads import ppm  # noqa: F401
+from keras_deeplab.heads import refinenet, upernet  # noqa: F401
