@@ -203,6 +203,32 @@ CHANNEL_AGNOSTIC_MODES = ("symmetric", "unit")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class ModelSpec(keras.layers.Layer):
+    """The last layer of every `SegmentationModel`: passes its input through unchanged and
+    carries the model's arguments and properties (JSON text) in its config, so that a copy
+    of the graph (`keras.models.clone_model`) is a `SegmentationModel` again. No weights, no
+    op in SavedModel or TFLite graphs."""
+
+    def __init__(self, model_config, model_spec, **kwargs):
+        super().__init__(**kwargs)
+        self.model_config = model_config
+        self.model_spec = model_spec
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "model_config": self.model_config,
+            "model_spec": self.model_spec,
+        }
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Preprocessing(keras.layers.Layer):
     """Maps RGB values in [0, 255] to a backbone's input convention. No weights.
 

@@ -200,7 +200,7 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
                     layer, fold, dtype_policy, space_to_batch, share_layers, cache
                 )
             return cache[id(layer)](*args, **kwargs)
-        if layer.name in skip:
+        if layer.name in skip or isinstance(layer, deeplab_layers.ModelSpec):  # new model: own spec
             return args[0]
         if layer.name in pairs:
             return _folded_conv(layer, pairs[layer.name], args[0], dtype_policy, space_to_batch)

@@ -98,6 +98,10 @@ class Architecture:
             Their weights are part of the model; its inference graph (`model(x)`, exports)
             has only the main logits, and `model(x, training=True)` returns
             `{"logits": ..., "aux": ..., "aux_1": ...}`.
+        overlap_tile: `(args, side) -> (before, after) | None`, for architectures whose logits
+            are smaller than their input (valid U-Net): the mirror padding of an image side of
+            `side` pixels after which the output covers it (the first `side` output pixels
+            belong to the image; `before` must equal the border the network loses).
         description: one line for readers of `list_architectures()`.
     """
 
@@ -114,6 +118,7 @@ class Architecture:
     upsample: str | None = "align_corners"
     input_channels: int | None = 3
     auxiliary: Callable | None = None
+    overlap_tile: Callable | None = None
     description: str = ""
 
     def arguments(self):

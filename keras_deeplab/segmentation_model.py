@@ -15,10 +15,10 @@ Saving and loading:
   imported. Without the import Keras cannot find the class; its error reads
   "Could not locate class 'SegmentationModel'" and the config it prints names the module
   (`keras_deeplab.segmentation_model`): import keras_deeplab and load again.
-* `keras.models.clone_model(model)` returns a plain Keras `Functional` (Keras 3.15 rebuilds
-  every functional subclass with the `Functional` constructor) without these properties;
-  `model.clone()` returns a `SegmentationModel` with the same arguments (new weights, or
-  the same values with `copy_weights=True`).
+* `keras.models.clone_model(model)` returns a `SegmentationModel` with the same arguments
+  and properties (new layers; its last layer, `ModelSpec`, carries them), without the
+  training-only auxiliary heads; `model.clone()` rebuilds from the arguments (new weights,
+  or the same values with `copy_weights=True`) and keeps them.
 
 Example:
 
@@ -42,7 +42,13 @@ import keras_deeplab.architectures  # noqa: F401 - registers the architectures a
 from keras_deeplab import optimize
 from keras_deeplab.backbones import backbone_graph, preprocessing_mode, resolve_backbone_name
 from keras_deeplab.backbones.common import check_input_shape, check_output_stride, frozen_config
-from keras_deeplab.layers import CHANNEL_AGNOSTIC_MODES, PACKAGE, Preprocessing, ResizeBilinear
+from keras_deeplab.layers import (
+    CHANNEL_AGNOSTIC_MODES,
+    PACKAGE,
+    ModelSpec,
+    Preprocessing,
+    ResizeBilinear,
+)
 from keras_deeplab.registry import check_arguments, get_architecture, get_head
 
 ACTIVATIONS = (None, "softmax", "sigmoid")
@@ -58,6 +64,17 @@ SPEC_KEYS = (
     "feature_info",
     "auxiliary_loss_weights",
 )
+
+
+SPEC_LAYER = "model_spec"
+
+
+def _is_graph(value):
+    """True for the `inputs` of the functional form `SegmentationModel(inputs, outputs)`."""
+    tensors = value.values() if isinstance(value, dict) else value
+    if isinstance(value, (list, tuple, dict)):
+        return bool(tensors) and all(isinstance(t, keras.KerasTensor) for t in tensors)
+    return isinstance(value, keras.KerasTensor)
 
 
 def check_num_classes(num_classes):
@@ -252,8 +269,17 @@ class SegmentationModel(keras.Model):
         name=None,
         trainable=True,
         dtype=None,
+        *graph,
         **options,
     ):
+        if graph:
+            raise TypeError(
+                f"SegmentationModel takes its arguments by keyword after dtype; got {len(graph)} "
+                "more positional argument(s)."
+            )
+        if _is_graph(architecture):  # SegmentationModel(inputs, outputs, name=...)
+            self._init_from_graph(architecture, backbone, name, trainable, dtype)
+            return
         arch, args = resolve_arguments(
             architecture,
             {
@@ -300,12 +326,28 @@ class SegmentationModel(keras.Model):
 
     def _init_graph(self, inputs, outputs, config, spec, name, trainable, dtype):
         """The functional-model initialisation shared by every construction path."""
+        # JSON text: the form a `.keras` file gives back, and not wrapped by layer tracking.
+        config = frozen_config(config)
+        spec = frozen_config({key: spec.get(key) for key in SPEC_KEYS})
+        outputs = ModelSpec(config, spec, name=SPEC_LAYER)(outputs)
         super().__init__(
             inputs=inputs, outputs=outputs, name=name, trainable=trainable, dtype=dtype
         )
-        # JSON text: the form a `.keras` file gives back, and not wrapped by layer tracking.
-        self._config = frozen_config(config)
-        self._spec = frozen_config({key: spec.get(key) for key in SPEC_KEYS})
+        self._config, self._spec = config, spec
+
+    def _init_from_graph(self, inputs, outputs, name, trainable, dtype):
+        """A copy of a SegmentationModel's graph (what `keras.models.clone_model` passes):
+        arguments and properties from its `ModelSpec` layer. Training-only auxiliary heads
+        are not in the graph, so the copy has none (`model.clone()` keeps them)."""
+        super().__init__(inputs=inputs, outputs=outputs, name=name, trainable=trainable)
+        card = next((layer for layer in self.layers if isinstance(layer, ModelSpec)), None)
+        if card is None:
+            raise ValueError(
+                "SegmentationModel(inputs, outputs) takes the graph of a SegmentationModel "
+                "(keras.models.clone_model does); for any other graph use "
+                "keras.Model(inputs, outputs), or build by name with keras_deeplab.create_model."
+            )
+        self._config, self._spec = card.model_config, card.model_spec
 
     @classmethod
     def _from_graph(cls, inputs, outputs, config, spec, name, trainable=True, dtype=None):
@@ -361,6 +403,15 @@ class SegmentationModel(keras.Model):
         if getattr(self, "_training_graph", None) is None:
             return {}
         return dict(self._spec_value("auxiliary_loss_weights") or {})
+
+    def overlap_tile_padding(self, side):
+        """`(before, after)` mirror padding of an image side of `side` pixels for models whose
+        logits are smaller than their input (valid U-Net; the first `side` output pixels are
+        the image's), None for the others (their output has the input's size)."""
+        arch = get_architecture(self.architecture)
+        if arch.overlap_tile is None:
+            return None
+        return arch.overlap_tile(json.loads(self._config), int(side))
 
     def call(self, inputs, training=None, mask=None):
         if training and getattr(self, "_training_graph", None) is not None:

@@ -128,3 +128,46 @@ def test_auxiliary_head_is_training_only(aux_architecture, tmp_path):
     np.testing.assert_array_equal(
         same(image, training=True)["aux"], model(image, training=True)["aux"]
     )
+
+
+def test_losses_compare_smaller_logits_with_the_label_centre():
+    from keras_deeplab.training.losses import pixel_losses
+
+    labels = np.random.default_rng(4).integers(0, 2, (1, 9, 11)).astype("int32")
+    logits = np.random.default_rng(5).normal(size=(1, 5, 7, 2)).astype("float32")
+    cropped, _ = pixel_losses(labels, logits)
+    expected, _ = pixel_losses(labels[:, 2:7, 2:9], logits)
+    np.testing.assert_allclose(cropped, expected)
+
+
+def test_segmenter_overlap_tile_for_models_with_smaller_logits():
+    """A valid-padding graph (output = input - 2 * 3) evaluated by mirror padding: the
+    Segmenter's labels have the image's size and equal the network on the mirrored image."""
+    from keras_deeplab.evaluation import Segmenter
+
+    def valid_graph(x, args):
+        y = keras.layers.Conv2D(4, 7, padding="valid", name="valid_conv")(x)
+        return logits_conv(y, args["num_classes"], name="valid_logits")
+
+    _register(
+        "toy_valid",
+        graph=valid_graph,
+        upsample=None,
+        input_channels=None,
+        preprocessing="unit",
+        overlap_tile=lambda args, side: (3, 3),
+    )
+    try:
+        model = SegmentationModel("toy_valid", num_classes=2, input_shape=(None, None, 1))
+        assert model.overlap_tile_padding(10) == (3, 3)
+        image = np.random.default_rng(6).uniform(0, 255, (10, 13, 1)).astype("float32")
+        probs = Segmenter(model).predict_proba(image)[0]
+        assert probs.shape == (10, 13, 2)
+        mirrored = np.pad(image, ((3, 3), (3, 3), (0, 0)), mode="reflect")
+        logits = np.asarray(model(mirrored[None]))[0]
+        np.testing.assert_array_equal(probs.argmax(-1), logits.argmax(-1))
+        # RGB input to a 1-channel model: its luma.
+        rgb = np.repeat(image, 3, axis=-1)
+        np.testing.assert_allclose(Segmenter(model).predict_proba(rgb)[0], probs, atol=1e-3)
+    finally:
+        ARCHITECTURES.pop("toy_valid")

@@ -19,6 +19,7 @@ import keras_deeplab
 from keras_deeplab import SegmentationModel, create_model, list_models
 from keras_deeplab.backbones import preprocessing_mode
 from keras_deeplab.models import model_architecture
+from keras_deeplab.optimize import optimize_for_inference
 from keras_deeplab.registry import ARCHITECTURES, Architecture, Head, get_architecture
 
 # The registered names before the registry existed (issue 14 keeps every one).
@@ -59,9 +60,6 @@ NAMES = [
     "context_mobilenetv2",
     "dilation8_camvid",
     "dilation8_voc",
-    "context_mobilenetv2",
-    "dilation8_camvid",
-    "dilation8_voc",
     "fcn32s",
     "fcn16s",
     "fcn8s",
@@ -71,6 +69,8 @@ NAMES = [
     "pspnet50",
     "pspnet101",
     "pspnet_mobilenetv2",
+    "unet",
+    "unet_same",
 ]
 SIZE = (33, 41)
 NUM_CLASSES = 3
@@ -140,7 +140,7 @@ def test_every_registered_model(name, tmp_path):
         assert [i["stride"] for i in info] == sorted(i["stride"] for i in info)
     assert model.name == name and model.get_config()["name"] == name
 
-    rebuilt = SegmentationModel.from_config(model.get_config())
+    rebuilt = type(model).from_config(model.get_config())
     assert rebuilt.get_config() == model.get_config()
     assert rebuilt.count_params() == model.count_params()
     if model.count_params() > ROUND_TRIP_MAX_PARAMS:
@@ -245,9 +245,17 @@ def test_msc_model_properties_and_round_trip(tmp_path):
 
 def test_clone_model_and_clone():
     model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=NUM_CLASSES)
-    # Keras 3.15 rebuilds any functional subclass with the Functional constructor.
-    cloned = keras.models.clone_model(model)
-    assert type(cloned).__name__ == "Functional" and not hasattr(cloned, "output_stride")
+    cloned = keras.models.clone_model(model)  # new layers, fresh weights, same class
+    assert type(cloned) is SegmentationModel and _properties(cloned) == _properties(model)
+    assert cloned.get_config() == model.get_config()
+    cloned.set_weights(model.get_weights())
+    np.testing.assert_array_equal(np.asarray(cloned(_image())), np.asarray(model(_image())))
+    optimized = keras.models.clone_model(optimize_for_inference(model))
+    assert optimized.get_config()["inference"]["fold"] is True
+    assert _properties(optimized) == _properties(model)
+    with pytest.raises(ValueError, match="keras.Model\\(inputs, outputs\\)"):
+        image = keras.Input((None, None, 3))
+        SegmentationModel(image, keras.layers.Conv2D(2, 1)(image))
     same = model.clone(copy_weights=True)
     assert type(same) is SegmentationModel and _properties(same) == _properties(model)
     assert same.get_config() == model.get_config()

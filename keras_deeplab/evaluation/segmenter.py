@@ -183,7 +183,22 @@ class Segmenter:
 
     # --- planning ----------------------------------------------------------------------
 
-    def _pad(self, array, height, width):
+    def _input_plan(self, height, width):
+        """`(padded height, padded width, (top, left) mirror padding or None)` of a tile."""
+        tile = getattr(self.model, "overlap_tile_padding", None)
+        rows = tile(height) if tile is not None else None
+        if rows is None:
+            return (
+                padded_size(height, self.output_stride),
+                padded_size(width, self.output_stride),
+                None,
+            )
+        cols = tile(width)
+        return height + sum(rows), width + sum(cols), (rows, cols)
+
+    def _pad(self, array, height, width, mirror=None):
+        if mirror is not None:  # overlap-tile: the image mirrored around its borders
+            return np.pad(array, (*mirror, (0, 0)), mode="reflect")
         pad_h, pad_w = height - array.shape[0], width - array.shape[1]
         if pad_h == 0 and pad_w == 0:
             return array
@@ -268,12 +283,10 @@ class Segmenter:
                 }
                 for top, left, tile in tiles:
                     tile_h, tile_w = tile.shape[:2]
-                    key = (
-                        padded_size(tile_h, self.output_stride),
-                        padded_size(tile_w, self.output_stride),
-                    )
+                    *key, mirror = self._input_plan(tile_h, tile_w)
+                    key = tuple(key)
                     pending.setdefault(key, []).append(
-                        (view, top, left, tile_h, tile_w, self._pad(tile, *key))
+                        (view, top, left, tile_h, tile_w, self._pad(tile, *key, mirror))
                     )
                     if len(pending[key]) >= self.batch_size:
                         flush(key)
@@ -296,16 +309,7 @@ class Segmenter:
             images = list(np.asarray(images))
         prepared = []
         for i, image in enumerate(images):
-            image = np.asarray(image)
-            if image.ndim == 3 and image.shape[-1] == 1:
-                image = image[..., 0]
-            if image.ndim == 2:  # grayscale -> RGB
-                image = np.repeat(image[..., None], 3, axis=-1)
-            if image.ndim != 3 or image.shape[-1] != 3:
-                raise ValueError(
-                    f"image {i} has shape {image.shape}; Segmenter takes RGB images [H, W, 3] "
-                    "(grayscale [H, W] is repeated to RGB; drop the alpha channel of RGBA)."
-                )
+            image = self._match_channels(np.asarray(image), i)
             if min(image.shape[:2]) < 1:
                 raise ValueError(f"image {i} is empty: shape {image.shape}.")
             if self.pad_value > 1.0 and image.dtype.kind == "f" and 0.0 < image.max() <= 1.0:
@@ -316,6 +320,25 @@ class Segmenter:
                 )
             prepared.append(image)
         return prepared
+
+    def _match_channels(self, image, i):
+        """`image` as the model's channels: RGB models take grayscale repeated to RGB,
+        1-channel models take RGB as its luma (ITU-R 601, as `tf.image.rgb_to_grayscale`)."""
+        channels = self.model.input_shape[-1] or 3
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim == 2:
+            return np.repeat(image[..., None], channels, axis=-1)
+        if image.ndim == 3 and channels == 1 and image.shape[-1] == 3:
+            luma = image.astype(np.float32) @ np.float32([0.2989, 0.587, 0.114])
+            return luma[..., None]
+        if image.ndim != 3 or image.shape[-1] != channels:
+            kind = "RGB images [H, W, 3]" if channels == 3 else f"{channels}-channel images"
+            raise ValueError(
+                f"image {i} has shape {image.shape}; the model takes {kind} (grayscale [H, W] "
+                "is repeated to the model's channels; drop the alpha channel of RGBA)."
+            )
+        return image
 
     def predict_proba(self, images):
         """Class probabilities per image.

@@ -22,6 +22,17 @@ import tensorflow as tf
 from keras_deeplab import _compat
 
 
+def centre_crop_like(labels, logits):
+    """`labels` ([B, H, W] or [B, H, W, 1]) cropped about the centre to the spatial size of
+    `logits` ([B, h, w, C], h <= H, w <= W); unchanged when the sizes are equal."""
+    if labels.shape[1:3] == logits.shape[1:3] and None not in labels.shape[1:3]:
+        return labels
+    size = tf.shape(labels)[1:3]
+    target = tf.shape(logits)[1:3]
+    offset = (size - target) // 2
+    return labels[:, offset[0] : offset[0] + target[0], offset[1] : offset[1] + target[1]]
+
+
 def pixel_losses(labels, logits, ignore_label=255, class_weights=None):
     """Weighted per-pixel cross-entropy and validity mask, both flat `[N]` float32.
 
@@ -33,7 +44,11 @@ def pixel_losses(labels, logits, ignore_label=255, class_weights=None):
         logits: `[B, H, W, C]` logits (any float dtype; computed in float32).
         ignore_label: label value that contributes nothing.
         class_weights: optional length-C sequence of per-class loss weights.
+
+    Logits smaller than the labels (a valid-padding U-Net's) are compared with the labels'
+    centre crop of their size, the region they predict.
     """
+    labels = centre_crop_like(labels, logits)
     num_classes = logits.shape[-1]
     logits = tf.reshape(tf.cast(logits, tf.float32), [-1, num_classes])
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])

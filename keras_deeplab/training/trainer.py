@@ -38,7 +38,12 @@ from keras_deeplab.training.batchnorm import batch_norm_mode
 from keras_deeplab.training.checkpoint import TrainingCheckpoint
 from keras_deeplab.training.config import TrainConfig, load_config
 from keras_deeplab.training.distribute import task_info
-from keras_deeplab.training.losses import loss_terms, regularized_weights, weight_decay_loss
+from keras_deeplab.training.losses import (
+    centre_crop_like,
+    loss_terms,
+    regularized_weights,
+    weight_decay_loss,
+)
 from keras_deeplab.training.optim import (
     build_optimizer,
     default_weight_decay,
@@ -149,6 +154,13 @@ def _epoch_datasets(train_data):
     if "skip_batches" in inspect.signature(train_data).parameters:
         return lambda seed, skip: train_data(seed, skip_batches=skip)
     return lambda seed, skip: train_data(seed).skip(skip) if skip else train_data(seed)
+
+
+def match_channels(images, model):
+    """RGB batches as a 1-channel model's input (their luma); others unchanged."""
+    if model.input_shape[-1] == 1 and images.shape[-1] == 3:
+        return tf.image.rgb_to_grayscale(images)
+    return images
 
 
 def _logits(outputs):
@@ -287,7 +299,7 @@ class Trainer:
         def replica_step(images, masks, step):
             context = tf.distribute.get_replica_context()
             with tf.GradientTape() as tape:
-                outputs = model(images, training=True)
+                outputs = model(match_channels(images, model), training=True)
                 terms = loss_terms(masks, outputs, step=step, **loss_kwargs)
                 counts = context.all_reduce(SUM, [tf.stop_gradient(c) for _, c in terms])
                 data_loss = tf.add_n(
@@ -321,7 +333,8 @@ class Trainer:
         ignore_label = self._loss_kwargs()["ignore_label"]
 
         def replica_eval(images, masks):
-            logits = _logits(model(images, training=False))
+            logits = _logits(model(match_channels(images, model), training=False))
+            masks = centre_crop_like(masks, logits)
             return batch_confusion_matrix(masks, logits, logits.shape[-1], ignore_label)
 
         @tf.function(reduce_retracing=True)
@@ -359,8 +372,9 @@ class Trainer:
         if preview is None or writer.log_dir is None:
             return
         images, masks = preview
-        logits = _logits(self.model(images, training=False))
+        logits = _logits(self.model(match_channels(images, self.model), training=False))
         predictions = np.argmax(np.asarray(logits, np.float32), axis=-1)
+        images, masks = centre_crop_like(images, logits), centre_crop_like(masks, logits)
         grid = overlay_grid(
             np.asarray(images), np.asarray(masks), predictions, self._loss_kwargs()["ignore_label"]
         )
