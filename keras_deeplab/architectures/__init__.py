@@ -21,3 +21,4 @@ from keras_deeplab.architectures import pspnet  # noqa: F401
 from keras_deeplab.architectures import dilation  # noqa: F401
 from keras_deeplab.architectures import fcn, fcn_resnet  # noqa: F401
 from keras_deeplab.architectures import refinenet, upernet  # noqa: F401
+from keras_deeplab.architectures import unet  # noqa: F401
