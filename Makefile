@@ -56,4 +56,4 @@ $(PARITY_STAMP): benchmarks/parity/requirements.txt
 parity-venv: $(PARITY_STAMP)
 
 parity: $(STAMP) $(PARITY_STAMP)
-	$(BIN)/python -m benchmarks.parity --docs
+	$(BIN)/python -m benchmarks.parity

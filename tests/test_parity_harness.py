@@ -488,3 +488,22 @@ def test_docs_parity_table_is_current():
         "docs/parity.md's table is stale: run `python -m benchmarks.parity --no-run --docs`"
     )
     assert "conv_bn/stack" in data["results"]
+
+
+def test_concurrent_merges_lose_no_row(tmp_path):
+    """Several helpers run the driver at once: every process's rows end up in the JSON."""
+    import subprocess
+
+    out = tmp_path / "parity.json"
+    code = (
+        "import sys; from benchmarks.parity import driver\n"
+        "for i in range(20):\n"
+        "    with driver.results_lock(sys.argv[1]):\n"
+        "        driver.merge_results(sys.argv[1], [{'system': sys.argv[2], 'case': str(i)}])\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(out), f"s{k}"], cwd=driver.ROOT)
+        for k in range(3)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    assert len(json.loads(out.read_text())["results"]) == 60

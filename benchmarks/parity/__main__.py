@@ -17,13 +17,18 @@ def main(argv=None):
     parser.add_argument("--out", default=str(driver.DEFAULT_OUT), help="results JSON (merged)")
     parser.add_argument("--torch-python", help="python of the torch venv (default: the venv's)")
     parser.add_argument(
-        "--docs", action="store_true", help="rewrite docs/parity.md's table from the JSON"
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rewrite docs/parity.md's table from the JSON (default: when --out is the default)",
     )
     parser.add_argument(
         "--no-run", action="store_true", help="run nothing (with --docs: only rewrite the table)"
     )
     parser.add_argument("--list", action="store_true", help="list the systems and their cases")
     args = parser.parse_args(argv)
+    if args.docs is None:
+        args.docs = Path(args.out).resolve() == driver.DEFAULT_OUT.resolve()
     if args.list:
         for name in driver.discover_systems():
             print(f"{name}: {', '.join(driver.load_system(name).CASES)}")
@@ -31,8 +36,9 @@ def main(argv=None):
     if args.no_run:
         if args.docs:
             out = Path(args.out)
-            data = json.loads(out.read_text()) if out.exists() else {"results": {}}
-            driver.rewrite_docs(data)
+            with driver.results_lock(out):
+                data = json.loads(out.read_text()) if out.exists() else {"results": {}}
+                driver.rewrite_docs(data)
         return 0
     systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else None
     try:

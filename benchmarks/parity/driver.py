@@ -7,6 +7,10 @@ merged into the JSON (keyed "system/case", other rows kept). Exit status 1 when 
 (difference above the bound, or an error on either side).
 """
 
+import contextlib
+import fcntl
+import gc
+import hashlib
 import importlib
 import json
 import os
@@ -114,8 +118,24 @@ def error_row(system, case, error):
     return {"system": system, "case": case, "passed": False, "error": str(error)}
 
 
+@contextlib.contextmanager
+def results_lock(path):
+    """An exclusive lock for read-merge-write of the JSON at `path` (several runs at once)."""
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"keras_deeplab_parity_{digest}.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def merge_results(path, rows):
-    """Merges `rows` into the JSON at `path` (keyed "system/case"; other rows kept); returns it."""
+    """Merges `rows` into the JSON at `path` (keyed "system/case"; other rows kept); returns it.
+
+    Callers running concurrently hold `results_lock(path)` around it (`run` does).
+    """
     path = Path(path)
     data = json.loads(path.read_text()) if path.exists() else {}
     results = data.get("results", {})
@@ -188,7 +208,16 @@ def run(systems=None, out=DEFAULT_OUT, python=None, docs=None, extra_path=(), lo
                 except Exception as err:  # noqa: BLE001 - recorded in the row, reported below
                     row = error_row(name, case, f"{type(err).__name__}: {err}")
                 rows.append(row)
-    data = merge_results(out, rows)
-    if docs:
-        rewrite_docs(data, docs)
+                _release_keras()
+    with results_lock(out):
+        data = merge_results(out, rows)
+        if docs:
+            rewrite_docs(data, docs)
     return rows, data
+
+
+def _release_keras():
+    """Frees the Keras models of the case just run (several large models in one process)."""
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+    gc.collect()
