@@ -1,0 +1,264 @@
+"""One precision switch for inference and training: capability check and resolution.
+
+API (used by the inference paths and by training's `train.precision`):
+
+* `PRECISIONS = ("auto", "float32", "bfloat16", "float16")`: the allowed values.
+* `native_precision()` -> `"bfloat16"` on a CPU with AMX (`amx_bf16` in /proc/cpuinfo) or
+  a GPU of compute capability >= 8.0, `"float16"` on older GPUs, `"float32"` otherwise.
+  A capability check (CPU flags, `tf.config.experimental.get_device_details`), never a
+  timing. `native_reason()` says why, e.g. `"CPU has amx_bf16"`.
+* `resolve_precision(precision, purpose="inference")` -> the concrete precision
+  (`"float32"`, `"bfloat16"` or `"float16"`). `"auto"` -> `native_precision()`. Errors: an
+  unknown value (lists the allowed ones); `"float16"` without a GPU (suggests bfloat16).
+  `"bfloat16"` without native support works and warns once per process that it is slower.
+* `describe_choice(precision, purpose="inference")` -> one line for CLI output and
+  reports, e.g. `"precision auto -> bfloat16 (CPU has amx_bf16)"`.
+* `dtype_policy(precision)` -> the Keras dtype policy name: `"mixed_bfloat16"`,
+  `"mixed_float16"` or None (float32). Variables stay float32 under both mixed policies;
+  the models keep softmax/argmax in float32 (`optimize_for_inference` casts the logits back
+  to float32; the Segmenter takes the argmax on those).
+* `verify_precision(model, precision, images, labels)` -> argmax agreement and mIoU of a
+  reduced-precision inference model against float32 on the same images (a `dict`).
+
+Example:
+
+```python
+from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
+
+precision = resolve_precision("auto")  # "bfloat16" on an AMX Xeon, "float32" elsewhere
+policy = dtype_policy(precision)  # "mixed_bfloat16" or None
+print(describe_choice("auto"))  # precision auto -> bfloat16 (CPU has amx_bf16)
+```
+"""
+
+import functools
+import warnings
+
+import numpy as np
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PURPOSES = ("inference", "training")
+# Compute capability from which a GPU has bfloat16 tensor cores (Ampere).
+BF16_GPU_CAPABILITY = (8, 0)
+_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+_warned = set()
+
+
+@functools.lru_cache(maxsize=1)
+def _hardware():
+    """`(cpu_flags, gpus)`: the set of /proc/cpuinfo flags and `[(name, (major, minor))]`."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    gpus = []
+    try:
+        import tensorflow as tf
+
+        for device in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(device) or {}
+            capability = tuple(details.get("compute_capability") or (0, 0))
+            gpus.append((details.get("device_name", device.name), capability))
+    except (ImportError, RuntimeError, ValueError):
+        pass
+    return frozenset(flags), tuple(gpus)
+
+
+def _native():
+    """`(precision, reason)` of this machine's native reduced precision."""
+    flags, gpus = _hardware()
+    if gpus:
+        name, capability = min(gpus, key=lambda g: g[1])  # the weakest GPU decides
+        label = f"GPU {name} compute capability {capability[0]}.{capability[1]}"
+        if capability >= BF16_GPU_CAPABILITY:
+            return "bfloat16", label
+        return "float16", label
+    if "amx_bf16" in flags:
+        return "bfloat16", "CPU has amx_bf16"
+    if "avx512_bf16" in flags:
+        return "float32", "CPU has avx512_bf16 but no AMX: bfloat16 is not faster there"
+    return "float32", "CPU without a bfloat16 unit (no amx_bf16)"
+
+
+def native_precision():
+    """The precision this machine runs fastest natively: "bfloat16", "float16" or "float32".
+
+    Example:
+        >>> native_precision()  # on an AMX Xeon
+        'bfloat16'
+    """
+    return _native()[0]
+
+
+def native_reason():
+    """Why `native_precision()` chose what it did, e.g. "CPU has amx_bf16"."""
+    return _native()[1]
+
+
+def _check(precision, purpose):
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}.")
+    if precision is None:
+        return "float32"
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not allowed; use one of {', '.join(PRECISIONS)} "
+            f"('auto' picks bfloat16 on AMX CPUs and recent GPUs, float32 otherwise)."
+        )
+    return precision
+
+
+def resolve_precision(precision, purpose="inference"):
+    """The concrete precision ("float32", "bfloat16" or "float16") for `precision`.
+
+    Args:
+        precision: one of `PRECISIONS` (None means "float32").
+        purpose: "inference" or "training" (only changes the messages).
+
+    Raises:
+        ValueError: unknown precision, or "float16" on a machine without a GPU.
+
+    Example:
+        >>> resolve_precision("auto")  # an AMX Xeon
+        'bfloat16'
+    """
+    precision = _check(precision, purpose)
+    if precision == "auto":
+        return native_precision()
+    _, gpus = _hardware()
+    if precision == "float16" and not gpus:
+        raise ValueError(
+            f"precision='float16' for {purpose} needs a GPU and none is visible: CPUs have "
+            f"no fast float16 path. Use precision='bfloat16' (native on CPUs with AMX) or "
+            f"'auto'."
+        )
+    if precision == "bfloat16" and native_precision() != "bfloat16":
+        key = ("bfloat16", purpose)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(
+                f"precision='bfloat16' for {purpose}: this machine has no native bfloat16 "
+                f"unit ({native_reason()}), so it will run slower than float32 (results stay "
+                f"valid). Use precision='auto' to get the fastest supported precision.",
+                stacklevel=2,
+            )
+    return precision
+
+
+def describe_choice(precision="auto", purpose="inference"):
+    """One line stating the choice, e.g. "precision auto -> bfloat16 (CPU has amx_bf16)".
+
+    Example:
+        >>> describe_choice("float32")
+        'precision float32'
+    """
+    precision = _check(precision, purpose)
+    if precision == "auto":
+        return f"precision auto -> {native_precision()} ({native_reason()})"
+    resolved = resolve_precision(precision, purpose)
+    if resolved == "float32":
+        return "precision float32"
+    native = native_precision() == resolved
+    return f"precision {resolved} ({'native' if native else 'not native'}: {native_reason()})"
+
+
+def dtype_policy(precision):
+    """Keras dtype policy name for a precision: "mixed_bfloat16", "mixed_float16" or None.
+
+    "auto" is resolved first (`resolve_precision`).
+
+    Example:
+        >>> dtype_policy("bfloat16")
+        'mixed_bfloat16'
+    """
+    return _POLICIES[resolve_precision(precision)]
+
+
+def _confusion(predictions, labels, num_classes, ignore_label):
+    valid = labels != ignore_label
+    index = labels[valid].astype(np.int64) * num_classes + predictions[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def _miou(confusion):
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    present = union > 0
+    return float(np.mean(tp[present] / union[present])) if present.any() else float("nan")
+
+
+def verify_precision(model, precision, images, labels=None, ignore_label=255, reference=None):
+    """Argmax agreement and mIoU of `model` run in `precision` against float32.
+
+    Both sides go through `Segmenter` (its default inference path: BN folded, float32
+    softmax/argmax); the reduced side additionally computes under `dtype_policy(precision)`.
+
+    Args:
+        model: a keras_deeplab model (float32 weights).
+        precision: "bfloat16", "float16" or "auto" (a float32 resolution compares float32
+            with itself: agreement 1.0).
+        images: a list of [H, W, 3] uint8 images.
+        labels: optional list of [H, W] label maps (`ignore_label` skipped) for the mIoUs.
+        reference: optional list of float32 argmax maps already computed for `images`.
+
+    Returns:
+        `{"precision", "images", "pixels", "agreement", "miou_float32", "miou",
+        "miou_difference"}` (the mIoU entries None without labels).
+
+    Example:
+        >>> verify_precision(model, "bfloat16", images, labels)["agreement"]
+        0.9987
+    """
+    from keras_deeplab.evaluation.segmenter import Segmenter
+
+    resolved = resolve_precision(precision)
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(
+            f"verify_precision got {len(images)} images but {len(labels)} labels; pass one "
+            f"label map per image (or labels=None for the agreement only)."
+        )
+    if reference is None:
+        reference = Segmenter(model, precision="float32").predict(images)
+    reduced = Segmenter(model, precision=resolved).predict(images)
+    same = sum(int(np.sum(a == b)) for a, b in zip(reference, reduced, strict=True))
+    pixels = sum(int(a.size) for a in reference)
+    result = {
+        "precision": resolved,
+        "images": len(images),
+        "pixels": pixels,
+        "agreement": same / max(pixels, 1),
+        "miou_float32": None,
+        "miou": None,
+        "miou_difference": None,
+    }
+    if labels is not None:
+        num_classes = int(model.output_shape[-1])
+        labels = [np.asarray(y) for y in labels]
+        conf32 = sum(
+            _confusion(p, y, num_classes, ignore_label)
+            for p, y in zip(reference, labels, strict=True)
+        )
+        conf = sum(
+            _confusion(p, y, num_classes, ignore_label)
+            for p, y in zip(reduced, labels, strict=True)
+        )
+        result["miou_float32"] = _miou(conf32)
+        result["miou"] = _miou(conf)
+        result["miou_difference"] = result["miou"] - result["miou_float32"]
+    return result
+
+
+__all__ = [
+    "PRECISIONS",
+    "describe_choice",
+    "dtype_policy",
+    "native_precision",
+    "native_reason",
+    "resolve_precision",
+    "verify_precision",
+]
