@@ -140,6 +140,18 @@ def score(model, data, limit=None):
     }
 
 
+def _training_wall_time(run_dir):
+    """Seconds from the first TensorBoard event file's creation to the newest checkpoint (a
+    run resumed by a second process: training time over both), None without them."""
+    run_dir = Path(run_dir)
+    events = sorted(run_dir.glob("logs/**/events.out.tfevents.*"))
+    checkpoints = sorted(run_dir.glob("**/ckpt-*.index"), key=lambda p: p.stat().st_mtime)
+    if not events or not checkpoints:
+        return None
+    first = min(int(p.name.split(".")[3]) for p in events)
+    return checkpoints[-1].stat().st_mtime - first
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=700)
@@ -159,6 +171,9 @@ def main(argv=None):
     start = time.time()
     result = train_from_config(config)
     train_seconds = time.time() - start
+    resumed = _training_wall_time(args.run_dir)  # steps of an earlier, interrupted process
+    if resumed is not None and resumed > train_seconds:
+        train_seconds = resumed
     model = result.model
     moving = score(model, val, args.limit)
     start = time.time()
