@@ -114,12 +114,15 @@ def _interp_map(scores, zoom, height, width):
     return out
 
 
-def test_zoom_is_the_official_interp_map():
-    scores = np.random.default_rng(4).normal(0, 1, (1, 5, 6, 3)).astype("float32")
-    reference = np.zeros((1, 37, 45, 1), "float32")
+@pytest.mark.parametrize(
+    ("scores_hw", "out_hw"), [((5, 6), (37, 45)), ((5, 6), (40, 48)), ((1, 1), (8, 8))]
+)
+def test_zoom_is_the_official_interp_map(scores_hw, out_hw):
+    scores = np.random.default_rng(4).normal(0, 1, (1, *scores_hw, 3)).astype("float32")
+    reference = np.zeros((1, *out_hw, 1), "float32")
     y = np.asarray(Zoom(8)([scores, reference]))
-    assert y.shape == (1, 37, 45, 3)
-    np.testing.assert_allclose(y[0], _interp_map(scores[0], 8, 37, 45), atol=1e-5)
+    assert y.shape == (1, *out_hw, 3)
+    np.testing.assert_allclose(y[0], _interp_map(scores[0], 8, *out_hw), atol=1e-5)
 
 
 def test_dilation8_counts_and_front_end_trace(voc):

@@ -18,8 +18,9 @@ Architecture `"dilation"` (a whole-model `graph`, no registered backbone):
 * context module (`context="large"` for VOC, `"basic"` for CamVid, None: front end only;
   see `keras_deeplab.heads.context`);
 * output: the scores zoomed 8x by bilinear interpolation sampling the label map at
-  `h / 8` (`util.interp_map`, TF's legacy `align_corners=False, half_pixel_centers=False`
-  resize), cropped to the input size. The VOC and CamVid deploys upsample outside the net
+  `h / 8` (`util.interp_map`: TF's legacy `align_corners=False, half_pixel_centers=False`
+  resize, computed here as an align-corners resize of the edge-extended scores), cropped
+  to the input size. The VOC and CamVid deploys upsample outside the net
   this way; only the Cityscapes deploy has an in-net fixed bilinear deconvolution.
 
 Head `"context_module"` on the package's backbones: architecture `"context"` (the backbone,
@@ -88,8 +89,13 @@ class ReflectionPadding(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Zoom(keras.layers.Layer):
     """`[scores, reference]` -> the scores upsampled `factor` times, cropped to the
-    reference's H x W: output pixel `h` samples the scores bilinearly at `h / factor`
-    (the Dilation `util.interp_map`; TF's legacy resize, border rows clamped)."""
+    reference's H x W: output pixel `h` samples the scores bilinearly at `h / factor`, the
+    last row and column clamped (the Dilation `util.interp_map`).
+
+    Computed as an align-corners resize (the package's one TFLite resize convention) of the
+    scores with their last row and column repeated: `n + 1` samples to `factor * n + 1`
+    puts output `h` at `h / factor` exactly.
+    """
 
     def __init__(self, factor=ZOOM, **kwargs):
         super().__init__(**kwargs)
@@ -97,13 +103,14 @@ class Zoom(keras.layers.Layer):
 
     def call(self, inputs):
         x, reference = inputs
-        size = tf.shape(x)[1:3] * self.factor
+        x = tf.concat([x, x[:, -1:]], axis=1)
+        x = tf.concat([x, x[:, :, -1:]], axis=2)
+        size = (tf.shape(x)[1:3] - 1) * self.factor + 1
         y = tf.raw_ops.ResizeBilinear(
-            images=x, size=size, align_corners=False, half_pixel_centers=False
+            images=x, size=size, align_corners=True, half_pixel_centers=False
         )
         target = tf.shape(reference)[1:3]
-        y = y[:, : target[0], : target[1]]
-        return tf.cast(y, x.dtype)
+        return tf.cast(y[:, : target[0], : target[1]], x.dtype)
 
     def compute_output_shape(self, input_shape):
         x_shape, reference_shape = input_shape
