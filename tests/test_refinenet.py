@@ -155,11 +155,15 @@ def test_refinenet50_tflite_and_saved_model(tmp_path, refinenet50):
     """TFLite at 33x33: builtin ops only, equal to Keras; SavedModel verified (both slow:
     a 99M-parameter graph)."""
     model = _calibrated(create_model("refinenet_resnet50", input_shape=(None, None, 3)), 33)
-    report = to_tflite(model, tmp_path / "refinenet50.tflite", input_size=33)
+    # No BatchNorm in the refinement path: calibrated logits reach ~2e3; the bound is relative
+    # (1e-4 of the logit scale, as the parity harness).
+    scale = max(float(np.abs(model(random_images(1, 33, seed=s))).max()) for s in range(3))
+    tolerance = 1e-4 * max(1.0, scale)
+    report = to_tflite(model, tmp_path / "refinenet50.tflite", input_size=33, tolerance=tolerance)
     ops = op_counts(tmp_path / "refinenet50.tflite")
     assert report["passed"], report
     assert not any(op.startswith(("CUSTOM", "FLEX")) for op in ops), ops
     assert {"CONV_2D", "MAX_POOL_2D", "RESIZE_BILINEAR"} <= set(ops), ops
-    assert report["max_abs_diff"] <= 1e-4, report["max_abs_diff"]
+    assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
     saved = to_saved_model(model, tmp_path / "refinenet50")
     assert saved["passed"], saved

@@ -194,11 +194,11 @@ def test_saved_model(small, tmp_path):
     strict=False,
 )
 def test_tflite_builtins(small, tmp_path):
-    report = to_tflite(small, tmp_path / "upernet.tflite", input_size=65)
+    scale = max(float(np.abs(small(random_images(1, 65, seed=s))).max()) for s in range(3))
+    tolerance = 1e-4 * max(1.0, scale)  # relative to the logit scale, as the parity harness
+    report = to_tflite(small, tmp_path / "upernet.tflite", input_size=65, tolerance=tolerance)
     ops = op_counts(tmp_path / "upernet.tflite")
     assert report["passed"], report
     assert not any(op.startswith(("CUSTOM", "FLEX")) for op in ops), ops
     assert "RESIZE_BILINEAR" in ops and ("BATCH_MATMUL" in ops or "FULLY_CONNECTED" in ops), ops
-    assert report["max_abs_diff"] <= 1e-4 * max(
-        1.0, float(np.abs(small(random_images(1, 65))).max())
-    )
+    assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
