@@ -10,15 +10,22 @@ Example:
     import keras_deeplab.architectures
     from keras_deeplab.registry import ARCHITECTURES
 
-    sorted(ARCHITECTURES)  # ['deeplabv1', 'deeplabv2', 'deeplabv3', 'deeplabv3plus']
+    sorted(ARCHITECTURES)  # ['context', 'deeplabv1', ..., 'unet', 'upernet']
     ```
 """
 
-from keras_deeplab.architectures import deeplabv1, deeplabv2, deeplabv3, deeplabv3plus  # noqa: F401
-from keras_deeplab.architectures import segnet as segnet  # noqa: F401
-from keras_deeplab.architectures import parsenet  # noqa: F401
-from keras_deeplab.architectures import pspnet  # noqa: F401
-from keras_deeplab.architectures import dilation  # noqa: F401
-from keras_deeplab.architectures import fcn, fcn_resnet  # noqa: F401
-from keras_deeplab.architectures import refinenet, upernet  # noqa: F401
-from keras_deeplab.architectures import unet  # noqa: F401
+from keras_deeplab.architectures import (  # noqa: F401
+    deeplabv1,
+    deeplabv2,
+    deeplabv3,
+    deeplabv3plus,
+    dilation,
+    fcn,
+    fcn_resnet,
+    parsenet,
+    pspnet,
+    refinenet,
+    segnet,
+    unet,
+    upernet,
+)

@@ -6,6 +6,12 @@
 - `decoder`: DeepLab v3+ decoder (head `"decoder"`).
 - `largefov`: DeepLab v1 LargeFOV fc6/fc7/fc8 (head `"largefov"`).
 - `common`: shared conv/BN blocks and the logits layer (head `"logits"`).
+- `context`: Yu & Koltun's dilated context module (head `"context_module"`).
+- `fcn`: torchvision's FCN head and its auxiliary head.
+- `parsenet`: ParseNet's L2-normalised global context (head `"global_context"`).
+- `ppm`: PSPNet's pyramid pooling module and its auxiliary head.
+- `refinenet`: RefineNet-4 multi-path refinement.
+- `upernet`: UperNet's PPM + FPN fusion and its auxiliary head.
 
 Importing this package registers every head.
 
@@ -18,8 +24,17 @@ Example:
     ```
 """
 
-from keras_deeplab.heads import aspp, aspp_v2, cascade, common, decoder, largefov  # noqa: F401
-from keras_deeplab.heads import context, parsenet  # noqa: F401
-from keras_deeplab.heads import fcn  # noqa: F401
-from keras_deeplab.heads import ppm  # noqa: F401
-from keras_deeplab.heads import refinenet, upernet  # noqa: F401
+from keras_deeplab.heads import (  # noqa: F401
+    aspp,
+    aspp_v2,
+    cascade,
+    common,
+    context,
+    decoder,
+    fcn,
+    largefov,
+    parsenet,
+    ppm,
+    refinenet,
+    upernet,
+)
