@@ -17,7 +17,12 @@ Follows the official evaluation / export of `tensorflow/models:research/deeplab`
   from border to border with at least the requested overlap; probabilities are averaged
   where windows overlap;
 * dense CRF (DeepLab v1/v2) on the fused probabilities at full resolution, see
-  `keras_deeplab.crf`.
+  `keras_deeplab.crf`;
+* precision and graph rewrites: by default the model runs through
+  `keras_deeplab.optimize.optimize_for_inference` (BatchNorm folded, dilated depthwise via
+  space-to-batch: the same labels, faster); `precision="bfloat16"` / `"float16"` / `"auto"`
+  (`keras_deeplab.precision`) also computes under a mixed dtype policy, with the logits cast
+  back to float32 so the softmax, fusion and argmax stay float32.
 """
 
 import math
@@ -25,8 +30,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab import _compat
 from keras_deeplab.data.augment import padded_size
 from keras_deeplab.layers import scale_dimension
+from keras_deeplab.optimize import optimize_for_inference
+from keras_deeplab.precision import dtype_policy, resolve_precision
 
 OFFICIAL_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 FUSIONS = ("mean", "max")
@@ -90,6 +98,14 @@ class Segmenter:
         outputs: what the model returns, `"logits"` or `"softmax"` (probabilities). Default:
             the model's `activation` (keras_deeplab models); other models are taken to
             return logits unless told `outputs="softmax"`.
+        precision: `"float32"` (default), `"bfloat16"`, `"float16"` or `"auto"` (bfloat16
+            on CPUs with AMX and recent GPUs, else float32; see `keras_deeplab.precision`).
+            Reduced precision needs a functional Keras model (every keras_deeplab model).
+        optimize: run the model through `optimize_for_inference` (BN folding, space-to-batch
+            for large dilation rates; labels equal up to float rounding). The rewrite copies
+            the weights when the Segmenter is built: build a new Segmenter after changing
+            them. False runs `model` as given (float32 only). Models that are not functional
+            Keras models run as given.
 
     Example:
         >>> seg = Segmenter(model, scales=OFFICIAL_EVAL_SCALES, flip=True)
@@ -110,8 +126,13 @@ class Segmenter:
         batch_size=1,
         crf_processes=1,
         outputs=None,
+        precision="float32",
+        optimize=True,
     ):
         self.model = model
+        self.precision = resolve_precision(precision)
+        self.optimize = bool(optimize)
+        self.inference_model = self._inference_model(model)
         self.scales = tuple(float(s) for s in np.atleast_1d(scales))
         if not self.scales or any(not s > 0 for s in self.scales):
             raise ValueError(f"scales must be positive numbers; got {scales!r}.")
@@ -168,8 +189,27 @@ class Segmenter:
 
     # --- model calls -------------------------------------------------------------------
 
+    def _inference_model(self, model):
+        """`model` rewritten for inference in `self.precision` (or `model` itself)."""
+        policy = dtype_policy(self.precision)
+        rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
+        if policy is not None and (not self.optimize or not rewritable):
+            reason = "optimize=False" if rewritable else f"{type(model).__name__} is not functional"
+            raise ValueError(
+                f"precision={self.precision!r} rebuilds the model under a mixed dtype policy, "
+                f"which needs optimize=True and a functional Keras model ({reason}); use "
+                f"precision='float32' for this model."
+            )
+        if not self.optimize or not rewritable:
+            return model
+        if not model.built:
+            raise ValueError(
+                f"model {model.name!r} is not built; call it once or pass a built model."
+            )
+        return optimize_for_inference(model, dtype_policy=policy)
+
     def _call_model(self, x):
-        y = self.model(x, training=False)
+        y = self.inference_model(x, training=False)
         if isinstance(y, dict):
             raise ValueError("The model returns a dict; Segmenter needs one logits tensor.")
         return tf.cast(y, tf.float32)

@@ -1,0 +1,162 @@
+"""keras_deeplab.precision: the capability check, resolution and errors; the Segmenter's
+default inference path (optimize_for_inference) and its precision= argument."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from conftest import randomize_batch_norms, smooth_image, toy_model
+
+import keras_deeplab
+from keras_deeplab import precision
+from keras_deeplab.evaluation import Segmenter
+
+AMX = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_BF16 = frozenset({"avx512f", "avx512_bf16"})
+PLAIN = frozenset({"avx2", "fma"})
+
+
+@pytest.fixture
+def hardware(monkeypatch):
+    """Sets the machine `precision` sees: `hardware(cpu_flags, gpus)`."""
+
+    def set_hardware(flags, gpus=()):
+        monkeypatch.setattr(precision, "_hardware", lambda: (frozenset(flags), tuple(gpus)))
+        monkeypatch.setattr(precision, "_warned", set())
+
+    return set_hardware
+
+
+@pytest.mark.parametrize(
+    "flags, gpus, expected",
+    [
+        (AMX, (), "bfloat16"),
+        (AVX512_BF16, (), "float32"),
+        (PLAIN, (), "float32"),
+        (PLAIN, (("A100", (8, 0)),), "bfloat16"),
+        (PLAIN, (("T4", (7, 5)),), "float16"),
+        (AMX, (("A100", (8, 0)), ("V100", (7, 0))), "float16"),  # the weakest GPU decides
+    ],
+)
+def test_native_precision_is_a_capability_check(hardware, flags, gpus, expected):
+    hardware(flags, gpus)
+    assert precision.native_precision() == expected
+    assert precision.resolve_precision("auto") == expected
+    assert precision.resolve_precision("float32") == "float32"
+    assert precision.resolve_precision(None) == "float32"
+
+
+def test_describe_choice_and_dtype_policy(hardware):
+    hardware(AMX)
+    assert precision.describe_choice("auto") == "precision auto -> bfloat16 (CPU has amx_bf16)"
+    assert precision.describe_choice("float32") == "precision float32"
+    assert precision.describe_choice("bfloat16") == "precision bfloat16 (native: CPU has amx_bf16)"
+    assert precision.dtype_policy("auto") == "mixed_bfloat16"
+    assert precision.dtype_policy("float32") is None
+    hardware(PLAIN, (("T4", (7, 5)),))
+    assert precision.dtype_policy("auto") == "mixed_float16"
+    assert "GPU T4 compute capability 7.5" in precision.describe_choice("auto")
+    hardware(PLAIN)
+    assert precision.dtype_policy("auto") is None
+    assert precision.describe_choice("auto").startswith("precision auto -> float32 (CPU without")
+
+
+def test_unknown_precision_lists_the_allowed_values(hardware):
+    hardware(AMX)
+    for bad in ("fp16", "mixed_bfloat16", 16, True):
+        with pytest.raises(ValueError, match="auto, float32, bfloat16, float16"):
+            precision.resolve_precision(bad)
+    with pytest.raises(ValueError, match="purpose must be one of inference, training"):
+        precision.resolve_precision("auto", purpose="serving")
+
+
+def test_float16_on_a_cpu_is_one_error_suggesting_bfloat16(hardware):
+    hardware(AMX)
+    with pytest.raises(ValueError, match="needs a GPU.*precision='bfloat16'") as info:
+        precision.resolve_precision("float16", purpose="training")
+    assert "for training" in str(info.value)
+    hardware(PLAIN, (("T4", (7, 5)),))
+    assert precision.resolve_precision("float16") == "float16"
+
+
+def test_bfloat16_without_native_support_works_and_warns_once(hardware):
+    hardware(AVX512_BF16)
+    with pytest.warns(UserWarning, match="no native bfloat16 unit.*slower"):
+        assert precision.resolve_precision("bfloat16") == "bfloat16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would raise here
+        assert precision.resolve_precision("bfloat16") == "bfloat16"
+        assert precision.dtype_policy("bfloat16") == "mixed_bfloat16"
+    hardware(AMX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.resolve_precision("bfloat16")  # native: no warning
+
+
+def _mobile_model():
+    keras.utils.set_random_seed(1)
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=5)
+    return randomize_batch_norms(model, seed=2)
+
+
+def test_segmenter_optimises_by_default_with_equal_labels():
+    model = _mobile_model()
+    images = [smooth_image(41, 57, seed=3), smooth_image(33, 49, seed=4)]
+    fast = Segmenter(model)
+    plain = Segmenter(model, optimize=False)
+    assert fast.inference_model is not model and plain.inference_model is model
+    assert fast.inference_model.get_config()["inference"]["fold"] is True
+    # BN folded: no BatchNormalization left in the graph the Segmenter runs.
+    assert keras_deeplab.optimize.count_batch_norms(fast.inference_model) == 0
+    assert keras_deeplab.optimize.count_batch_norms(model) > 0
+    p_fast, p_plain = fast.predict_proba(images), plain.predict_proba(images)
+    for a, b in zip(p_fast, p_plain, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        assert np.array_equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_segmenter_bfloat16_computes_in_bfloat16_with_float32_outputs(hardware):
+    hardware(AMX)
+    model = _mobile_model()
+    images = [smooth_image(41, 57, seed=5)]
+    seg = Segmenter(model, precision="auto")
+    assert seg.precision == "bfloat16"
+    dtypes = {layer.compute_dtype for layer in seg.inference_model.layers}
+    assert "bfloat16" in dtypes
+    assert seg.inference_model.output.dtype == "float32"
+    probs = seg.predict_proba(images)[0]
+    reference = Segmenter(model).predict_proba(images)[0]
+    assert probs.dtype == np.float32
+    assert not np.array_equal(probs, reference)  # really computed in another precision
+    np.testing.assert_allclose(probs, reference, atol=0.1)
+    assert np.mean(probs.argmax(-1) == reference.argmax(-1)) > 0.9
+
+
+def test_segmenter_precision_errors(hardware):
+    hardware(AMX)
+    model = toy_model()
+    with pytest.raises(ValueError, match="auto, float32, bfloat16, float16"):
+        Segmenter(model, output_stride=4, precision="half")
+    with pytest.raises(ValueError, match="needs a GPU"):
+        Segmenter(model, output_stride=4, precision="float16")
+    with pytest.raises(ValueError, match="needs optimize=True.*precision='float32'"):
+        Segmenter(model, output_stride=4, precision="bfloat16", optimize=False)
+
+
+def test_verify_precision_reports_agreement_and_miou(hardware):
+    hardware(AMX)
+    model = _mobile_model()
+    images = [smooth_image(33, 41, seed=6), smooth_image(41, 33, seed=7)]
+    reference = Segmenter(model).predict(images)
+    labels = [r.copy() for r in reference]
+    labels[0][:5] = 255  # ignored pixels
+    same = precision.verify_precision(model, "float32", images, labels)
+    assert same["agreement"] == 1.0 and same["miou_difference"] == 0.0
+    assert same["miou"] == 1.0 and same["pixels"] == 33 * 41 * 2
+    result = precision.verify_precision(model, "bfloat16", images, labels, reference=reference)
+    assert result["precision"] == "bfloat16" and result["images"] == 2
+    assert 0.9 < result["agreement"] <= 1.0
+    assert result["miou_difference"] == pytest.approx(result["miou"] - 1.0)
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        precision.verify_precision(model, "bfloat16", images, labels[:1])
