@@ -267,3 +267,25 @@ def test_config_takes_median_frequency(tmp_path):
     labels = [np.asarray(m) for _, m in source.dataset.as_numpy_iterator()]
     assert weights == median_frequency_weights(labels, 3, source.ignore_label)
     assert len(weights) == 3 and min(weights) > 0
+
+
+@pytest.mark.slow  # ~1 min: SavedModel write + reload + verification
+def test_saved_model_with_dynamic_sizes(tmp_path):
+    from keras_deeplab.export import to_saved_model
+
+    model = create_model("segnet_basic", filters=8)
+    calibrate_batch_norms(model, random_images(2, (37, 45), seed=3))
+    saved = to_saved_model(model, tmp_path / "saved")
+    assert saved["passed"], saved
+    reloaded = tf.saved_model.load(str(tmp_path / "saved"))
+    serve = reloaded.signatures["serving_default"]
+    ((key, spec),) = serve.structured_input_signature[1].items()
+    for size in ((23, 31), (45, 61)):  # one SavedModel, any size (dynamic ceil padding / crops)
+        x = np.floor(random_images(1, size, seed=5))  # the signature takes uint8
+        y = serve(**{key: tf.cast(tf.constant(x), spec.dtype)})
+        logits = np.asarray(model(x))
+        assert y["class_map"].shape == (1, *size)
+        np.testing.assert_array_equal(np.asarray(y["class_map"])[0], logits[0].argmax(-1))
+        np.testing.assert_allclose(
+            np.asarray(y["probabilities"]), np.asarray(tf.nn.softmax(logits)), atol=1e-5
+        )
