@@ -310,3 +310,16 @@ def test_segmenter_predicts_whole_images_by_overlap_tile():
     logits = np.asarray(model(padded[None]))[0, :100, :130]
     expected = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(probabilities, expected / expected.sum(-1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_model_export_with_one_channel_and_unknown_sizes(tmp_path):
+    """`model.export()` (SavedModel, None height/width): same logits, and a size the valid
+    network cannot take stops at the in-graph assertion with the rule."""
+    model = create_model("unet", base_filters=2)
+    model.export(str(tmp_path / "unet"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "unet"))
+    x = _images((204, 188, 1), seed=6)
+    np.testing.assert_allclose(served.serve(x).numpy(), np.asarray(model(x)), atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="12 mod 16"):
+        served.serve(_images((200, 188, 1)))
