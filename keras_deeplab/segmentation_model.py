@@ -117,6 +117,8 @@ def resolve_arguments(architecture, arguments):
     check_activation(args["activation"])
     check_output_stride(args["output_stride"])
     args["input_shape"] = check_input_shape(args["input_shape"], arch.input_channels)
+    if arch.resolve is not None:
+        args = arch.resolve(args)
     mode = _preprocessing(arch, args)
     if mode is not None and mode not in CHANNEL_AGNOSTIC_MODES and args["input_shape"][-1] != 3:
         raise ValueError(
@@ -124,8 +126,6 @@ def resolve_arguments(architecture, arguments):
             f"{args['input_shape']} has {args['input_shape'][-1]} channels. Pass 3-channel "
             "images, or include_preprocessing=False and normalise the input yourself."
         )
-    if arch.resolve is not None:
-        args = arch.resolve(args)
     return arch, args
 
 

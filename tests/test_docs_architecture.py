@@ -22,6 +22,8 @@ MODEL_MODULES = (
     "models",
     "msc",
     "layers",
+    "pooling",
+    "unpooling",
 )
 MODEL_MAY_USE = ("optimize", "macs", "_compat", "weights")
 

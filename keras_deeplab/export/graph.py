@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.export.model_info import (
+    input_channels_of,
     input_normalization,
     model_preprocessing,
     num_classes_of,
@@ -51,7 +52,7 @@ class ExportGraph:
     Attributes: `core` (the network run, without its preprocessing layer when
     `include_preprocessing=False`), `prepend` (a `Preprocessing` layer added in front, or
     None), `mode` (the normalisation, None when unknown), `rgb_input`, `input_key`,
-    `output_key`, `num_classes`, `argmax`.
+    `output_key`, `num_classes`, `channels` (of the input images), `argmax`.
     """
 
     def __init__(self, model, include_preprocessing=None, argmax=False):
@@ -75,6 +76,7 @@ class ExportGraph:
             self.core = strip_preprocessing(model)
         self.rgb_input = own is not None if include_preprocessing is None else include_preprocessing
         self.num_classes = num_classes_of(model)
+        self.channels = input_channels_of(model)
         self.argmax = bool(argmax)
         if self.argmax and self.num_classes > 256:
             raise ValueError(

@@ -29,17 +29,22 @@ SAMPLE_SIZES = ((65, 97), (65, 97), (96, 128))  # SavedModel verification: mixed
 def _pil_resize(array, hw):
     from PIL import Image
 
-    image = Image.fromarray(np.asarray(array, np.uint8))
-    return np.asarray(image.resize((hw[1], hw[0]), Image.BILINEAR), np.float32)
+    array = np.asarray(array, np.uint8)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    resized = np.asarray(image.resize((hw[1], hw[0]), Image.BILINEAR), np.float32)
+    return resized.reshape(*hw, array.shape[-1])
 
 
 def fit_image(image, hw, where):
-    """One RGB image as float32 `[H, W, 3]` at the export size `hw`."""
+    """One RGB (or 1-channel) image as float32 `[H, W, C]` at the export size `hw`."""
     image = np.asarray(image)
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{where}: expected an RGB image [H, W, 3]; got shape {image.shape}.")
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"{where}: expected an RGB image [H, W, 3] (or [H, W, 1] for 1-channel models); "
+            f"got shape {image.shape}."
+        )
     if tuple(image.shape[:2]) == tuple(hw):
         return image.astype(np.float32)
     if image.dtype == np.uint8:
@@ -141,6 +146,36 @@ def sample_images(sizes=SAMPLE_SIZES):
         noise = np.random.default_rng(i).normal(0, 24, (h, w, 3))
         images.append(np.clip(smooth + noise, 0, 255).astype("uint8"))
     return images
+
+
+def to_channels(images, channels):
+    """RGB `[H, W, 3]` images as `channels`-channel ones: unchanged for 3, their luma (ITU-R
+    601, as `tf.image.rgb_to_grayscale`) for 1; images that already have `channels` pass."""
+    converted = []
+    for image in images:
+        if image.shape[-1] == channels:
+            converted.append(image)
+        elif channels == 1 and image.shape[-1] == 3:
+            luma = image.astype(np.float32) @ np.float32([0.2989, 0.587, 0.114])
+            converted.append(luma[..., None].astype(image.dtype))
+        else:
+            raise ValueError(
+                f"The model takes {channels}-channel images; got an image of shape {image.shape} "
+                "(RGB images are converted for 1-channel models only)."
+            )
+    return converted
+
+
+def overlap_tiled(images, model):
+    """Images mirror-padded as models with smaller logits (valid U-Net) take them (each side
+    by `model.overlap_tile_padding`); unchanged for other models."""
+    tile = getattr(model, "overlap_tile_padding", None)
+    if tile is None or tile(1) is None:
+        return images
+    return [
+        np.pad(image, (tile(image.shape[0]), tile(image.shape[1]), (0, 0)), mode="reflect")
+        for image in images
+    ]
 
 
 def uint8_images(images, size):

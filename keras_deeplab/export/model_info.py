@@ -79,6 +79,15 @@ def input_size_of(model):
     return tuple(None if d is None else int(d) for d in shape[1:3])
 
 
+def input_channels_of(model):
+    """Channels of the model's input images (3 for RGB models, 1 for a grayscale U-Net)."""
+    try:
+        channels = inner_model(model).input_shape[-1]
+    except (AttributeError, ValueError):
+        return 3
+    return int(channels or 3)
+
+
 def num_classes_of(model):
     """The model's class count (its output channels for other models)."""
     if isinstance(model, SegmentationModel):

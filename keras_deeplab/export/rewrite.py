@@ -136,7 +136,7 @@ def optimize_for_export(model, hw):
             return args[0]
         return layer(*args, **kwargs)
 
-    static = keras.Input(batch_shape=(1, *hw, 3))
+    static = keras.Input(batch_shape=(1, *hw, model.input_shape[-1] or 3))
     network = keras.models.clone_model(
         model, input_tensors=static, clone_function=lambda layer: layer, call_function=call
     )

@@ -24,6 +24,7 @@ class_map = served(images=tf.zeros([1, 257, 257, 3], tf.uint8))["class_map"]
 ```
 """
 
+import contextlib
 import ctypes
 import errno
 import glob
@@ -34,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.export.labels import labels_text, resolve_labels
@@ -54,7 +56,45 @@ from keras_deeplab.export.verify_saved_model import (
 )
 
 LABELS_FILE = "labels.txt"
+# Files against the Keras model in bfloat16/float16 (TF picks other kernels than Keras' run).
+REDUCED_TOLERANCE = 5e-2
 _archive = build_archive  # looked up at call time: tests replace it to simulate failures
+
+
+# ---------------------------------------------------------------- precision
+
+
+def model_fingerprint(model):
+    """SHA-1 of a model's name, config and weights: the key of a cached precision verdict."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha1(model.name.encode())
+    with contextlib.suppress(Exception):  # some Keras models have no serialisable config
+        digest.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _precision_check(model, precision, sample_images, report_path):
+    """`verify_precision` on the verification images, or the verdict cached in `report_path`
+    for the same model fingerprint and precision."""
+    import json
+
+    from keras_deeplab.export.images import uint8_images
+    from keras_deeplab.export.model_info import input_size_of
+    from keras_deeplab.precision import verify_precision
+
+    fingerprint = model_fingerprint(model)
+    if report_path is not None and Path(report_path).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            cached = json.loads(Path(report_path).read_text()).get("precision_check") or {}
+            if cached.get("fingerprint") == fingerprint and cached.get("precision") == precision:
+                return {**cached, "cached": True}
+    images = uint8_images(sample_images, input_size_of(model))
+    check = verify_precision(model, precision, images)
+    return {**check, "fingerprint": fingerprint, "cached": False}
 
 
 # ---------------------------------------------------------------- files
@@ -169,9 +209,10 @@ def to_saved_model(
     labels=None,
     preprocessing=None,
     overwrite=False,
-    tolerance=DEFAULT_TOLERANCE,
+    tolerance=None,
     optimize=False,
     outputs=None,
+    precision="float32",
 ):
     """Exports `model` as a SavedModel with serving signatures, then verifies it.
 
@@ -202,7 +243,9 @@ def to_saved_model(
             normalisation the serving graph applies to RGB [0, 255], "symmetric" or "caffe".
         overwrite: replace a non-empty `export_dir` (atomically, see above); without it an
             existing non-empty `export_dir` raises `FileExistsError`.
-        tolerance: max abs difference allowed for logits and probabilities.
+        tolerance: max abs difference allowed for logits and probabilities (default
+            `DEFAULT_TOLERANCE` = 1e-4 in float32, `REDUCED_TOLERANCE` = 0.05 in reduced
+            precision: two bfloat16 runs of one graph differ by roundings of ~0.4%).
         optimize: serve `keras_deeplab.optimize.optimize_for_inference(model)` instead of
             `model`: BatchNorm folded into the convolutions and large-rate dilated depthwise
             convs through space-to-batch (inference-only, faster on CPU, see the README's
@@ -212,15 +255,30 @@ def to_saved_model(
             (which know their activation): what `model` returns, `"logits"` (assumed when
             None), `"softmax"` or `"sigmoid"`, so `probabilities` is not a softmax of
             probabilities.
+        precision: `"float32"` (default, also for models trained in mixed precision),
+            `"bfloat16"`, `"float16"` or `"auto"` (`keras_deeplab.precision`). Reduced
+            precision serves `optimize_for_inference(model, dtype_policy=...)` (outputs and
+            softmax/argmax in float32); the files are verified against that reduced Keras
+            model, and the reduced model's argmax is compared with float32 `model` on the
+            verification images once per model weights and precision (`precision_check` in
+            the report: agreement; reused from an existing `report_path` with the same
+            model fingerprint).
 
     Returns:
         The report dict (see `verify_saved_model`; without verification: path, size,
-        signatures and labels only).
+        signatures and labels only), with `precision` (and `precision_check`).
 
     Example:
         `to_saved_model(model, "exported/deeplab", report_path="exported/deeplab.report.json")`
     """
+    from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
+
     export_dir = Path(export_dir).expanduser().absolute()
+    requested = precision
+    precision = resolve_precision(precision)  # bad values fail before anything is written
+    policy = dtype_policy(precision)
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE if policy is None else REDUCED_TOLERANCE
     preprocessing_mode = serving_preprocessing(model, preprocessing)
     output_activation(model, outputs)  # bad `outputs` fail before anything is written
     labels = resolve_labels(labels, num_classes_of(model))
@@ -237,10 +295,10 @@ def to_saved_model(
         start = time.perf_counter()
         try:
             served = model
-            if optimize:
+            if optimize or policy is not None:
                 from keras_deeplab.optimize import optimize_for_inference
 
-                served = optimize_for_inference(model)
+                served = optimize_for_inference(model, dtype_policy=policy)
             _archive(served, preprocessing_mode, outputs).write_out(str(tmp), verbose=False)
             (tmp / LABELS_FILE).write_text(labels_text(labels))
         except (OSError, tf.errors.OpError) as error:
@@ -252,7 +310,7 @@ def to_saved_model(
         if verify:
             try:
                 report = verify_saved_model(
-                    model,
+                    model if policy is None else served,  # reduced: files == reduced Keras
                     tmp,
                     sample_images,
                     preprocessing=preprocessing,
@@ -279,9 +337,15 @@ def to_saved_model(
             labels_path=str(export_dir / LABELS_FILE),
             num_classes=len(labels),
             export_seconds=round(export_seconds, 3),
-            optimized=bool(optimize),
+            optimized=bool(optimize or policy is not None),
+            precision=precision,
+            precision_choice=describe_choice(requested),
             published=True,
         )
+        if policy is not None:
+            report["precision_check"] = _precision_check(
+                model, precision, sample_images, report_path
+            )
         _publish(tmp, export_dir)
     finally:
         if tmp.exists():

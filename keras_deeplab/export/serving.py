@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_deeplab.export.model_info import (
+    input_channels_of,
     input_normalization,
     input_size_of,
     model_preprocessing,
@@ -70,6 +71,7 @@ class Serving:
         self.normalise = None if preprocessing is None else Preprocessing(preprocessing)
         self.num_classes = num_classes_of(model)
         self.size = input_size_of(model)
+        self.channels = input_channels_of(model)
 
     def _outputs(self, rgb):
         x = rgb if self.normalise is None else self.normalise(rgb)
@@ -82,8 +84,8 @@ class Serving:
         return self._outputs(tf.cast(images, tf.float32))
 
     def _one_encoded(self, image_bytes):
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
+        image = tf.io.decode_image(image_bytes, channels=self.channels, expand_animations=False)
+        image.set_shape([None, None, self.channels])
         if None not in self.size:
             message = f"this model was exported for {self.size[0]}x{self.size[1]} images only"
             check = tf.debugging.assert_equal(tf.shape(image)[:2], self.size, message=message)
@@ -128,9 +130,10 @@ def build_archive(model, preprocessing, outputs=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
     h, w = serving.size  # None (dynamic) unless the model was built for a fixed size
-    images = tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")
+    c = serving.channels
+    images = tf.TensorSpec([None, h, w, c], tf.uint8, name="images")
     encoded = tf.TensorSpec([None], tf.string, name="image_bytes")
-    floats = tf.TensorSpec([None, h, w, 3], tf.float32, name="images")
+    floats = tf.TensorSpec([None, h, w, c], tf.float32, name="images")
     archive.add_endpoint("serving_default", serving.images, input_signature=[images])
     archive.add_endpoint("serving_bytes", serving.image_bytes, input_signature=[encoded])
     archive.add_endpoint("serve", serving.raw, input_signature=[floats])

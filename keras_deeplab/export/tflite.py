@@ -44,7 +44,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.export.graph import ExportGraph
-from keras_deeplab.export.images import DEFAULT_SAMPLE_IMAGES, synthetic_images, take_images
+from keras_deeplab.export.images import (
+    DEFAULT_SAMPLE_IMAGES,
+    synthetic_images,
+    take_images,
+    to_channels,
+)
 from keras_deeplab.export.interpreter import SIGNATURE
 from keras_deeplab.export.labels import labels_path_for, labels_text, resolve_labels
 from keras_deeplab.export.model_info import inner_model
@@ -89,7 +94,7 @@ def _io_type(int8_io):
 
 def _convert(exported, hw, quantize, representative, int8_io, network=None):
     """TFLite flatbuffer bytes of `exported` (run through `network`) at `[1, H, W, 3]`."""
-    spec = tf.TensorSpec([1, *hw, 3], tf.float32, name=exported.input_key)
+    spec = tf.TensorSpec([1, *hw, exported.channels], tf.float32, name=exported.input_key)
     network = exported.core if network is None else network
 
     def serve(image):
@@ -257,6 +262,9 @@ def to_tflite(
         samples = take_images(representative_data, hw, DEFAULT_SAMPLE_IMAGES, "representative_data")
     else:
         samples = synthetic_images(hw)
+    samples = to_channels(samples, exported.channels)
+    if representative is not None:
+        representative = to_channels(representative, exported.channels)
 
     start = time.perf_counter()
     network, applied = optimize_for_export(exported.core, hw) if optimize else (None, [])

@@ -20,7 +20,7 @@ import numpy as np
 from keras_deeplab import _compat
 from keras_deeplab.export.diagnose import diagnose_tflite
 from keras_deeplab.export.graph import NORMALIZED_INPUT, RGB_INPUT, ExportGraph
-from keras_deeplab.export.images import synthetic_images, take_images
+from keras_deeplab.export.images import synthetic_images, take_images, to_channels
 from keras_deeplab.export.interpreter import (
     dequantize,
     describe_tensor,
@@ -147,10 +147,14 @@ def verify_tflite(
     mode = quantize if quantize is not None else detect_quantization(delegate)
     check_quantize(mode)
     shape = tuple(int(d) for d in in_detail["shape"])
-    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
-        raise ValueError(f"{path}: input {in_key!r} has shape {shape}, not [1, H, W, 3].")
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != exported.channels:
+        raise ValueError(
+            f"{path}: input {in_key!r} has shape {shape}, not [1, H, W, {exported.channels}] "
+            f"(the model takes {exported.channels}-channel images)."
+        )
     hw = shape[1:3]
     samples = synthetic_images(hw) if images is None else take_images(images, hw, None, "images")
+    samples = to_channels(samples, exported.channels)
     check_diff = mode == "none" and not exported.argmax
     reference = open_interpreter(path, reference=True) if check_diff else None
     if reference is not None:
