@@ -482,7 +482,8 @@ class SegmentationModel(keras.Model):
         at that fixed size, counted by `keras_deeplab.macs`."""
         from keras_deeplab.macs import graph_macs
 
-        config = {**self.get_config(), "input_shape": [*input_size, 3]}
+        channels = self.get_config()["input_shape"][-1]
+        config = {**self.get_config(), "input_shape": [*input_size, channels]}
         config.pop("inference", None)  # the rewrites move no multiply-add
         return graph_macs(type(self).from_config(config))
 

@@ -21,7 +21,8 @@ from keras_deeplab.models import create_model, list_models
 
 
 def zoo_rows(names=None, input_size=513):
-    """One dict per registered model: name, output stride, parameters, multiply-adds."""
+    """One dict per registered model: name, output stride, parameters, multiply-adds for one
+    `input_size` x `input_size` image."""
     rows = []
     for name in names or list_models():
         model = create_model(name)
@@ -32,11 +33,19 @@ def zoo_rows(names=None, input_size=513):
                 "output_stride": model.output_stride,
                 "params": total,
                 "trainable_params": trainable,
-                "gmacs": count_macs(model, (input_size, input_size)) / 1e9,
+                "gmacs": count_macs(model, _network_input(model, input_size)) / 1e9,
             }
         )
         keras.backend.clear_session()
     return rows
+
+
+def _network_input(model, size):
+    """The input the network runs on for a `size` x `size` image: the image itself, or for
+    models with smaller logits (valid U-Net) the mirror-padded tile the Segmenter feeds."""
+    padding = model.overlap_tile_padding(size)
+    side = size if padding is None else size + sum(padding)
+    return side, side
 
 
 def markdown_table(rows, input_size=513):
