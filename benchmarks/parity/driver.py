@@ -109,6 +109,7 @@ def run_case(system, case, python, workdir, extra_path=()):
         **result,
         "bound": allowed,
         "passed": bool(result["max_abs_diff"] <= allowed),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "torch_seconds": round(torch_seconds, 2),
         "keras_seconds": round(time.perf_counter() - start - torch_seconds, 2),
     }
