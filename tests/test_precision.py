@@ -160,3 +160,46 @@ def test_verify_precision_reports_agreement_and_miou(hardware):
     assert result["miou_difference"] == pytest.approx(result["miou"] - 1.0)
     with pytest.raises(ValueError, match="2 images but 1 labels"):
         precision.verify_precision(model, "bfloat16", images, labels[:1])
+
+
+def test_to_saved_model_refuses_bad_precision_before_writing(hardware, tmp_path):
+    from keras_deeplab.export import to_saved_model
+
+    hardware(AMX)
+    model = toy_model()
+    with pytest.raises(ValueError, match="auto, float32, bfloat16, float16"):
+        to_saved_model(model, tmp_path / "a", precision="bf16")
+    with pytest.raises(ValueError, match="needs a GPU.*bfloat16"):
+        to_saved_model(model, tmp_path / "b", precision="float16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_fingerprint_follows_the_weights():
+    from keras_deeplab.export.saved_model import model_fingerprint
+
+    model = toy_model()
+    before = model_fingerprint(model)
+    assert model_fingerprint(model) == before
+    model.weights[0].assign(model.weights[0] + 1.0)
+    assert model_fingerprint(model) != before
+
+
+@pytest.mark.slow
+def test_to_saved_model_bfloat16_verified_and_checked_once(hardware, tmp_path):
+    import json
+
+    from keras_deeplab.export import to_saved_model
+
+    hardware(AMX)
+    model = _mobile_model()
+    images = [smooth_image(33, 41, seed=1), smooth_image(41, 49, seed=2)]
+    report_path = tmp_path / "bf16.report.json"
+    kwargs = {"sample_images": images, "report_path": report_path, "precision": "auto"}
+    report = to_saved_model(model, tmp_path / "bf16", **kwargs)
+    assert report["precision"] == "bfloat16" and report["optimized"]
+    assert report["precision_choice"] == "precision auto -> bfloat16 (CPU has amx_bf16)"
+    check = report["precision_check"]
+    assert check["cached"] is False and 0.9 < check["agreement"] <= 1.0
+    assert json.loads(report_path.read_text())["precision_check"]["agreement"] == check["agreement"]
+    again = to_saved_model(model, tmp_path / "bf16", overwrite=True, **kwargs)
+    assert again["precision_check"]["cached"] is True
