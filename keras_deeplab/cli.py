@@ -20,6 +20,8 @@ from pathlib import Path
 DEFAULT_MODEL = "deeplabv3_mobilenetv2_dm05_os8"
 DEFAULT_CLASSES = 21  # without weights to read the class count from (Pascal VOC)
 CRF_PRESET_NAMES = ("deeplabv2_resnet101", "deeplabv1_largefov", "densecrf_default")
+# keras_deeplab.precision.PRECISIONS (not imported here: `--help` must not load Keras).
+PRECISION_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 # ---------------------------------------------------------------- output hygiene
@@ -166,7 +168,25 @@ def _segmenter(args, model):
                 f"--scales {args.scales!r}: give comma-separated numbers, e.g. 0.5,0.75,1"
             ) from None
     crf = args.crf_preset if args.crf else None
-    return Segmenter(model, scales=scales, flip=args.flip, crf=crf)
+    return Segmenter(
+        model,
+        scales=scales,
+        flip=args.flip,
+        crf=crf,
+        precision=args.precision,
+        optimize=not args.no_optimize,
+    )
+
+
+def _state_precision(args):
+    """Prints and returns the precision choice line, e.g. "precision auto -> bfloat16 (...)"."""
+    from keras_deeplab.precision import describe_choice
+
+    choice = describe_choice(args.precision)
+    if getattr(args, "no_optimize", False):
+        choice += ", graph rewrites off (--no-optimize)"
+    print(choice)
+    return choice
 
 
 def _read_image(path):
@@ -255,6 +275,13 @@ def _print_report(report):
     for key in ("argmax_agreement", "class_map_agreement", "latency_ms", "size_bytes"):
         if key in report:
             print(f"  {key}: {report[key]}")
+    check = report.get("precision_check")
+    if check:
+        cached = " (cached)" if check.get("cached") else ""
+        print(
+            f"  {check['precision']} vs float32 argmax agreement: {check['agreement']:.4f} "
+            f"on {check['images']} images{cached}"
+        )
 
 
 def _cmd_export(args):
@@ -272,10 +299,21 @@ def _cmd_export(args):
 
     out = Path(args.out)
     report_path = Path(str(out).rstrip("/") + ".report.json")
+    if args.format == "tflite" and args.precision != "float32":
+        raise ValueError(
+            f"--precision {args.precision} applies to --format saved_model; TFLite files take "
+            "--quantize (none, float16, dynamic, int8) instead."
+        )
+    if args.format == "saved_model":
+        _state_precision(args)
     try:
         if args.format == "saved_model":
             report = to_saved_model(
-                model, str(out), report_path=str(report_path), overwrite=args.overwrite
+                model,
+                str(out),
+                report_path=str(report_path),
+                overwrite=args.overwrite,
+                precision=args.precision,
             )
         else:
             report = to_tflite(
@@ -322,7 +360,9 @@ def _cmd_eval(args):
             "evaluate a model trained on this data (--run DIR or --weights FILE of "
             f"{data.num_classes} classes)."
         )
+    choice = _state_precision(args)
     result = evaluate(_segmenter(args, model), data, limit=args.limit)
+    result["precision"] = choice
     if run_names and _generated_names(result["class_names"]):
         result["class_names"] = list(run_names)
     print(per_class_table(result))
@@ -378,6 +418,7 @@ def _cmd_predict(args):
     if not images:
         raise ValueError(f"{source}: none of the {len(files)} images could be read.")
     model, _ = _load_model(args)
+    _state_precision(args)
     segmenter = _segmenter(args, model)
     from tqdm import tqdm
 
@@ -538,6 +579,22 @@ def _add_segmenter_arguments(parser):
         default=CRF_PRESET_NAMES[0],
         help="CRF parameters, with --crf",
     )
+    _add_precision_argument(parser)
+    parser.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="run the model as built (default: BN folded + space-to-batch rewrites, same labels)",
+    )
+
+
+def _add_precision_argument(parser):
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="float32",
+        help="inference precision; auto = bfloat16 on CPUs with AMX and recent GPUs, float16 "
+        "on older GPUs, float32 otherwise (the choice is printed and recorded)",
+    )
 
 
 def build_parser():
@@ -598,6 +655,7 @@ def build_parser():
     export.add_argument(
         "--overwrite", action="store_true", help="replace an existing SavedModel dir"
     )
+    _add_precision_argument(export)
     export.add_argument("--out", required=True, help="SavedModel directory or .tflite file")
     export.set_defaults(func=_cmd_export)
 

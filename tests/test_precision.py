@@ -203,3 +203,43 @@ def test_to_saved_model_bfloat16_verified_and_checked_once(hardware, tmp_path):
     assert json.loads(report_path.read_text())["precision_check"]["agreement"] == check["agreement"]
     again = to_saved_model(model, tmp_path / "bf16", overwrite=True, **kwargs)
     assert again["precision_check"]["cached"] is True
+
+
+def test_cli_precision_choices_are_the_package_s():
+    from keras_deeplab.cli import PRECISION_CHOICES
+
+    assert PRECISION_CHOICES == precision.PRECISIONS
+
+
+def test_cli_predict_states_the_precision_and_refuses_bad_ones(hardware, tmp_path, capsys):
+    from PIL import Image
+
+    from keras_deeplab.cli import main
+
+    hardware(AMX)
+    weights = tmp_path / "w.weights.h5"
+    _mobile_model().save_weights(weights)
+    image = tmp_path / "a.png"
+    Image.fromarray(smooth_image(33, 41)).save(image)
+    argv = ["predict", str(image), "--num-classes", "5", "--weights", str(weights)]
+    assert main([*argv, "--precision", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert "precision auto -> bfloat16 (CPU has amx_bf16)" in capsys.readouterr().out
+    auto = np.asarray(Image.open(tmp_path / "auto" / "a.png"))
+    assert main([*argv, "--no-optimize", "--out", str(tmp_path / "plain")]) == 0
+    assert "precision float32, graph rewrites off" in capsys.readouterr().out
+    plain = np.asarray(Image.open(tmp_path / "plain" / "a.png"))
+    assert auto.shape == plain.shape == (33, 41) and np.mean(auto == plain) > 0.9
+    assert main([*argv, "--precision", "float16", "--out", str(tmp_path / "f16")]) == 2
+    err = capsys.readouterr().err
+    assert "needs a GPU" in err and "bfloat16" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main([*argv, "--precision", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_cli_export_tflite_refuses_precision(tmp_path, capsys):
+    from keras_deeplab.cli import main
+
+    argv = ["export", "--format", "tflite", "--precision", "bfloat16", "--out"]
+    assert main([*argv, str(tmp_path / "m.tflite")]) == 2
+    assert "--quantize" in capsys.readouterr().err
