@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from benchmarks.parity.reference import REL_BOUND, bound
@@ -207,6 +208,7 @@ def run(systems=None, out=DEFAULT_OUT, python=None, docs=None, extra_path=(), lo
                 try:
                     row = run_case(name, case, python, workdir, extra_path)
                 except Exception as err:  # noqa: BLE001 - recorded in the row, reported below
+                    traceback.print_exc(file=log)
                     row = error_row(name, case, f"{type(err).__name__}: {err}")
                 rows.append(row)
                 _release_keras()
