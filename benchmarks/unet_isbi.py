@@ -162,6 +162,11 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--no-elastic", action="store_true")
+    parser.add_argument(
+        "--balanced",
+        action="store_true",
+        help="class weights balancing the training pixel frequencies (the paper's w_c)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(RESULTS_DIR / "unet_isbi.json"))
     args = parser.parse_args(argv)
@@ -189,13 +194,18 @@ def main(argv=None):
         out, border = args.tile, 0
     train_pairs, held_out = load_pairs(TRAIN_IDS), load_pairs(HELD_OUT_IDS)
     tiles = Tiles(train_pairs, args.tile, out, border, rng, elastic=not args.no_elastic)
+    class_weights = None
+    if args.balanced:  # w_c = pixels / (classes * pixels of c): mean weight per pixel 1
+        counts = np.bincount(np.concatenate([y.ravel() for _, y in train_pairs]), minlength=2)
+        class_weights = [float(counts.sum() / (2 * c)) for c in counts]
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, args.steps, 0.0)
     optimizer = keras.optimizers.Adam(schedule)
 
     @tf.function(reduce_retracing=True)
     def train_step(images, labels):
         with tf.GradientTape() as tape:
-            loss = segmentation_loss(labels, model(images, training=True))
+            logits = model(images, training=True)
+            loss = segmentation_loss(labels, logits, class_weights=class_weights)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
@@ -242,7 +252,8 @@ def main(argv=None):
         "optimizer": f"Adam, lr {args.learning_rate} polynomial decay to 0 over planned steps",
         "augmentation": "mirror pad, random tile, 8 flips/rot90"
         + ("" if args.no_elastic else ", elastic 3x3 grid std 10 px"),
-        "loss": "keras_deeplab.training.losses.segmentation_loss (unweighted)",
+        "loss": "keras_deeplab.training.losses.segmentation_loss, class weights "
+        + (str(class_weights) if class_weights else "none"),
         "train_seconds": train_seconds,
         "data_seconds": data_seconds,
         "wall_seconds": time.time() - start,
