@@ -171,3 +171,29 @@ def test_segmenter_overlap_tile_for_models_with_smaller_logits():
         np.testing.assert_allclose(Segmenter(model).predict_proba(rgb)[0], probs, atol=1e-3)
     finally:
         ARCHITECTURES.pop("toy_valid")
+
+
+def test_tflite_resize_check_follows_the_model_conventions():
+    """A half-pixel model's TFLite RESIZE_BILINEAR ops pass; the same ops are refused for
+    an align-corners model and the legacy convention (both flags False) always."""
+    from keras_deeplab.export.tflite import check_graph
+
+    image = keras.Input((8, 8, 2), batch_size=1)
+    reference = keras.Input((16, 16, 2), batch_size=1)
+
+    def flatbuffer(**options):
+        class Resize(keras.layers.Layer):
+            def call(self, inputs):
+                return tf.compat.v1.image.resize_bilinear(inputs[0], (16, 16), **options)
+
+        model = keras.Model([image, reference], Resize()([image, reference]))
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        return converter.convert()
+
+    half = flatbuffer(half_pixel_centers=True)
+    assert check_graph(half, half_pixel=True)["RESIZE_BILINEAR"] == 1
+    with pytest.raises(RuntimeError, match="align_corners=True as the model"):
+        check_graph(half)
+    with pytest.raises(RuntimeError, match="or half-pixel centres"):
+        check_graph(flatbuffer(), half_pixel=True)  # legacy TF1 resize
+    assert check_graph(flatbuffer(align_corners=True))["RESIZE_BILINEAR"] == 1

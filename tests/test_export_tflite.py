@@ -299,7 +299,7 @@ def test_model_facts_from_segmentation_models_and_assumed_for_others(model):
     )
     assert ExportGraph(softmax, include_preprocessing=True).prepend.mode == "symmetric"
 
-    plain = keras.models.clone_model(model)  # a plain Functional: no SegmentationModel facts
+    plain = keras.Model(model.input, model.output)  # a plain Functional: no model facts
     assert not isinstance(plain, keras_deeplab.SegmentationModel)
     graph = ExportGraph(plain)  # logits assumed; normalisation from its Preprocessing layer
     assert (graph.output_key, graph.input_key, graph.mode) == ("logits", "image", "symmetric")

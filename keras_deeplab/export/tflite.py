@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab import _compat
 from keras_deeplab.export.graph import ExportGraph
 from keras_deeplab.export.images import (
     DEFAULT_SAMPLE_IMAGES,
@@ -62,6 +63,7 @@ from keras_deeplab.export.verify_tflite import (
     check_quantize,
     verify_tflite,
 )
+from keras_deeplab.layers import ResizeBilinear
 from keras_deeplab.tflite_file import op_counts, op_options
 
 FORBIDDEN_OPS = ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
@@ -135,8 +137,23 @@ def _convert(exported, hw, quantize, representative, int8_io, network=None):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def check_graph(content, where="the converted model"):
-    """Op counts of a flatbuffer; raises when dilations or resizes were not kept native."""
+def resize_conventions(model):
+    """The bilinear conventions the model's `ResizeBilinear` layers use: `"align_corners"`
+    (the official DeepLab / Caffe one) and/or `"half_pixel"` (torch's align_corners=False)."""
+    return {
+        "align_corners" if layer.align_corners else "half_pixel"
+        for layer in _compat.all_layers(model)
+        if isinstance(layer, ResizeBilinear)
+    }
+
+
+def check_graph(content, where="the converted model", half_pixel=False):
+    """Op counts of a flatbuffer; raises when dilations or resizes were not kept native.
+
+    Every RESIZE_BILINEAR must be align_corners=True, or half-pixel (align_corners=False,
+    half_pixel_centers=True) when `half_pixel` (the model has such resizes); the legacy TF1
+    convention (both False) is never right.
+    """
     counts = op_counts(content=content)
     bad = {op: counts[op] for op in FORBIDDEN_OPS if op in counts}
     if bad:
@@ -146,16 +163,17 @@ def check_graph(content, where="the converted model"):
             "keras_deeplab.layers.Conv2D / DepthwiseConv2D (not keras.layers')."
         )
     resizes = [op for op in op_options(content=content) if op["op"] == "RESIZE_BILINEAR"]
-    wrong = [
-        i
-        for i, op in enumerate(resizes)
-        if not op.get("align_corners") or op.get("half_pixel_centers")
-    ]
+
+    def allowed(op):
+        corners, half = bool(op.get("align_corners")), bool(op.get("half_pixel_centers"))
+        return (corners and not half) or (half_pixel and half and not corners)
+
+    wrong = [i for i, op in enumerate(resizes) if not allowed(op)]
     if wrong:
+        kinds = "align_corners=True" + (" or half-pixel centres" if half_pixel else "")
         raise RuntimeError(
-            f"{where}: RESIZE_BILINEAR op(s) {wrong} of {len(resizes)} do not use "
-            "align_corners=True (half_pixel_centers=False) as the official DeepLab resizes; "
-            "use keras_deeplab.layers.ResizeBilinear."
+            f"{where}: RESIZE_BILINEAR op(s) {wrong} of {len(resizes)} do not use {kinds} as "
+            "the model's resizes do; use keras_deeplab.layers.ResizeBilinear."
         )
     return counts
 
@@ -269,7 +287,8 @@ def to_tflite(
     start = time.perf_counter()
     network, applied = optimize_for_export(exported.core, hw) if optimize else (None, [])
     content = _convert(exported, hw, quantize, representative, io_type, network)
-    counts = check_graph(content, f"TFLite graph of model {model.name!r}")
+    half_pixel = "half_pixel" in resize_conventions(model)
+    counts = check_graph(content, f"TFLite graph of model {model.name!r}", half_pixel)
     atomic_write_bytes(path, content)
     labels_path = atomic_write_bytes(labels_path_for(path), labels_text(labels).encode())
     export_info = {
