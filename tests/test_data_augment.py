@@ -177,3 +177,20 @@ def test_eval_batches_pad_to_batch_max():
     assert fixed[0].shape == (3, 65, 65, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="larger than pad_to"):
         list(eval_pipeline(data, pad_to=33))
+
+
+def test_train_pipeline_shards_partition_every_global_batch():
+    """Sharded pipelines (chosen before decoding) hold the unsharded batches' examples."""
+    from keras_deeplab.data import shapes
+    from keras_deeplab.data.augment import train_pipeline
+
+    data = shapes(num_examples=12, image_size=40)
+    whole = [b for b in train_pipeline(data, 4, crop_size=32, seed=3)]
+    parts = [list(train_pipeline(data, 4, crop_size=32, seed=3, shard=(2, i))) for i in (0, 1)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+    for batch, first, second in zip(whole, *parts, strict=True):
+        assert first[0].shape[0] == second[0].shape[0] == 2
+        np.testing.assert_array_equal(batch[0], np.concatenate([first[0], second[0]]))
+        np.testing.assert_array_equal(batch[1], np.concatenate([first[1], second[1]]))
+    with pytest.raises(ValueError, match="divisible by num_shards"):
+        train_pipeline(data, 3, crop_size=32, shard=(2, 0))

@@ -138,6 +138,7 @@ def train_pipeline(
     skip_batches=0,
     drop_remainder=True,
     mean_pixel=MEAN_PIXEL,
+    shard=None,
 ):
     """Batched training dataset with the official DeepLab augmentation (one epoch).
 
@@ -154,6 +155,10 @@ def train_pipeline(
         skip_batches: batches to skip at the start (resume inside an epoch).
         drop_remainder: drop the last incomplete batch (static batch shape).
         mean_pixel: image padding value.
+        shard: `(num_shards, index)`: only this shard's `batch_size // num_shards` examples
+            of each global batch, chosen before decoding (tf.distribute input pipelines, one
+            per worker or replica; see `training.trainer`). The shards of one seed together
+            hold exactly the examples, augmentations included, of the unsharded pipeline.
 
     Returns:
         `tf.data.Dataset` of `(images float32 [B, h, w, 3] in 0..255, masks int32 [B, h, w])`
@@ -167,6 +172,7 @@ def train_pipeline(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    num_shards, shard_index = _shard(shard, batch_size)
     crop_size = _pair(crop_size, "crop_size")
     scales = scale_factors(min_scale, max_scale, scale_step)
     if seed is None:
@@ -184,6 +190,13 @@ def train_pipeline(
     if skip_batches:
         dataset = dataset.skip(int(skip_batches) * batch_size)
     ignore_label = data.ignore_label
+    per_shard = batch_size // num_shards
+    if num_shards > 1:  # before `prepare`: a shard decodes only its own examples
+        dataset = (
+            dataset.enumerate()
+            .filter(lambda i, _: (i % batch_size) // per_shard == shard_index)
+            .map(lambda _, example: example)
+        )
 
     def prepare(example, random):
         image, mask = decode(*example) if decode is not None else example
@@ -202,8 +215,24 @@ def train_pipeline(
         )
 
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.batch(per_shard, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _shard(shard, batch_size):
+    """`(num_shards, index)` of `train_pipeline(shard=...)`, checked; (1, 0) for None."""
+    if shard is None:
+        return 1, 0
+    try:
+        num_shards, index = (int(s) for s in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be (num_shards, index); got {shard!r}.") from None
+    if num_shards < 1 or not 0 <= index < num_shards or batch_size % num_shards:
+        raise ValueError(
+            f"shard={tuple(shard)}: need 0 <= index < num_shards and batch_size ({batch_size}) "
+            "divisible by num_shards."
+        )
+    return num_shards, index
 
 
 def steps_per_epoch(data, batch_size, drop_remainder=True):
