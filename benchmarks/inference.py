@@ -118,6 +118,44 @@ def _accuracy(runners, cells, backends, size):
     return accuracy
 
 
+def precision_check(precision="bfloat16", cached=None):
+    """`keras_deeplab.precision.verify_precision` of Google's DeepLabV3 MobileNetV2 (the
+    official `deeplabv3_257_mv_gpu.tflite` weights) on the 8 shared VOC 2012 val samples,
+    at their full size through the Segmenter: argmax agreement with float32 and mIoU in both.
+
+    `cached`: a previous result; returned as is (`"cached": True`) when the model
+    fingerprint and precision are the same (the verdict is computed once per weights and
+    precision). `{"error": ...}` without the shared data.
+    """
+    from benchmarks._common import shared_data_dir
+    from benchmarks.voc_samples_eval import OFFICIAL, load_samples
+    from keras_deeplab.export.saved_model import model_fingerprint
+    from keras_deeplab.precision import verify_precision
+    from keras_deeplab.weights import load_tflite
+
+    try:
+        model = load_tflite(shared_data_dir(OFFICIAL))
+        samples = load_samples(shared_data_dir())
+    except SystemExit as missing:  # shared data missing: say so, do not stop the run
+        return {"error": str(missing)}
+    fingerprint = model_fingerprint(model)
+    cached = cached or {}
+    if cached.get("fingerprint") == fingerprint and cached.get("precision") == precision:
+        return {**cached, "cached": True}
+    start = time.perf_counter()
+    result = verify_precision(
+        model, precision, [rgb for _, rgb, _ in samples], [mask for _, _, mask in samples]
+    )
+    return {
+        **result,
+        "model": f"{model.name} (Google's deeplabv3_257_mv_gpu.tflite weights)",
+        "data": f"{len(samples)} VOC 2012 val samples, full size, single scale",
+        "fingerprint": fingerprint,
+        "seconds": round(time.perf_counter() - start, 1),
+        "cached": False,
+    }
+
+
 def scaling_exponents(cells, macs):
     """`{backend: exponent}`: slope of log(latency) vs log(pixels), batch 1, >= 2 sizes.
 

@@ -28,7 +28,8 @@ def matmul_peak(n=4096, reps=6):
 
 
 def machine_info():
-    """CPU model and vector extensions, cores, memory, Python/TF/Keras versions, date, load."""
+    """CPU model and vector extensions (AMX / AVX512-BF16 included), cores, memory,
+    Python/TF/Keras versions, date, load, and `keras_deeplab.precision`'s native choice."""
     import keras
     import tensorflow as tf
 
@@ -43,9 +44,20 @@ def machine_info():
         pass
     isa = [
         f
-        for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+        for f in (
+            "avx2",
+            "fma",
+            "avx512f",
+            "avx512_vnni",
+            "avx512_bf16",
+            "amx_bf16",
+            "amx_int8",
+            "amx_tile",
+        )
         if f" {f}" in flags
     ]
+    from keras_deeplab.precision import native_precision, native_reason
+
     try:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
@@ -61,4 +73,6 @@ def machine_info():
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_at_start": list(os.getloadavg()),
+        "native_precision": native_precision(),
+        "native_precision_reason": native_reason(),
     }

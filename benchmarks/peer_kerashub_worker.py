@@ -6,8 +6,10 @@ Builds keras-hub's `DeepLabV3ImageSegmenter` offline (no presets, random weights
 spatial_pyramid_pooling_key="P5", upsampling_size=8, dilation_rates=[6, 12, 18])`, 21 classes.
 
 Tasks (a JSON argument), result printed as one tagged JSON line:
-* `{"kind": "infer", "size": 512}`: latency at batch 1 (`tf.function`, warm-up excluded,
-  median), GFLOP per image and achieved GFLOP/s;
+* `{"kind": "infer", "size": 512, "precision": "float32"}`: latency at batch 1
+  (`tf.function`, warm-up excluded, median), GFLOP per image and achieved GFLOP/s;
+  `"precision": "bfloat16"` builds the model under the global Keras policy `mixed_bfloat16`
+  (keras-hub's own way to run in bfloat16);
 * `{"kind": "train", "size": 512, "batch": 8, "steps": 3}`: training images/s with the same
   step as `benchmarks.training.bench_train` (SGD momentum 0.9, pixel cross-entropy).
 
@@ -67,11 +69,22 @@ def profiled_gflop(model, size):
     return counted / 1e9, {k: v / 1e9 for k, v in per_op.items() if v}
 
 
-def infer(size):
+def set_precision(precision):
+    """Global Keras dtype policy for `precision` ("float32" or "bfloat16")."""
+    import keras
+
+    policies = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+    if precision not in policies:
+        raise ValueError(f"precision must be float32 or bfloat16; got {precision!r}")
+    keras.config.set_dtype_policy(policies[precision])
+
+
+def infer(size, precision="float32"):
     import keras
     import keras_hub
     import tensorflow as tf
 
+    set_precision(precision)
     model = build(size)
     gflop, per_op = profiled_gflop(model, size)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)), tf.float32)
@@ -80,6 +93,7 @@ def infer(size):
     out = {
         "model": "keras_hub.models.DeepLabV3ImageSegmenter (ResNet50, P2, P5, rates 6/12/18)",
         "size": size,
+        "precision": precision,
         "params": int(model.count_params()),
         "gflop_per_image": gflop,
         "profiled_gflop_by_op": per_op,
@@ -93,6 +107,7 @@ def infer(size):
             "tensorflow": tf.__version__,
         },
     }
+    keras.config.set_dtype_policy("float32")
     try:  # cross-check the counting method on our model (same counter, same size)
         sys.path.insert(0, str(REPO))
         import keras_deeplab
@@ -109,16 +124,19 @@ def infer(size):
     return out
 
 
-def train(size, batch, steps):
-    return train_step_rate(build(size), size, batch, steps)
+def train(size, batch, steps, precision="float32"):
+    set_precision(precision)
+    return {**train_step_rate(build(size), size, batch, steps), "precision": precision}
 
 
 def main():
     task = json.loads(sys.argv[1])
     if task["kind"] == "infer":
-        out = infer(task["size"])
+        out = infer(task["size"], task.get("precision", "float32"))
     elif task["kind"] == "train":
-        out = train(task["size"], task["batch"], task.get("steps", 3))
+        out = train(
+            task["size"], task["batch"], task.get("steps", 3), task.get("precision", "float32")
+        )
     else:
         raise ValueError(f"unknown task {task['kind']!r}")
     emit_result(out)

@@ -35,6 +35,7 @@ def render_markdown(report):
         f"{m['memory_gib']} GiB; TF {m['tensorflow']}, Keras {m['keras']}, Python "
         f"{m['python']}; {m['date']}; load average at start {m['load_average_at_start'][0]:.2f}.",
         f"Command: `{report['command']}` ({report['wall_minutes']:.1f} min).",
+        *precision_lines(report),
         "",
         f"fp32 matmul peak (4096x4096 `tf.linalg.matmul`, same run): **{peak:,.0f} GFLOP/s** "
         f"(start {report['peak']['start']['gflops']:,.0f}, end "
@@ -233,6 +234,29 @@ def render_summary(report):
     return "\n".join(lines) + "\n"
 
 
+def precision_lines(report):
+    """The native precision of the machine and the bf16 verdict on the VOC samples."""
+    m, lines = report["machine"], []
+    if "native_precision" in m:
+        lines.append(
+            f"Precision `auto` on this machine: {m['native_precision']} "
+            f"({m['native_precision_reason']})."
+        )
+    check = report.get("precision_check")
+    if check is None:
+        return lines
+    if "error" in check:
+        lines.append(f"bf16 vs fp32 check: **not run**: {check['error']}")
+        return lines
+    lines.append(
+        f"{check['precision']} vs float32 (`verify_precision`, {check['model']}, {check['data']}"
+        f"{', cached from the previous run' if check.get('cached') else ''}): argmax agreement "
+        f"**{100 * check['agreement']:.2f}%**, mIoU {check['miou']:.4f} vs "
+        f"{check['miou_float32']:.4f} (difference {check['miou_difference']:+.4f})."
+    )
+    return lines
+
+
 def peer_rows(report):
     """Rows comparing keras-hub with our DeepLabV3+ resnet50 at `PEER_SIZE`."""
     peers, peak = report["peers"], report["peak"]["gflops"]
@@ -247,14 +271,29 @@ def peer_rows(report):
         f"{fmt(peers.get('train', {}).get('images_per_s'), 2)} | "
         f"{fmt(peers.get('train', {}).get('peak_rss_mb'), 0)} |",
     ]
+    hub_bf16 = report.get("peers_bf16") or {}
+    if "median_ms" in hub_bf16:
+        rows.append(
+            f"| keras-hub, mixed_bfloat16 | {hub_gflop:.1f} | {fmt(hub_bf16['median_ms'])} | "
+            f"{fmt(hub_bf16['gflops'], 0)} | {fmt(100 * hub_bf16['gflops'] / peak, 0)} | | |"
+        )
+    elif "error" in hub_bf16:
+        rows.append(f"| keras-hub, mixed_bfloat16 | | n/a | | | | {hub_bf16['error'][:80]} |")
     for backend, c in ours.get("cells", {}).items():
         rows.append(
             f"| ours {PEER_MODEL}, {BACKEND_LABELS[backend]} | {ours['gflop_per_image']:.1f} | "
             f"{fmt(c['median_ms'])} | {fmt(c['gflops'], 0)} | "
             f"{fmt(100 * c['gflops'] / peak, 0)} | | |"
         )
-    rows += ["", "Ratios (ours / keras-hub; target: GFLOP/s >= 1.5x):", ""]
+    rows += ["", "Ratios (ours / keras-hub; targets: fp32 GFLOP/s >= 1.5x, bf16 >= 3x):", ""]
     for backend, c in ours.get("cells", {}).items():
+        if backend.endswith("bf16") and "median_ms" in hub_bf16:
+            rows.append(
+                f"* {BACKEND_LABELS[backend]} vs keras-hub mixed_bfloat16: achieved GFLOP/s "
+                f"**{c['gflops'] / hub_bf16['gflops']:.2f}x**, latency "
+                f"{c['median_ms'] / hub_bf16['median_ms']:.2f}x."
+            )
+            continue
         rows.append(
             f"* {BACKEND_LABELS[backend]}: achieved GFLOP/s **{c['gflops'] / peers['gflops']:.2f}x**, "
             f"latency {c['median_ms'] / peers['median_ms']:.2f}x "

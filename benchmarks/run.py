@@ -33,6 +33,12 @@ What is measured (warm-up calls excluded, median latency):
 * dense CRF seconds per 513x513 image with 21 classes: one process, and `batch_crf` with
   all cores.
 * latency against pixel count: exponent of the log-log fit over 257 -> 513 -> 1025.
+* precision: the CPU's AMX / AVX512-BF16 flags and `keras_deeplab.precision`'s native choice
+  (machine line); "Keras optimised" is the Segmenter's default float32 path and "+ bf16" its
+  `precision="bfloat16"` path; the bf16 verdict (`verify_precision`: argmax agreement and
+  mIoU of Google's DeepLabV3 MobileNetV2 weights on the 8 VOC samples, bf16 vs fp32),
+  computed once per weights and reused from the previous JSON; keras-hub in fp32 and under
+  `mixed_bfloat16` in the same run.
 * keras-hub `DeepLabV3ImageSegmenter` (ResNet50, P2 low-level features, 512x512, random
   weights) in `benchmarks/.venv-peers` (create with `bash benchmarks/setup_peers.sh`), vs our
   DeepLabV3+ resnet50 at 512.
@@ -65,6 +71,11 @@ def main(argv=None):
     )
     parser.add_argument("--no-peers", action="store_true", help="skip the keras-hub peer")
     parser.add_argument("--no-train", action="store_true", help="skip training/pipeline/CRF")
+    parser.add_argument(
+        "--no-precision-check",
+        action="store_true",
+        help="skip the bf16 vs fp32 check on the VOC samples (cached in the JSON otherwise)",
+    )
     parser.add_argument("--out", default=None, help="output stem (default results/run[_quick])")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -85,6 +96,10 @@ def main(argv=None):
     command = "python -m benchmarks.run" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     report = {"command": command.strip(), "machine": machine_info(), "plan": plan}
     report["peak"] = {"start": run_task({"kind": "peak", **plan["peak"]})}
+    if not args.no_precision_check:  # bf16 vs fp32 verdict, once per weights (cached in JSON)
+        report["precision_check"] = run_task(
+            {"kind": "precision_check", "precision": "bfloat16", "cached": _previous(stem)}
+        )
     report["inference"] = []
     for name in plan["models"]:
         task = {
@@ -114,6 +129,9 @@ def main(argv=None):
             }
         report["peers"] = run_peer({"kind": "infer", "size": PEER_SIZE})
         if "error" not in report["peers"]:
+            report["peers_bf16"] = run_peer(
+                {"kind": "infer", "size": PEER_SIZE, "precision": "bfloat16"}
+            )
             report["peers"]["train"] = run_peer(
                 {"kind": "train", "size": PEER_SIZE, "batch": 8, "steps": 3}
             )
@@ -148,6 +166,14 @@ def main(argv=None):
     Path(f"{stem}_summary.md").write_text(render_summary(report))
     print(markdown)
     return report
+
+
+def _previous(stem):
+    """The `precision_check` of the last run written to `stem`.json (the cached verdict)."""
+    try:
+        return json.loads(Path(f"{stem}.json").read_text()).get("precision_check")
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every measurement in its own subprocess: the task runner, the worker side, the keras-hub peer.
 
-A task is a JSON dict `{"kind": "peak" | "infer" | "train" | "pipeline" | "crf", ...}`;
+A task is a JSON dict `{"kind": "peak" | "infer" | "train" | "pipeline" | "crf" |
+"precision_check", ...}`;
 `run_task` starts `python -m benchmarks.run --worker TASK`, whose `run_worker` prints one line
 `BENCHMARK_RESULT:{json}` (with the process' peak RSS) that the parent reads back. One
 process per task makes peak memory per configuration and keeps one model's memory from
@@ -55,8 +56,14 @@ def run_worker(task):
         from benchmarks.crf import bench_crf
 
         out = bench_crf(task["size"], images=task.get("images", 4))
+    elif kind == "precision_check":
+        from benchmarks.inference import precision_check
+
+        out = precision_check(task.get("precision", "bfloat16"), task.get("cached"))
     else:
-        raise ValueError(f"unknown task {kind!r}: expected peak, infer, train, pipeline or crf")
+        raise ValueError(
+            f"unknown task {kind!r}: expected peak, infer, train, pipeline, crf or precision_check"
+        )
     emit_result(out)
 
 

@@ -243,3 +243,55 @@ def test_cli_export_tflite_refuses_precision(tmp_path, capsys):
     argv = ["export", "--format", "tflite", "--precision", "bfloat16", "--out"]
     assert main([*argv, str(tmp_path / "m.tflite")]) == 2
     assert "--quantize" in capsys.readouterr().err
+
+
+def test_benchmark_report_states_precision_and_bf16_peer_ratio():
+    from benchmarks.report import peer_rows, precision_lines
+
+    report = {
+        "machine": {"native_precision": "bfloat16", "native_precision_reason": "CPU has amx_bf16"},
+        "precision_check": {
+            "precision": "bfloat16",
+            "model": "m",
+            "data": "8 VOC",
+            "agreement": 0.99671,
+            "miou": 0.8337,
+            "miou_float32": 0.8409,
+            "miou_difference": -0.0072,
+            "cached": True,
+        },
+        "peak": {"gflops": 500.0},
+        "peers": {"gflop_per_image": 60.0, "median_ms": 400.0, "gflops": 150.0},
+        "peers_bf16": {"median_ms": 200.0, "gflops": 300.0},
+        "peer_ours": {
+            "gflop_per_image": 75.0,
+            "cells": {
+                "keras_opt": {"median_ms": 250.0, "gflops": 300.0},
+                "keras_opt_bf16": {"median_ms": 100.0, "gflops": 750.0},
+            },
+        },
+    }
+    lines = precision_lines(report)
+    assert lines[0] == "Precision `auto` on this machine: bfloat16 (CPU has amx_bf16)."
+    assert "cached from the previous run" in lines[1] and "**99.67%**" in lines[1]
+    assert "(difference -0.0072)" in lines[1]
+    text = "\n".join(peer_rows(report))
+    assert "| keras-hub, mixed_bfloat16 | 60.0 | 200.0 | 300 | 60 | | |" in text
+    assert "vs keras-hub mixed_bfloat16: achieved GFLOP/s **2.50x**, latency 0.50x" in text
+    assert "Keras optimised: achieved GFLOP/s **2.00x**" in text
+    assert precision_lines({"machine": {}, "precision_check": {"error": "no data"}}) == [
+        "bf16 vs fp32 check: **not run**: no data"
+    ]
+
+
+def test_benchmark_precision_check_is_cached_per_weights_and_precision():
+    from conftest import shared_data_dir
+
+    from benchmarks.inference import precision_check
+    from keras_deeplab.export.saved_model import model_fingerprint
+    from keras_deeplab.weights import load_tflite
+
+    tflite = shared_data_dir("deeplabv3_tflite", "deeplabv3_257_mv_gpu.tflite")
+    fingerprint = model_fingerprint(load_tflite(str(tflite)))
+    cached = {"fingerprint": fingerprint, "precision": "bfloat16", "agreement": 0.5}
+    assert precision_check("bfloat16", cached) == {**cached, "cached": True}
