@@ -165,5 +165,5 @@ def test_refinenet50_tflite_and_saved_model(tmp_path, refinenet50):
     assert not any(op.startswith(("CUSTOM", "FLEX")) for op in ops), ops
     assert {"CONV_2D", "MAX_POOL_2D", "RESIZE_BILINEAR"} <= set(ops), ops
     assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
-    saved = to_saved_model(model, tmp_path / "refinenet50")
+    saved = to_saved_model(model, tmp_path / "refinenet50", tolerance=tolerance)
     assert saved["passed"], saved
