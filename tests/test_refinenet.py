@@ -118,7 +118,7 @@ def test_chained_residual_pooling_order(order):
     ("kwargs", "message"),
     [
         ({"output_stride": 16}, "output_stride must be 32"),
-        ({"backbone": "mobilenetv2"}, "resnet101_tv"),
+        ({"backbone": "xception65"}, "mobilenetv2_dm05"),
         ({"crp_order": "pool"}, "crp_order must be one of"),
         ({"crp_blocks": 0}, "crp_blocks must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be a number in [0, 1)"),
@@ -167,3 +167,14 @@ def test_refinenet50_tflite_and_saved_model(tmp_path, refinenet50):
     assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
     saved = to_saved_model(model, tmp_path / "refinenet50", tolerance=tolerance)
     assert saved["passed"], saved
+
+
+def test_on_mobilenetv2():
+    """The cascade on MobileNetV2 x0.5's DeepLab taps (strides 4, 8, 16, 32): the adaptation
+    convs take any width (the refinement path keeps its 75.5M parameters)."""
+    model = create_model(
+        "refinenet_resnet50", backbone="mobilenetv2_dm05", num_classes=3, input_shape=(65, 97, 3)
+    )
+    assert model.backbone_name == "mobilenetv2_dm05" and model.output_stride == 32
+    assert tuple(model.get_layer("clf_conv").output.shape) == (None, 17, 25, 3)
+    assert tuple(model(random_images(1, (65, 97))).shape) == (1, 65, 97, 3)

@@ -146,7 +146,7 @@ def test_auxiliary_head_only_in_training():
     [
         ({"output_stride": 16}, "output_stride must be 32"),
         ({"output_stride": 8}, "output_stride must be 32"),
-        ({"backbone": "xception65"}, "resnet50_deep"),
+        ({"backbone": "xception65"}, "mobilenetv2_dm05"),
         ({"fpn_dim": 0}, "fpn_dim must be a positive integer"),
         ({"ppm_bins": []}, "ppm_bins must be a non-empty list"),
         ({"ppm_conv_first": "yes"}, "ppm_conv_first must be True"),
@@ -207,3 +207,18 @@ def test_tflite_builtins(small, tmp_path):
     assert not any(op.startswith(("CUSTOM", "FLEX")) for op in ops), ops
     assert "RESIZE_BILINEAR" in ops and ("BATCH_MATMUL" in ops or "FULLY_CONNECTED" in ops), ops
     assert report["max_abs_diff"] <= tolerance, report["max_abs_diff"]
+
+
+def test_on_mobilenetv2():
+    """The head on MobileNetV2 x0.5's DeepLab taps (strides 4, 8, 16, 32) at output stride 32."""
+    model = create_model(
+        "upernet_resnet50",
+        backbone="mobilenetv2_dm05",
+        num_classes=3,
+        fpn_dim=16,
+        ppm_channels=8,
+        input_shape=(65, 97, 3),
+    )
+    assert model.backbone_name == "mobilenetv2_dm05" and model.output_stride == 32
+    assert tuple(model.get_layer("upernet_logits").output.shape) == (None, 17, 25, 3)
+    assert tuple(model(random_images(1, (65, 97))).shape) == (1, 65, 97, 3)

@@ -19,7 +19,8 @@ Example:
 from keras_deeplab.heads import refinenet  # noqa: F401 - registers the head
 from keras_deeplab.registry import Architecture, register_architecture, register_model
 
-# ResNets whose stride_4/8/16/final taps are the four stage outputs (conv2_x .. conv5_x).
+# ResNets whose stride_4/8/16/final taps are the four stage outputs (conv2_x .. conv5_x),
+# and the MobileNetV2s (their DeepLab taps at strides 4, 8, 16 and 32).
 BACKBONES = (
     "resnet50_tv",
     "resnet101_tv",
@@ -27,6 +28,8 @@ BACKBONES = (
     "resnet101",
     "resnet50_deep",
     "resnet101_deep",
+    "mobilenetv2",
+    "mobilenetv2_dm05",
 )
 
 

@@ -30,16 +30,17 @@ Example:
 from keras_deeplab.heads import upernet  # noqa: F401 - registers the heads
 from keras_deeplab.registry import Architecture, register_architecture, register_model
 
-# ResNets whose stride_4/8/16/final taps are the four stage outputs (conv2_x .. conv5_x).
+# ResNets whose stride_4/8/16/final taps are the four stage outputs (conv2_x .. conv5_x),
+# and the MobileNetV2s (their DeepLab taps at strides 4, 8, 16 and 32) for compact models.
 BACKBONES = (
     "resnet50_deep",
     "resnet101_deep",
-    "resnet50_v1c",
-    "resnet101_v1c",
     "resnet50_tv",
     "resnet101_tv",
     "resnet50",
     "resnet101",
+    "mobilenetv2",
+    "mobilenetv2_dm05",
 )
 AUX_LOSS_WEIGHT = 0.4
 
