@@ -248,6 +248,7 @@ def test_same_padding_options():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"backbone": "resnet50"}, "U-Net has no backbone"),
         ({"backbone": "resnet50", "input_shape": (None, None, 3)}, "U-Net has no backbone"),
         ({"padding": "valud"}, "padding must be 'valid'"),
         ({"depth": 6}, r"depth \(number of poolings\) must be one of \(3, 4, 5\)"),
@@ -281,10 +282,10 @@ def test_keras_round_trip_with_one_channel(tmp_path):
 
 @pytest.mark.parametrize(("name", "size", "out"), [("unet", 188, 4), ("unet_same", 45, 45)])
 def test_tflite_export_builtin_ops_only(name, size, out, tmp_path):
-    # 3 channels: keras_deeplab.export traces [1, H, W, 3] (1-channel export requested).
-    model = create_model(name, base_filters=4, input_shape=(None, None, 3))
+    model = create_model(name, base_filters=4, input_shape=(None, None, 1))
     report = to_tflite(model, tmp_path / f"{name}.tflite", input_size=size)
     assert report["passed"] and report["max_abs_diff"] <= 1e-4
+    assert report["input"]["shape"] == [1, size, size, 1]
     assert report["output"]["shape"] == [1, out, out, 2]
     ops = set(report["op_counts"])
     assert {"CONV_2D", "MAX_POOL_2D", "TRANSPOSE_CONV", "CONCATENATION"} <= ops
@@ -323,3 +324,14 @@ def test_model_export_with_one_channel_and_unknown_sizes(tmp_path):
     np.testing.assert_allclose(served.serve(x).numpy(), np.asarray(model(x)), atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="12 mod 16"):
         served.serve(_images((200, 188, 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet", "unet_same"])
+def test_saved_model_export_with_one_channel(name, tmp_path):
+    """keras_deeplab.export.to_saved_model verifies the valid U-Net on mirror-padded samples."""
+    from keras_deeplab.export import to_saved_model
+
+    model = create_model(name, base_filters=2, input_shape=(None, None, 1))
+    report = to_saved_model(model, tmp_path / name)
+    assert report["passed"], report
