@@ -1,18 +1,22 @@
-"""FCN-ResNet50/101 (torchvision) with the auxiliary head, the whole model.
+"""FCN-ResNet50/101 (torchvision) with the auxiliary head, the whole model (both depths).
 
 Reference: `torchvision.models.segmentation.fcn_resnet50 / fcn_resnet101(weights=None,
 weights_backbone=None, aux_loss=True, num_classes=21)` after `torch.manual_seed(0)`, with
-random BatchNorm statistics, eval mode. Its `"out"` (bilinear `align_corners=False` to the
+random BatchNorm statistics (each bottleneck's `bn3` scale then times 0.2, so the residual
+stream stays bounded), eval mode. Its `"out"` (bilinear `align_corners=False` to the
 input size) is compared with our model's output; its `"aux"` with our auxiliary logits
 (`aux_fcn_logits`) resized the same way (`tf.image.resize`, half-pixel bilinear). Layer
 names: the backbone's are the torch keys with "." -> "_"; `classifier.0/1/4` are
 `fcn_conv` / `fcn_bn` / `fcn_logits`, `aux_classifier.*` the `aux_fcn_*` layers.
 """
 
-CASES = ["fcn_resnet50"]
+CASES = ["fcn_resnet50", "fcn_resnet101"]
 SIZES = [(65, 97), (67, 93)]
 NUM_CLASSES = 21
 HEAD = {"conv": "0", "bn": "1", "logits": "4"}
+# Random BN statistics make the residual stream grow block after block (logits ~1e6 on
+# ResNet-101); each bottleneck's last BN scale is multiplied by this on the torch side.
+RESIDUAL_BN_SCALE = 0.2
 
 
 def torch_reference(case, out_path):
@@ -33,6 +37,10 @@ def torch_reference(case, out_path):
         weights=None, weights_backbone=None, aux_loss=True, num_classes=NUM_CLASSES
     )
     randomize_batch_norms(model)
+    with torch.no_grad():  # keep the residual sums bounded through 23 blocks (ResNet-101)
+        for name, module in model.named_modules():
+            if name.endswith(".bn3"):
+                module.weight.mul_(RESIDUAL_BN_SCALE)
     model.eval()
     inputs = random_inputs(SIZES)
     write_reference(
