@@ -1,0 +1,67 @@
+"""Smoke test of `benchmarks.camvid_zoo` (issue 19) on a tiny fake CamVid folder."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import camvid_zoo
+
+
+def _fake_camvid(root, train=4, val=2, size=(40, 56)):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(count):
+            image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            labels = rng.integers(0, 12, size, dtype=np.uint8)  # 11 classes + void 11
+            Image.fromarray(image).save(root / split / f"f{i}.png")
+            Image.fromarray(labels, mode="L").save(root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+def test_two_rows_train_score_and_report(tmp_path):
+    data = _fake_camvid(tmp_path / "camvid_fake")
+    stem = tmp_path / "results" / "zoo"
+    camvid_zoo.main(
+        [
+            "--models", "deeplabv3_scratch,segnet_basic",
+            "--steps", "2", "--batch-size", "2", "--crop-size", "33",
+            "--latency-size", "33,49", "--latency-runs", "1", "--no-tflite",
+            "--precision", "float32",
+            "--data", str(data), "--out", str(tmp_path / "runs"), "--results", str(stem),
+        ]
+    )  # fmt: skip
+    record = json.loads(stem.with_suffix(".json").read_text())
+    assert record["kind"] == "custom run"
+    assert [r["key"] for r in record["rows"]] == ["deeplabv3_scratch", "segnet_basic"]
+    for row in record["rows"]:
+        assert 0 <= row["miou"] <= 1 and 0 <= row["global_accuracy"] <= 1
+        assert len(row["per_class_iou"]) == 11
+        assert row["steps"] == 2 and row["params"] > 0 and row["macs"] > 0
+        assert row["keras_ms"] > 0 and row["tflite_ms"] is None
+    assert record["rows"][0]["keras_ms_ratio"] == 1.0
+    table = stem.with_suffix(".md").read_text()
+    assert "| deeplabv3_scratch | scratch | 8 |" in table and "segnet_basic" in table
+    assert stem.with_suffix(".png").stat().st_size > 0
+    assert (tmp_path / "results" / "zoo_panels.png").stat().st_size > 0
+    # The run directory is what `keras-deeplab eval --run` loads.
+    from keras_deeplab.training.run_dir import load_run
+
+    loaded = load_run(tmp_path / "runs" / "segnet_basic")
+    assert loaded.model.num_classes == 11
+
+
+def test_unknown_model_lists_the_valid_rows():
+    with pytest.raises(SystemExit, match="unknown row.*nope.*valid rows: deeplabv3, "):
+        camvid_zoo.main(["--models", "deeplabv3,nope"])
+
+
+def test_missing_data_says_where_it_is_expected(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_DEEPLAB_SHARED_DATA", str(tmp_path))
+    with pytest.raises(SystemExit) as error:
+        camvid_zoo.main(["--models", "segnet_basic"])
+    message = str(error.value)
+    assert str(tmp_path / "camvid_full") in message and "KERAS_DEEPLAB_SHARED_DATA" in message
