@@ -73,6 +73,16 @@ def build_model(architecture, **kwargs):
         extras.update(multi_scale=False, scales=MSC_SCALES)
     check_arguments(architecture, kwargs, accepted_extra=extras)
     build = {key: kwargs.pop(key, default) for key, default in extras.items()}
+    if build["backbone_weights"] is not None and arch.graph is not None:
+        hint = {
+            "fcn": " (FCN: keras_deeplab.architectures.fcn.fcn_vgg16_from_keras_applications "
+            "copies keras.applications VGG16 weights into it)"
+        }.get(architecture, "")
+        raise ValueError(
+            f"backbone_weights: {architecture} is a whole network without a separate backbone, "
+            f"so there is no backbone to load {build['backbone_weights']!r} into{hint}; "
+            "use weights= for a whole model's weights."
+        )
     if build.get("multi_scale"):
         activation = kwargs.pop("activation", None)
         single = SegmentationModel(

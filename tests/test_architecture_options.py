@@ -197,3 +197,12 @@ def test_tflite_resize_check_follows_the_model_conventions():
     with pytest.raises(RuntimeError, match="or half-pixel centres"):
         check_graph(flatbuffer(), half_pixel=True)  # legacy TF1 resize
     assert check_graph(flatbuffer(align_corners=True))["RESIZE_BILINEAR"] == 1
+
+
+def test_backbone_weights_refused_before_building_a_whole_network():
+    from keras_deeplab import create_model
+
+    with pytest.raises(ValueError, match="fcn_vgg16_from_keras_applications"):
+        create_model("fcn8s", backbone_weights="imagenet")
+    with pytest.raises(ValueError, match="without a separate backbone"):
+        create_model("segnet_basic", backbone_weights="imagenet")
