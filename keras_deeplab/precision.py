@@ -17,6 +17,10 @@ API (used by the inference paths and by training's `train.precision`):
   `"mixed_float16"` or None (float32). Variables stay float32 under both mixed policies;
   the models keep softmax/argmax in float32 (`optimize_for_inference` casts the logits back
   to float32; the Segmenter takes the argmax on those).
+* `model_precision(model)` -> the precision a built model computes in (a model trained under
+  a mixed policy keeps it); `inference_policy(model, precision)` -> the policy for
+  `optimize_for_inference` that makes it compute in `precision` ("float32" undoes a mixed
+  training policy).
 * `verify_precision(model, precision, images, labels)` -> argmax agreement and mIoU of a
   reduced-precision inference model against float32 on the same images (a `dict`).
 
@@ -179,6 +183,37 @@ def dtype_policy(precision):
     return _POLICIES[resolve_precision(precision)]
 
 
+def model_precision(model):
+    """The precision `model`'s layers compute in: "float32", "bfloat16" or "float16" (the
+    lowest found; a model trained under a mixed policy keeps it).
+
+    Example:
+        >>> model_precision(keras_deeplab.create_model("deeplabv3_mobilenetv2"))
+        'float32'
+    """
+    from keras_deeplab import _compat
+
+    found = {getattr(layer, "compute_dtype", "float32") for layer in _compat.all_layers(model)}
+    for name in ("float16", "bfloat16"):
+        if name in found:
+            return name
+    return "float32"
+
+
+def inference_policy(model, precision):
+    """The dtype policy that makes `model` compute in `precision` (resolved): None when it
+    already does in float32, "float32" to undo a mixed training policy, else the mixed one.
+
+    Example:
+        >>> inference_policy(model, "bfloat16")
+        'mixed_bfloat16'
+    """
+    policy = dtype_policy(precision)
+    if policy is None and model_precision(model) != "float32":
+        return "float32"
+    return policy
+
+
 def _confusion(predictions, labels, num_classes, ignore_label):
     valid = labels != ignore_label
     index = labels[valid].astype(np.int64) * num_classes + predictions[valid].astype(np.int64)
@@ -257,6 +292,8 @@ __all__ = [
     "PRECISIONS",
     "describe_choice",
     "dtype_policy",
+    "inference_policy",
+    "model_precision",
     "native_precision",
     "native_reason",
     "resolve_precision",

@@ -295,3 +295,24 @@ def test_benchmark_precision_check_is_cached_per_weights_and_precision():
     fingerprint = model_fingerprint(load_tflite(str(tflite)))
     cached = {"fingerprint": fingerprint, "precision": "bfloat16", "agreement": 0.5}
     assert precision_check("bfloat16", cached) == {**cached, "cached": True}
+
+
+def test_a_model_trained_in_bfloat16_runs_and_exports_in_float32_unless_asked(hardware):
+    hardware(AMX)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        trained = toy_model()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert precision.model_precision(trained) == "bfloat16"
+    assert precision.model_precision(toy_model()) == "float32"
+    assert precision.inference_policy(trained, "float32") == "float32"
+    assert precision.inference_policy(toy_model(), "float32") is None
+    assert precision.inference_policy(trained, "bfloat16") == "mixed_bfloat16"
+    seg = Segmenter(trained, output_stride=4)
+    assert precision.model_precision(seg.inference_model) == "float32"
+    image = smooth_image(21, 25)
+    expected = Segmenter(toy_model(), output_stride=4).predict_proba(image)[0]  # same seed
+    np.testing.assert_allclose(seg.predict_proba(image)[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="dtype policy 'float32'.*optimize=True"):
+        Segmenter(trained, output_stride=4, optimize=False)

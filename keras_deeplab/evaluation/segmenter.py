@@ -34,7 +34,7 @@ from keras_deeplab import _compat
 from keras_deeplab.data.augment import padded_size
 from keras_deeplab.layers import scale_dimension
 from keras_deeplab.optimize import optimize_for_inference
-from keras_deeplab.precision import dtype_policy, resolve_precision
+from keras_deeplab.precision import inference_policy, resolve_precision
 
 OFFICIAL_EVAL_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 FUSIONS = ("mean", "max")
@@ -191,14 +191,14 @@ class Segmenter:
 
     def _inference_model(self, model):
         """`model` rewritten for inference in `self.precision` (or `model` itself)."""
-        policy = dtype_policy(self.precision)
+        policy = inference_policy(model, self.precision)
         rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
         if policy is not None and (not self.optimize or not rewritable):
             reason = "optimize=False" if rewritable else f"{type(model).__name__} is not functional"
             raise ValueError(
-                f"precision={self.precision!r} rebuilds the model under a mixed dtype policy, "
-                f"which needs optimize=True and a functional Keras model ({reason}); use "
-                f"precision='float32' for this model."
+                f"precision={self.precision!r} rebuilds the model under the dtype policy "
+                f"{policy!r}, which needs optimize=True and a functional Keras model "
+                f"({reason}); use precision='float32' with a float32 model."
             )
         if not self.optimize or not rewritable:
             return model

@@ -255,7 +255,8 @@ def to_saved_model(
             (which know their activation): what `model` returns, `"logits"` (assumed when
             None), `"softmax"` or `"sigmoid"`, so `probabilities` is not a softmax of
             probabilities.
-        precision: `"float32"` (default, also for models trained in mixed precision),
+        precision: `"float32"` (default; a model trained under a mixed policy is rebuilt in
+            float32),
             `"bfloat16"`, `"float16"` or `"auto"` (`keras_deeplab.precision`). Reduced
             precision serves `optimize_for_inference(model, dtype_policy=...)` (outputs and
             softmax/argmax in float32); the files are verified against that reduced Keras
@@ -271,14 +272,15 @@ def to_saved_model(
     Example:
         `to_saved_model(model, "exported/deeplab", report_path="exported/deeplab.report.json")`
     """
-    from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
+    from keras_deeplab.precision import describe_choice, inference_policy, resolve_precision
 
     export_dir = Path(export_dir).expanduser().absolute()
     requested = precision
     precision = resolve_precision(precision)  # bad values fail before anything is written
-    policy = dtype_policy(precision)
+    policy = inference_policy(model, precision)
+    reduced = precision != "float32"
     if tolerance is None:
-        tolerance = DEFAULT_TOLERANCE if policy is None else REDUCED_TOLERANCE
+        tolerance = REDUCED_TOLERANCE if reduced else DEFAULT_TOLERANCE
     preprocessing_mode = serving_preprocessing(model, preprocessing)
     output_activation(model, outputs)  # bad `outputs` fail before anything is written
     labels = resolve_labels(labels, num_classes_of(model))
@@ -310,7 +312,7 @@ def to_saved_model(
         if verify:
             try:
                 report = verify_saved_model(
-                    model if policy is None else served,  # reduced: files == reduced Keras
+                    model if policy is None else served,  # files == the Keras model served
                     tmp,
                     sample_images,
                     preprocessing=preprocessing,
@@ -342,7 +344,7 @@ def to_saved_model(
             precision_choice=describe_choice(requested),
             published=True,
         )
-        if policy is not None:
+        if reduced:
             report["precision_check"] = _precision_check(
                 model, precision, sample_images, report_path
             )
