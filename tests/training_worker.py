@@ -117,16 +117,29 @@ def mirrored(out, workdir, frozen_model):
         )
         models[name] = _train(micro, cfg, strategy, data, random_batches(9, 3, batch_size=3))
 
-    def replica_means(model):
-        variable = model.get_layer("conv1_BatchNorm").moving_mean.value
+    def replica_values(model, name="moving_mean"):
+        variable = getattr(model.get_layer("conv1_BatchNorm"), name).value
         values = getattr(variable, "values", (variable,))
         return [np.asarray(v.numpy()) for v in values]
 
-    report["one_mean_err"] = _max_diff(replica_means(models["one"]), [expected_mean])
-    sync_means = replica_means(models["sync"])
+    report["one_mean_err"] = _max_diff(replica_values(models["one"]), [expected_mean])
+    sync_means = replica_values(models["sync"])
     report["sync_mean_err"] = _max_diff(sync_means, [expected_mean] * len(sync_means))
-    unsync_means = replica_means(models["unsync"])
+    # Without synchronisation every replica normalises with its own half of the batch, but
+    # the moving statistics are averaged: identical on both replicas.
+    report["unsync_replicas"] = len(replica_values(models["unsync"]))
+    spreads = []
+    for model in (models["unsync"], models["sync"]):
+        for name in ("moving_mean", "moving_variance"):
+            values = replica_values(model, name)
+            spreads.append(_max_diff(values[1:], values[:-1]))
+    report["replica_spread"] = max(spreads)
+    unsync_means = replica_values(models["unsync"])
     report["unsync_mean_err"] = _max_diff(unsync_means, [expected_mean] * len(unsync_means))
+    report["unsync_vs_sync_variance"] = _max_diff(
+        replica_values(models["unsync"], "moving_variance"),
+        replica_values(models["sync"], "moving_variance"),
+    )
     report["sync_max_diff"] = _max_diff(models["one"].get_weights(), models["sync"].get_weights())
     report["sync_max_update"] = _max_diff(models["one"].get_weights(), micro_init)
     report["miou"] = [models[k].result.metrics["miou"] for k in ("one", "sync")]

@@ -85,7 +85,9 @@ class DataConfig:
         crop_size: training crop, an int or `[height, width]` (official 513).
         min_scale, max_scale, scale_step: random scale augmentation (0.5, 2.0, 0.25).
         flip: random horizontal flip.
-        eval_batch_size: evaluation batch size.
+        eval_batch_size: evaluation batch size; None (default) is one image per replica, and
+            a value below the replica count is raised to it (with a warning), so no replica
+            idles in an evaluation.
     """
 
     source: Literal["shapes", "directory", "tfds"] = "shapes"
@@ -100,7 +102,7 @@ class DataConfig:
     max_scale: float = 2.0
     scale_step: float = 0.25
     flip: bool = True
-    eval_batch_size: int = 1
+    eval_batch_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -188,10 +190,20 @@ class TrainLoopConfig:
             with more than one replica).
         batch_norm_momentum: BN moving-average momentum during training (None: the
             model's, officially 0.9997 / 0.997; use ~0.9 for runs of a few thousand steps).
-        mixed_precision: `"none"`, `"auto"` (bfloat16 on CPU, float16 on GPU),
-            `"bfloat16"` or `"float16"`.
+        precision: `"float32"` (default), `"bfloat16"`, `"float16"` or `"auto"` (bfloat16 on
+            AMX CPUs and GPUs of compute capability >= 8.0, float16 on older GPUs, float32
+            otherwise; `keras_deeplab.precision`). Reduced precision computes under a Keras
+            mixed policy: float32 master weights and a float32 loss; float16 adds dynamic
+            loss scaling. float16 on a machine without a GPU is an error (use bfloat16).
+        mixed_precision: deprecated alias of `precision` (`"none"` is `"float32"`); a
+            one-line warning, and an error if it disagrees with `precision`.
         strategy: `"auto"` (multi-worker from TF_CONFIG, all local GPUs, else one
             device), `"default"`, `"mirrored"` or `"multi_worker"`.
+        communication: multi-worker collectives: `"auto"` (NCCL when the workers have
+            GPUs, RING on CPUs), `"ring"` or `"nccl"` (GPUs only).
+        deterministic: enable TensorFlow op determinism
+            (`tf.config.experimental.enable_op_determinism()`): repeatable results on GPUs
+            too, slower; an op without a deterministic GPU kernel then raises an error.
         eval_every_epochs: evaluate every n epochs (and at the end).
         summary_every_steps: TensorBoard scalar period.
         num_summary_images: images in the overlay summaries.
@@ -205,8 +217,11 @@ class TrainLoopConfig:
     fine_tune_batch_norm: bool = True
     sync_batch_norm: bool = True
     batch_norm_momentum: float | None = None
-    mixed_precision: Literal["none", "auto", "bfloat16", "float16"] = "none"
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    mixed_precision: Literal["none", "auto", "bfloat16", "float16"] | None = None
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    communication: Literal["auto", "ring", "nccl"] = "auto"
+    deterministic: bool = False
     eval_every_epochs: int = 1
     summary_every_steps: int = 10
     num_summary_images: int = 4
@@ -434,6 +449,34 @@ def apply_overrides(raw, overrides):
     return errors
 
 
+# ------------------------------------------------------------------------ precision
+
+_ALIAS = {"none": "float32", "auto": "auto", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _precision_alias(config, raw, errors):
+    """Maps the deprecated `train.mixed_precision` onto `train.precision` (in place).
+
+    Returns the deprecation message (None when the alias is not used)."""
+    train = config.train
+    if not isinstance(train, TrainLoopConfig) or train.mixed_precision not in _ALIAS:
+        return None
+    mapped = _ALIAS[train.mixed_precision]
+    section = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    if "precision" in section and train.precision != mapped:
+        errors.append(
+            f"train.mixed_precision={train.mixed_precision!r} (deprecated) disagrees with "
+            f"train.precision={train.precision!r}; fix: remove train.mixed_precision"
+        )
+        return None
+    message = (
+        f"train.mixed_precision is deprecated: use train.precision={mapped} "
+        f"(read mixed_precision={train.mixed_precision} as precision={mapped})."
+    )
+    train.precision, train.mixed_precision = mapped, None
+    return message
+
+
 # -------------------------------------------------------------------------- loading
 
 
@@ -483,6 +526,7 @@ def load_config(source=None, overrides=()):
     errors = apply_overrides(raw, overrides)
     config = _build(TrainConfig, raw, "", errors)
     semantic_checks(config, errors)
+    deprecated = _precision_alias(config, raw, errors)
     sources = typing.get_args(typing.get_type_hints(DataConfig)["source"])
     dropped = data_option_checks(config, errors, recipe, overrides, sources)
     if errors:
@@ -490,6 +534,8 @@ def load_config(source=None, overrides=()):
             f"Invalid training config{what} ({len(errors)} problem{'s' if len(errors) > 1 else ''}):\n"
             + "\n".join(f"  - {e}" for e in errors)
         )
+    if deprecated:
+        warnings.warn(deprecated, FutureWarning, stacklevel=2)
     if dropped:
         warnings.warn(
             f"Training config{what}: {', '.join(dropped)} (options of the recipe's data.source="

@@ -5,6 +5,16 @@ describes more than one task, `MirroredStrategy` when several GPUs are visible,
 and the default (one-device) strategy otherwise. Create the strategy before any
 other TensorFlow work: the multi-worker strategy configures the runtime's
 collectives at start-up.
+
+Multi-worker collectives (`communication`, `train.communication`): `"auto"` is NCCL when
+this worker sees a GPU and RING on CPUs (TensorFlow's own AUTO would pick RING for GPUs
+too); `"ring"` or `"nccl"` force one. `MirroredStrategy` (one machine) keeps TensorFlow's
+default cross-device reduction (NCCL all-reduce on GPUs).
+
+Example:
+    ```python
+    strategy = make_strategy("auto")  # TF_CONFIG with 2 workers -> MultiWorkerMirroredStrategy
+    ```
 """
 
 import json
@@ -13,6 +23,7 @@ import os
 import tensorflow as tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+COMMUNICATIONS = ("auto", "ring", "nccl")
 
 
 def _tf_config():
@@ -26,15 +37,45 @@ def _num_tasks(config):
     return sum(len(tasks) for tasks in config.get("cluster", {}).values())
 
 
-def make_strategy(kind="auto", devices=None):
+def communication_options(communication="auto"):
+    """`tf.distribute.experimental.CommunicationOptions` for `"auto"`, `"ring"` or `"nccl"`.
+
+    Example:
+        `communication_options("auto").implementation`  # RING on a CPU-only worker
+    """
+    if communication not in COMMUNICATIONS:
+        raise ValueError(
+            f"Unknown communication {communication!r}; use one of {', '.join(COMMUNICATIONS)} "
+            "(train.communication: auto picks NCCL on GPUs, RING on CPUs)."
+        )
+    gpus = bool(tf.config.list_physical_devices("GPU"))
+    if communication == "nccl" and not gpus:
+        raise ValueError(
+            "train.communication=nccl needs GPUs and this worker has none; use "
+            "train.communication=ring (or auto) on CPU workers."
+        )
+    implementation = tf.distribute.experimental.CommunicationImplementation
+    if communication == "auto":
+        communication = "nccl" if gpus else "ring"
+    chosen = implementation.NCCL if communication == "nccl" else implementation.RING
+    return tf.distribute.experimental.CommunicationOptions(implementation=chosen)
+
+
+def make_strategy(kind="auto", devices=None, communication="auto"):
     """A `tf.distribute.Strategy` of `kind` (see module docstring).
 
     Args:
         kind: `"auto"`, `"default"`, `"mirrored"` or `"multi_worker"`.
         devices: device list for `"mirrored"` (default: all GPUs, else the CPU).
+        communication: multi-worker collectives, `"auto"` (NCCL on GPUs, RING on CPUs),
+            `"ring"` or `"nccl"`.
+
+    Example:
+        `make_strategy("multi_worker", communication="auto")`  # needs TF_CONFIG
     """
     if kind not in STRATEGIES:
         raise ValueError(f"Unknown strategy {kind!r}; use one of {STRATEGIES}.")
+    options = communication_options(communication)  # bad values fail for every kind
     if kind == "auto":
         if _num_tasks(_tf_config()) > 1:
             kind = "multi_worker"
@@ -48,7 +89,7 @@ def make_strategy(kind="auto", devices=None):
                 "strategy 'multi_worker' needs TF_CONFIG, e.g. "
                 '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}.'
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()

@@ -19,6 +19,26 @@ resumes from the latest one, restoring weights, optimizer state (hence the
 learning-rate position), the step counter and the data order (per-epoch data
 seeds, and the batches already consumed in the interrupted epoch are skipped).
 A NaN/Inf loss stops the run with `NonFiniteLossError` without saving.
+
+Several replicas (issue 18):
+* float16: every replica reports whether its gradients are finite and one scalar
+  all-reduce makes the verdict global; a step with an overflow on *any* replica or worker is
+  skipped everywhere and the loss scale halves (Keras' `LossScaleOptimizer` alone decides
+  from replica 0's local gradients under `MirroredStrategy`).
+* Non-finite losses are recorded on the device at the step they happen (no host sync per
+  step); the host reads the record every `summary_every_steps`, at every checkpoint and at
+  every epoch end, so a diverged step is reported with its number and never saved.
+* BatchNorm moving statistics stay identical on every replica (`training.batchnorm`).
+* The global batch must give every replica at least one image (error), and should divide
+  evenly (warning).
+* Input: a `train_data` function taking a `shard` keyword (`keras_deeplab.data.train_pipeline`)
+  is called once per input pipeline (worker) through `distribute_datasets_from_function`
+  with `shard=(num_pipelines, pipeline_index)` and returns that worker's share of each
+  global batch, decoded there only; other inputs are split after batching (every worker
+  reads whole global batches).
+* Dropout draws different masks on each replica (replica 0 keeps the one-device stream).
+* Multi-worker resume: every worker must restore the same step (the checkpoint directory
+  must be shared by all workers), else a `ValueError` says so.
 """
 
 import dataclasses
@@ -34,7 +54,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.evaluation.metrics import ConfusionMatrix, batch_confusion_matrix
-from keras_deeplab.training.batchnorm import batch_norm_mode
+from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
+from keras_deeplab.training.batchnorm import (
+    average_moving_statistics,
+    batch_norm_layers,
+    batch_norm_mode,
+)
 from keras_deeplab.training.checkpoint import TrainingCheckpoint
 from keras_deeplab.training.config import TrainConfig, load_config
 from keras_deeplab.training.distribute import task_info
@@ -77,6 +102,8 @@ class TrainResult:
         elapsed: seconds spent in `fit`.
         metrics: last evaluation (`miou`, `pixel_accuracy`, `mean_accuracy`,
             `per_class_iou`; `keras_deeplab.evaluation.metrics`) or None.
+        precision: the precision trained in (`"float32"`, `"bfloat16"` or `"float16"`).
+        precision_choice: how it was chosen, e.g. "precision auto -> bfloat16 (CPU has amx_bf16)".
     """
 
     model: Any
@@ -89,6 +116,8 @@ class TrainResult:
     log_dir: str | None
     elapsed: float
     metrics: dict | None = None
+    precision: str = "float32"
+    precision_choice: str | None = None
 
     def summary(self):
         """Human-readable lines for the command line."""
@@ -96,6 +125,8 @@ class TrainResult:
             f"trained to step {self.step} (epoch {self.epoch}) in {self.elapsed:.1f}s"
             + (f", resumed from {self.resumed_from}" if self.resumed_from else "")
         ]
+        if self.precision_choice:
+            lines.append(self.precision_choice)
         if self.loss is not None:
             lines.append(f"final loss: {self.loss:.4f}")
         if self.metrics:
@@ -109,15 +140,17 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def mixed_precision_policy(mode):
-    """Keras dtype policy name for `train.mixed_precision` (None: full float32)."""
-    if mode in (None, False, "none"):
-        return None
-    if mode == "auto":
-        mode = "float16" if tf.config.list_logical_devices("GPU") else "bfloat16"
-    if mode not in ("bfloat16", "float16"):
-        raise ValueError(f"mixed_precision must be none, auto, bfloat16 or float16; got {mode!r}.")
-    return f"mixed_{mode}"
+_POLICY_PRECISIONS = {
+    "mixed_float16": "float16",
+    "float16": "float16",
+    "mixed_bfloat16": "bfloat16",
+    "bfloat16": "bfloat16",
+}
+
+
+def model_precision(model):
+    """The precision a built model computes in: "float32", "bfloat16" or "float16"."""
+    return _POLICY_PRECISIONS.get(model.dtype_policy.name, "float32")
 
 
 def build_with_policy(model_fn, policy):
@@ -144,16 +177,60 @@ def _shard_by_data(dataset):
 
 
 def _epoch_datasets(train_data):
-    """`(seed, skip_batches) -> Dataset` from a dataset or a `seed[, skip_batches]` function."""
+    """`((seed, skip_batches, shard=None) -> Dataset, shardable)` from a dataset or a
+    `seed[, skip_batches][, shard]` function (`shardable`: it takes `shard`)."""
     if isinstance(train_data, tf.data.Dataset):
-        return lambda _seed, skip: train_data.skip(skip) if skip else train_data
+        return (
+            lambda _seed, skip, shard=None: train_data.skip(skip) if skip else train_data
+        ), False
     if not callable(train_data):
         raise TypeError(
             f"train_data must be a tf.data.Dataset or a function seed -> Dataset; got {type(train_data)}."
         )
-    if "skip_batches" in inspect.signature(train_data).parameters:
-        return lambda seed, skip: train_data(seed, skip_batches=skip)
-    return lambda seed, skip: train_data(seed).skip(skip) if skip else train_data(seed)
+    parameters = inspect.signature(train_data).parameters
+    takes_skip, takes_shard = "skip_batches" in parameters, "shard" in parameters
+
+    def dataset_fn(seed, skip, shard=None):
+        kwargs = {"shard": shard} if takes_shard and shard is not None else {}
+        if takes_skip:
+            return train_data(seed, skip_batches=skip, **kwargs)
+        data = train_data(seed, **kwargs)
+        return data.skip(skip) if skip else data
+
+    return dataset_fn, takes_shard
+
+
+def _batch_dim(dataset):
+    """The static batch size of a batched `(images, masks)` dataset, or None."""
+    spec = dataset.element_spec
+    spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+    shape = getattr(spec, "shape", None)
+    return shape[0] if shape is not None and shape.rank else None
+
+
+def _global_finiteness(grads, context):
+    """Gradients whose local finiteness is the all-replica verdict.
+
+    One scalar all-reduce counts the replicas with a NaN/Inf gradient; if any has one, every
+    replica's first gradient is made NaN, so `LossScaleOptimizer` (which decides from replica
+    0's local gradients) skips the step and halves the loss scale on every replica and worker.
+    """
+    dense = [
+        i for i, g in enumerate(grads) if g is not None and not isinstance(g, tf.IndexedSlices)
+    ]
+    if not dense:
+        return grads
+    local = tf.reduce_all(
+        [
+            tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+            for g in grads
+            if g is not None
+        ]
+    )
+    nonfinite = context.all_reduce(SUM, tf.cast(tf.logical_not(local), tf.float32))
+    first = grads[dense[0]]
+    poison = tf.where(nonfinite > 0, tf.constant(np.nan, first.dtype), tf.zeros([], first.dtype))
+    return [first + poison if i == dense[0] else g for i, g in enumerate(grads)]
 
 
 def match_channels(images, model):
@@ -176,8 +253,8 @@ class Trainer:
 
     Args:
         model: a Keras model built inside `strategy.scope()`, or a function
-            returning one (built in the scope, under the mixed-precision policy of
-            `config.train.mixed_precision`).
+            returning one (built in the scope, under the dtype policy of
+            `config.train.precision`; a built model keeps its own policy).
         config: `TrainConfig` (or a mapping/path for `load_config`); the `loss`,
             `optimizer`, `schedule`, `train` and `checkpoint` sections are used.
         strategy: a `tf.distribute.Strategy` (default: the current one).
@@ -195,20 +272,32 @@ class Trainer:
     def __init__(self, model, config=None, strategy=None, backbone=None):
         self.config = config if isinstance(config, TrainConfig) else load_config(config)
         cfg = self.config
+        if cfg.train.deterministic:
+            tf.config.experimental.enable_op_determinism()
         self.strategy = strategy or tf.distribute.get_strategy()
         self.task_type, self.task_id, self.is_chief = task_info(self.strategy)
-        policy = mixed_precision_policy(cfg.train.mixed_precision)
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._check_batch(cfg.train.batch_size, "train.batch_size")
+        requested = cfg.train.precision
         with self.strategy.scope():
             if isinstance(model, keras.Model):
                 self.model = model
-                if policy is not None and model.dtype_policy.name != policy:
+                self.precision = model_precision(model)
+                self.precision_choice = (
+                    f"precision {self.precision} (the model's dtype policy "
+                    f"{model.dtype_policy.name})"
+                )
+                if requested not in ("float32", self.precision):
                     warnings.warn(
-                        f"train.mixed_precision={cfg.train.mixed_precision!r} is ignored for an "
-                        "already built model; pass a function that builds it.",
+                        f"train.precision={requested!r} is ignored for an already built model "
+                        f"(it computes in {self.precision}); pass a function that builds it.",
                         stacklevel=2,
                     )
             else:
-                self.model = build_with_policy(model, policy)
+                self.precision = resolve_precision(requested, "training")
+                self.precision_choice = describe_choice(requested, "training")
+                self.model = build_with_policy(model, dtype_policy(self.precision))
         self._check_scope()
         self.compute_dtype = self.model.dtype_policy.compute_dtype
         self.schedule = build_schedule(cfg.schedule, cfg.optimizer.learning_rate, cfg.train.steps)
@@ -252,8 +341,38 @@ class Trainer:
         self.log_dir = log_dir if (cfg.checkpoint.tensorboard and self.is_chief) else None
         self._train_step = None
         self._eval_step = None
+        # First non-finite step (1-based, -1: none) and its loss, written by the train step.
+        self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
+        self._bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="bad_loss")
+        weights = {id(v) for v in self.model.weights}
+        self._seed_states = [v for v in self.model.variables if id(v) not in weights]
+
+    @property
+    def loss_scale(self):
+        """The current float16 loss scale (None without loss scaling)."""
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            return float(self.optimizer.dynamic_scale.numpy())
+        return None
 
     # ------------------------------------------------------------------ setup
+
+    def _check_batch(self, batch, what):
+        """Error when `batch` gives a replica no image; warning when it does not divide."""
+        replicas = self.replicas
+        if batch is None or replicas == 1:
+            return
+        if batch < replicas:
+            raise ValueError(
+                f"{what}={batch} is smaller than the {replicas} replicas training in sync: "
+                "some replicas would get no image (an empty batch gives NaN BatchNorm "
+                f"statistics). Set {what} to at least {replicas}, ideally a multiple of it."
+            )
+        if batch % replicas:
+            warnings.warn(
+                f"{what}={batch} does not divide over {replicas} replicas: they get unequal "
+                f"shares (and the input is split after batching). Use a multiple of {replicas}.",
+                stacklevel=3,
+            )
 
     def _check_scope(self):
         if self.strategy.num_replicas_in_sync == 1 and not isinstance(
@@ -295,6 +414,13 @@ class Trainer:
             "output_weights": getattr(model, "auxiliary_loss_weights", None),
         }
         scale_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        train = self.config.train
+        average_bn = (
+            batch_norm_layers(model)
+            if (train.fine_tune_batch_norm and not self.sync_batch_norm and replicas > 1)
+            else []
+        )
+        bad_step, bad_loss = self._bad_step, self._bad_loss
 
         def replica_step(images, masks, step):
             context = tf.distribute.get_replica_context()
@@ -309,11 +435,15 @@ class Trainer:
                 loss = data_loss + decay
                 if scale_loss:
                     loss = optimizer.scale_loss(loss)
+            # Fine-tuned BN without synchronisation: every replica keeps the same statistics.
+            average_moving_statistics(average_bn)
             grads = tape.gradient(loss, variables)
             grads = [
                 g if g is None or m == 1.0 else g * m
                 for g, m in zip(grads, multipliers, strict=True)
             ]
+            if scale_loss:
+                grads = _global_finiteness(grads, context)
             optimizer.apply(grads, variables)
             return data_loss, decay
 
@@ -321,12 +451,54 @@ class Trainer:
         def train_step(batch, step):
             images, masks = batch
             data_loss, decay = strategy.run(replica_step, args=(images, masks, step))
-            return (
-                strategy.reduce(SUM, data_loss, axis=None),
-                strategy.reduce(SUM, decay, axis=None),
-            )
+            decay = strategy.reduce(SUM, decay, axis=None)
+            total = strategy.reduce(SUM, data_loss, axis=None) + decay
+            first = tf.logical_and(tf.logical_not(tf.math.is_finite(total)), bad_step < 0)
+            bad_step.assign(tf.where(first, step + 1, bad_step))
+            bad_loss.assign(tf.where(first, total, bad_loss))
+            return total, decay
 
         return train_step
+
+    @tf.function
+    def _spread_seeds(self):
+        """Replica r's dropout seeds = replica 0's + r * 1000003 (replica 0 keeps its stream)."""
+        states = self._seed_states
+
+        def spread():
+            context = tf.distribute.get_replica_context()
+            replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+            for state in states:
+                value = tf.cast(state.value, tf.int64)
+                first = context.all_reduce(SUM, tf.where(replica == 0, value, tf.zeros_like(value)))
+                offset = tf.stack([replica * 1_000_003, tf.constant(0, tf.int64)])
+                state.value.assign(tf.cast(first + offset, state.dtype))
+
+        self.strategy.run(spread)
+
+    @tf.function
+    def _gather_steps(self, step):
+        def gather():
+            context = tf.distribute.get_replica_context()
+            return context.all_gather(tf.reshape(step, [1]), axis=0)
+
+        return self.strategy.run(gather)
+
+    def _check_restored(self, step, resumed):
+        """Multi-worker: every worker restored the same step (a shared checkpoint directory)."""
+        if not self.multi_worker:
+            return
+        gathered = self._gather_steps(tf.constant(step, tf.int64))
+        steps = np.asarray(self.strategy.experimental_local_results(gathered)[0]).tolist()
+        if len(set(steps)) > 1:
+            raise ValueError(
+                f"The workers restored different training states (step per replica: {steps}); "
+                f"this worker (task {self.task_type}:{self.task_id}) restored "
+                f"{resumed or 'nothing'} from {self.checkpoint.directory}. checkpoint.dir must be "
+                "one directory every worker reads and the chief writes (a shared or network "
+                "filesystem, or a gs:// bucket): point all workers at the same shared path, or "
+                "delete the stale checkpoints."
+            )
 
     def _build_eval_step(self):
         model, strategy = self.model, self.strategy
@@ -401,16 +573,52 @@ class Trainer:
             "unknown size); set train.steps_per_epoch."
         )
 
-    def _diverged(self, loss, step, epoch):
+    def _diverged(self, loss, step):
         latest = self.checkpoint.latest
         kept = (
             f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         )
+        epoch = (step - 1) // max(getattr(self, "_steps_per_epoch_now", 1), 1)
         raise NonFiniteLossError(
             f"Training stopped: the loss is {loss} at step {step} (epoch {epoch + 1}). The diverged "
             f"weights were not saved; {kept}. Lower optimizer.learning_rate, check that mask values "
-            "are < num_classes or the ignore label, or disable mixed precision."
+            "are < num_classes or the ignore label, or train in precision float32."
         )
+
+    def _batches(self, dataset_fn, shardable, seed, done, count):
+        """This epoch's `count` batches, distributed over the replicas."""
+        if self.replicas == 1 and not self.multi_worker:
+            return dataset_fn(seed, done).take(count)
+        batch = self.config.train.batch_size
+        if shardable and batch % self.replicas == 0:
+
+            def pipeline(context):
+                shard = (context.num_input_pipelines, context.input_pipeline_id)
+                data = dataset_fn(seed, done, shard).take(count)
+                local = self.replicas // context.num_input_pipelines
+                if local > 1:  # this worker's share -> one batch per local replica
+                    per_replica = context.get_per_replica_batch_size(batch)
+                    data = data.unbatch().batch(per_replica, drop_remainder=True)
+                return data
+
+            return self.strategy.distribute_datasets_from_function(pipeline)
+        if self.multi_worker and not self._warned_unsharded:
+            self._warned_unsharded = True
+            warnings.warn(
+                "train_data takes no shard argument (or train.batch_size does not divide over "
+                "the replicas): every worker reads and decodes whole global batches and keeps "
+                "its part. keras_deeplab.data.train_pipeline shards before decoding.",
+                stacklevel=3,
+            )
+        return self.strategy.experimental_distribute_dataset(
+            _shard_by_data(dataset_fn(seed, done).take(count))
+        )
+
+    def _check_finite(self):
+        """Raises `NonFiniteLossError` if a step recorded a NaN/Inf loss (one host read)."""
+        bad = int(self._bad_step.numpy())
+        if bad >= 0:
+            self._diverged(float(self._bad_loss.numpy()), bad)
 
     def fit(self, train_data, eval_data=None):
         """Trains until `config.train.steps`, resuming from the run directory's latest checkpoint.
@@ -422,7 +630,10 @@ class Trainer:
                 with each epoch's data seed (`epoch_seed(seed, epoch)`), which makes
                 the data order reproducible across restarts. If the function takes a
                 `skip_batches` keyword it is passed the batches to skip on resume
-                (e.g. `keras_deeplab.data.train_pipeline`), else `.skip()` is used.
+                (e.g. `keras_deeplab.data.train_pipeline`), else `.skip()` is used. If it
+                takes a `shard` keyword, several replicas call it once per input pipeline
+                with `shard=(num_pipelines, index)` and it returns only that pipeline's
+                share of every global batch (`batch_size // num_pipelines` examples each).
             eval_data: optional batched dataset for mIoU at epoch ends.
 
         Returns:
@@ -430,19 +641,28 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: the loss became NaN/Inf (nothing is saved).
+            ValueError: the batch gives a replica no image; multi-worker: the workers
+                restored different checkpoints (the checkpoint directory is not shared).
         """
         cfg = self.config
         start = time.perf_counter()
         resumed = self.checkpoint.restore()
         step = int(self.checkpoint.step.numpy()) if resumed else 0
+        self._check_restored(step, resumed)
+        if self.replicas > 1 and self._seed_states:
+            self._spread_seeds()
+        self._bad_step.assign(-1)
+        self._warned_unsharded = False
         seed = int(self.checkpoint.seed.numpy()) if resumed else cfg.train.seed
         if resumed and seed != cfg.train.seed:
             warnings.warn(
                 f"Resuming {resumed} with its data seed {seed} (train.seed is {cfg.train.seed}).",
                 stacklevel=2,
             )
-        dataset_fn = _epoch_datasets(train_data)
-        steps_per_epoch = self._steps_per_epoch(dataset_fn(epoch_seed(seed, 0), 0))
+        dataset_fn, shardable = _epoch_datasets(train_data)
+        first_epoch = dataset_fn(epoch_seed(seed, 0), 0)
+        self._check_batch(_batch_dim(first_epoch), "the training batch size")
+        steps_per_epoch = self._steps_per_epoch(first_epoch)
         saved_spe = int(self.checkpoint.steps_per_epoch.numpy()) if resumed else 0
         if saved_spe and saved_spe != steps_per_epoch:
             warnings.warn(
@@ -451,20 +671,28 @@ class Trainer:
                 stacklevel=2,
             )
             steps_per_epoch = saved_spe
+        self._steps_per_epoch_now = steps_per_epoch
         total = cfg.train.steps
-        if resumed and self.is_chief and cfg.train.verbose:
+        verbose = cfg.train.verbose if self.is_chief else 0
+        if verbose:
+            print(self.precision_choice)
+        if resumed and verbose:
             print(f"Resuming from {resumed} (step {step} of {total}).")
         if self.is_chief:
             Path(cfg.checkpoint.dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.checkpoint.dir) / "config.yaml").write_text(cfg.to_yaml())
+            record = dataclasses.replace(
+                cfg, train=dataclasses.replace(cfg.train, precision=self.precision)
+            )
+            (Path(cfg.checkpoint.dir) / "config.yaml").write_text(
+                f"# {self.precision_choice}\n{record.to_yaml()}"
+            )
         writer = SummaryWriter(self.log_dir)
-        preview = self._preview(
-            eval_data if eval_data is not None else dataset_fn(epoch_seed(seed, 0), 0)
-        )
+        preview = self._preview(eval_data if eval_data is not None else first_epoch)
         history, metrics, last_loss = [], None, None
-        verbose = cfg.train.verbose if self.is_chief else 0
+        every_summary, every_save = cfg.train.summary_every_steps, cfg.checkpoint.every_steps
 
         def save():
+            self._check_finite()  # never save the weights of a diverged step
             return self.checkpoint.save(step, step // steps_per_epoch, seed, steps_per_epoch)
 
         try:
@@ -479,8 +707,9 @@ class Trainer:
                 while step < total:
                     epoch, done = divmod(step, steps_per_epoch)
                     count = min(steps_per_epoch - done, total - step)
-                    dataset = dataset_fn(epoch_seed(seed, epoch), done).take(count)
-                    batches = self.strategy.experimental_distribute_dataset(_shard_by_data(dataset))
+                    batches = self._batches(
+                        dataset_fn, shardable, epoch_seed(seed, epoch), done, count
+                    )
                     if verbose:
                         print(f"Epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}")
                     progbar = keras.utils.Progbar(
@@ -490,24 +719,26 @@ class Trainer:
                         progbar.update(done)
                     ran, losses = 0, []
                     for batch in batches:
-                        lr = float(self.schedule(self.optimizer.iterations))
                         loss, decay = self._train_step(batch, tf.constant(step, tf.int64))
-                        loss = float(loss + decay)
-                        if not math.isfinite(loss):
-                            self._diverged(loss, step + 1, epoch)
-                        step, ran, last_loss = step + 1, ran + 1, loss
-                        losses.append(loss)
-                        progbar.update(done + ran, [("loss", loss), ("lr", lr)])
-                        if step % cfg.train.summary_every_steps == 0:
+                        step, ran = step + 1, ran + 1
+                        losses.append(loss)  # read on the host only every summary/save
+                        if step % every_summary and step % every_save:
+                            progbar.update(done + ran)
+                            continue
+                        self._check_finite()
+                        last_loss = float(loss)
+                        lr = float(self.schedule(self.optimizer.iterations))
+                        progbar.update(done + ran, [("loss", last_loss), ("lr", lr)])
+                        if step % every_summary == 0:
                             writer.scalars(
                                 step,
                                 {
-                                    "train/loss": loss,
+                                    "train/loss": last_loss,
                                     "train/learning_rate": lr,
                                     "train/weight_decay_loss": float(decay),
                                 },
                             )
-                        if step % cfg.checkpoint.every_steps == 0:
+                        if step % every_save == 0:
                             save()
                     if ran < count:
                         raise ValueError(
@@ -515,12 +746,14 @@ class Trainer:
                             f"{epoch + 1}, but an epoch is {steps_per_epoch} steps; set "
                             "train.steps_per_epoch to at most the batches per epoch (or repeat the data)."
                         )
+                    self._check_finite()
+                    last_loss = float(losses[-1])
                     if step % steps_per_epoch and step < total:
                         continue
                     record = {
                         "epoch": epoch + 1,
                         "step": step,
-                        "loss": float(np.mean(losses)),
+                        "loss": float(tf.reduce_mean(tf.stack(losses))),
                         "learning_rate": float(self.schedule(self.optimizer.iterations)),
                         "elapsed": time.perf_counter() - start,
                     }
@@ -562,4 +795,6 @@ class Trainer:
             log_dir=self.log_dir,
             elapsed=time.perf_counter() - start,
             metrics=metrics,
+            precision=self.precision,
+            precision_choice=self.precision_choice,
         )
