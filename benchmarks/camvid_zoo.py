@@ -93,6 +93,7 @@ ROWS = (
         "deeplabv3_mobilenetv2_dm05_os8",
         {},
         "google_full",
+        quick=True,
         note="the whole VOC model (camvid_finetune's start); new 11-class logits only",
     ),
     *_backbone_rows("deeplabv3plus", "deeplabv3plus_mobilenetv2", "decoder on stride 4, OS 16"),
@@ -185,7 +186,7 @@ def recipe(settings, data_root, run_dir, row, init_files):
         "schedule": {
             "policy": "poly",
             "power": 0.9,
-            "warmup_steps": min(50, settings["steps"] // 10),
+            "warmup_steps": settings["warmup_steps"],
             "warmup_learning_rate": settings["learning_rate"] / 10,
             "warmup": "linear",
         },
@@ -194,8 +195,8 @@ def recipe(settings, data_root, run_dir, row, init_files):
             "batch_size": settings["batch_size"],
             "steps_per_epoch": settings["steps_per_epoch"],
             "seed": settings["seed"],
-            "fine_tune_batch_norm": True,
-            "batch_norm_momentum": 0.9,
+            "fine_tune_batch_norm": settings["batch_norm"] == "train",
+            "batch_norm_momentum": 0.9 if settings["batch_norm"] == "train" else None,
             "precision": settings["precision"],
             "strategy": "default",
             "verbose": 0,
@@ -512,6 +513,15 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=0.007)
     parser.add_argument("--class-weights", choices=("none", "median_frequency"), default="none")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="bfloat16")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=None, help="linear warm-up (default steps // 10, <= 50)"
+    )
+    parser.add_argument(
+        "--batch-norm",
+        choices=("train", "frozen"),
+        default="train",
+        help="frozen: moving statistics (camvid_finetune's official mode; scratch rows need train)",
+    )
     parser.add_argument("--eval-limit", type=int, default=None, help="first N val images")
     parser.add_argument("--latency-size", default="360,480", help="H,W of the latency runs")
     parser.add_argument("--latency-runs", type=int, default=None)
@@ -542,10 +552,14 @@ def main(argv=None):
         "class_weights": None if args.class_weights == "none" else args.class_weights,
         "precision": args.precision,
         "seed": args.seed,
+        "batch_norm": args.batch_norm,
         "steps_per_epoch": None,
         "no_tflite": args.no_tflite,
         "quick": args.quick,
     }
+    settings["warmup_steps"] = (
+        args.warmup_steps if args.warmup_steps is not None else min(50, settings["steps"] // 10)
+    )
     # Epochs (the data order's unit) are the split, or a quarter of a short run, so that the
     # images/s can be taken between epoch ends, without the first step's tracing.
     epoch = train_images // settings["batch_size"]

@@ -19,6 +19,9 @@ INIT_LABEL = {
 }
 
 
+_BN = {"train": "trained (batch statistics, momentum 0.9)", "frozen": "frozen (moving statistics)"}
+
+
 def _fmt(value, spec, missing="n/a"):
     return (
         missing
@@ -41,8 +44,9 @@ def markdown(record):
         " at the end: timings are ratios within this run, distorted by the load).",
         "",
         f"Recipe (every row): {s['steps']} steps, batch {s['batch_size']}, crop {s['crop_size']}, "
-        f"momentum SGD 0.9, LR {s['learning_rate']} poly 0.9 (linear warm-up), weight decay 4e-5, "
-        f"scale 0.5-2.0 + flip, BatchNorm trained (momentum 0.9), class weights "
+        f"momentum SGD 0.9, LR {s['learning_rate']} poly 0.9 ({s.get('warmup_steps', 'some')}-step "
+        f"linear warm-up from LR/10), weight decay 4e-5, scale 0.5-2.0 + flip, BatchNorm "
+        f"{_BN[s.get('batch_norm', 'train')]}, class weights "
         f"{s['class_weights'] or 'none'}, precision {s['precision']}. Val: "
         f"{record['data']['val_scored']} images at 360x480. Latency at "
         f"{s['latency_size'][0]}x{s['latency_size'][1]}, median of {s['latency_runs']} (ratios "
