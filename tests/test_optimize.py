@@ -146,6 +146,7 @@ def test_bfloat16_copy_computes_in_bfloat16_with_float32_output():
         ]
         assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
         assert all(w.dtype == "float32" for w in m.weights)
+        assert m.get_layer("upsampled_logits").compute_dtype == "float32"  # logits resize
     assert count_batch_norms(fast) == 0 and count_batch_norms(plain) > 0
     x = random_images(1, 65)
     reference = np.asarray(model(x, training=False))

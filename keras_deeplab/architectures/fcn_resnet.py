@@ -47,7 +47,8 @@ register_architecture(
         options={"aux_head": False, "head_dropout": 0.1},
         default_backbone="resnet50_tv",
         default_output_stride=8,
-        backbones=("resnet50_tv", "resnet101_tv"),
+        # The torchvision ResNets, and MobileNetV2 to compare heads on one trunk (issue 19).
+        backbones=("resnet50_tv", "resnet101_tv", "mobilenetv2", "mobilenetv2_dm05"),
         resolve=_resolve,
         upsample="half_pixel",
         auxiliary=lambda args: (("fcn_aux", AUX_LOSS_WEIGHT),) if args["aux_head"] else (),
