@@ -470,6 +470,8 @@ def _cmd_train(args):
     overrides = list(args.overrides)
     if args.skip_bad:
         overrides.append("data.options.skip_bad=true")
+    if args.precision is not None:
+        overrides.append(f"train.precision={args.precision}")
     try:
         result = train_from_config(config, overrides)
     except KeyboardInterrupt:
@@ -477,6 +479,8 @@ def _cmd_train(args):
         return 130
     if result.resumed_from:
         print(f"resumed from {result.resumed_from}")
+    if result.precision_choice:
+        print(f"trained in {result.precision_choice}")
     print(f"trained to step {result.step} ({result.elapsed:.0f}s); checkpoint: {result.checkpoint}")
     if result.metrics:
         print(
@@ -696,6 +700,14 @@ def build_parser():
         "--skip-bad",
         action="store_true",
         help="leave out bad image/mask pairs found by the up-front scan (counted and listed)",
+    )
+    train.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default=None,
+        help="compute precision (train.precision; default: the config's, float32): auto picks "
+        "bfloat16 on AMX CPUs and GPUs of compute capability >= 8.0; float32 master weights "
+        "and loss; float16 (loss-scaled) needs a GPU",
     )
     train.set_defaults(func=_cmd_train)
 

@@ -4,6 +4,8 @@ The entry point of `keras-deeplab train --config FILE [section.key=value ...]`.
 """
 
 import dataclasses
+import inspect
+import warnings
 from pathlib import Path
 
 import keras
@@ -55,6 +57,25 @@ def _median_frequency(source, num_classes):
     return weights
 
 
+def eval_batch_size(requested, replicas):
+    """`data.eval_batch_size` with at least one image per replica (None: one per replica).
+
+    Example:
+        `eval_batch_size(1, 4)` is 4 (with a warning), `eval_batch_size(None, 2)` is 2.
+    """
+    if requested is None:
+        return replicas
+    if requested < replicas:
+        warnings.warn(
+            f"data.eval_batch_size={requested} leaves replicas idle: evaluating with "
+            f"{replicas} images per batch (one per replica). Set data.eval_batch_size to a "
+            f"multiple of {replicas}, or null for one image per replica.",
+            stacklevel=3,
+        )
+        return replicas
+    return requested
+
+
 def model_builder(model_config):
     """A function building the configured model (called by the trainer in the strategy scope)."""
     from keras_deeplab.models import create_model
@@ -89,7 +110,9 @@ def train_from_config(config, overrides=(), strategy=None):
 
         config = recipe_path(config)  # a file, or a shipped recipe name such as "shapes_demo"
     config = load_config(config, overrides)
-    strategy = strategy or make_strategy(config.train.strategy)
+    strategy = strategy or make_strategy(
+        config.train.strategy, communication=config.train.communication
+    )
     keras.utils.set_random_seed(config.train.seed)
     data = _data_module()
     source = load_source(config.data, config.data.split)
@@ -122,24 +145,39 @@ def train_from_config(config, overrides=(), strategy=None):
     config = dataclasses.replace(config, model=model, loss=loss, train=train)
     cfg_data = config.data
 
-    def train_data(seed, skip_batches=0):
-        return data.train_pipeline(
-            source,
-            train.batch_size,
-            crop_size=cfg_data.crop_size,
-            min_scale=cfg_data.min_scale,
-            max_scale=cfg_data.max_scale,
-            scale_step=cfg_data.scale_step,
-            flip=cfg_data.flip,
-            seed=seed,
-            skip_batches=skip_batches,
-        )
+    pipeline_kwargs = dict(
+        crop_size=cfg_data.crop_size,
+        min_scale=cfg_data.min_scale,
+        max_scale=cfg_data.max_scale,
+        scale_step=cfg_data.scale_step,
+        flip=cfg_data.flip,
+    )
+    if "shard" in inspect.signature(data.train_pipeline).parameters:
+
+        def train_data(seed, skip_batches=0, shard=None):  # each worker decodes its share
+            return data.train_pipeline(
+                source,
+                train.batch_size,
+                seed=seed,
+                skip_batches=skip_batches,
+                shard=shard,
+                **pipeline_kwargs,
+            )
+
+    else:
+
+        def train_data(seed, skip_batches=0):
+            return data.train_pipeline(
+                source, train.batch_size, seed=seed, skip_batches=skip_batches, **pipeline_kwargs
+            )
 
     trainer = Trainer(model_builder(model), config, strategy=strategy)
     eval_data = None
     if eval_source is not None:
         eval_data = data.eval_pipeline(
-            eval_source, cfg_data.eval_batch_size, output_stride=trainer.model.output_stride
+            eval_source,
+            eval_batch_size(cfg_data.eval_batch_size, strategy.num_replicas_in_sync),
+            output_stride=trainer.model.output_stride,
         )
     run_dir = config.checkpoint.dir
     if trainer.is_chief:  # how eval/predict/export rebuild the model (`load_run`)
@@ -158,6 +196,7 @@ def train_from_config(config, overrides=(), strategy=None):
 __all__ = [
     "TrainConfig",
     "build_kwargs",
+    "eval_batch_size",
     "load_source",
     "model_builder",
     "train_from_config",

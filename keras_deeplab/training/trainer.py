@@ -661,7 +661,11 @@ class Trainer:
             )
         dataset_fn, shardable = _epoch_datasets(train_data)
         first_epoch = dataset_fn(epoch_seed(seed, 0), 0)
-        self._check_batch(_batch_dim(first_epoch), "the training batch size")
+        batch = _batch_dim(first_epoch)
+        if batch is None and self.replicas > 1:  # unknown static size: look at the first batch
+            for images, _ in first_epoch.take(1):
+                batch = int(images.shape[0])
+        self._check_batch(batch, "the training batch size")
         steps_per_epoch = self._steps_per_epoch(first_epoch)
         saved_spe = int(self.checkpoint.steps_per_epoch.numpy()) if resumed else 0
         if saved_spe and saved_spe != steps_per_epoch:
