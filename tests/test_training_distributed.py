@@ -2,7 +2,10 @@
 
 * MirroredStrategy over 2 logical CPUs == one device with the same global batch
   (BatchNorm frozen, or fine-tuned and synchronised; a tiny DeepLab in the slow test).
-* MultiWorkerMirroredStrategy, 2 local workers on 127.0.0.1: completes, identical weights.
+* MultiWorkerMirroredStrategy, 2 local workers on 127.0.0.1: completes, identical weights,
+  each worker decodes only its half of every global batch, and the weights equal a
+  one-device run with the same global batches; a worker whose checkpoint directory is not
+  the chief's makes every worker stop with one clear error.
 * A run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends with the
   same step count and bit-identical weights as an uninterrupted run.
 """
@@ -127,9 +130,49 @@ def test_multi_worker_two_local_workers(tmp_path):
     first, second = _weights(tmp_path / "w0.npz"), _weights(tmp_path / "w1.npz")
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+    # Input sharded before decoding: 2 epochs x 8 examples, each worker decodes its 2 of
+    # every global batch of 4 (examples 0,1 / 2,3 of each), the one-device run all of them.
+    decoded = [info[0]["decoded"], info[1]["decoded"]]
+    assert len(decoded[0]) == len(decoded[1]) == 8
+    assert {i % 4 for i in decoded[0]} == {0, 1} and {i % 4 for i in decoded[1]} == {2, 3}
+    assert sorted(decoded[0] + decoded[1]) == sorted(info[0]["one_device_decoded"])
+    for a, b in zip(first, _weights(tmp_path / "w0.npz.one_device.npz"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("ckpt-*.index")) == ["ckpt-2.index", "ckpt-4.index"]
     assert not [p for p in run.iterdir() if p.name.startswith(".worker")]  # temp dirs removed
+
+
+def _run_workers(tmp_path, extra, name, timeout=300):
+    ports = _free_ports(2)
+    logs = [open(tmp_path / f"{name}{i}.log", "w") for i in range(2)]
+    workers = [
+        _start(["multiworker", i, *ports, tmp_path, tmp_path / f"{name}{i}", *extra], logs[i])
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.wait(timeout=max(1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the multi-worker run did not finish within {timeout} s")
+    finally:
+        _kill(workers)
+        for log in logs:
+            log.close()
+    for i, worker in enumerate(workers):
+        assert worker.returncode == 0, (tmp_path / f"{name}{i}.log").read_text()[-3000:]
+    return [json.loads((tmp_path / f"{name}{i}.json").read_text()) for i in range(2)]
+
+
+def test_multi_worker_resume_needs_one_shared_checkpoint_dir(tmp_path):
+    """The chief finds ckpt-2 in its directory, worker 1 (another directory) finds none."""
+    _run(["resume", tmp_path / "shared", 2, tmp_path / "seed.npz"])
+    outcomes = [i["outcome"] for i in _run_workers(tmp_path, ["shared"], "mismatch")]
+    for outcome in outcomes:
+        assert "restored different training states (step per replica: [2, 0])" in outcome
+        assert "checkpoint.dir must be one directory every worker reads" in outcome
+    assert "restored nothing" in outcomes[1] and "shared/ckpt-2" in outcomes[0]
 
 
 def _checkpointed(run_dir, step):
