@@ -1,13 +1,16 @@
 """`keras-deeplab demo`: train on the synthetic shapes, evaluate, export, draw the results.
 
-Trains DeepLabV3+ (MobileNetV2 x0.5) with the shipped `shapes_demo` recipe, then writes
-overlays, the training curve, a verified SavedModel and a verified int8 TFLite file.
+Trains DeepLabV3+ (MobileNetV2 x0.5) with the shipped `shapes_demo` recipe in precision
+`auto` (`keras_deeplab.precision`: bfloat16 on CPUs with AMX and recent GPUs, float32
+elsewhere; `train.precision=float32` overrides it), then writes overlays, the training curve,
+a verified float32 SavedModel and a verified int8 TFLite file.
 """
 
 import shutil
 from pathlib import Path
 
 DEMO_RECIPE = "shapes_demo"
+DEMO_PRECISION = "auto"  # train.precision of the demo (the user's overrides come after)
 OUTPUTS = (
     "overlays.png",
     "training_curve.png",
@@ -79,6 +82,8 @@ def run_demo(out, resume=False, overrides=()):
 
     from keras_deeplab.data import shapes
     from keras_deeplab.export import to_saved_model, to_tflite
+    from keras_deeplab.optimize import with_dtype_policy
+    from keras_deeplab.precision import model_precision
     from keras_deeplab.training import load_config, train_from_config
     from keras_deeplab.training.summaries import overlay_grid
 
@@ -88,7 +93,11 @@ def run_demo(out, resume=False, overrides=()):
         shutil.rmtree(out / "run")  # a fresh demo each time unless --resume
     out.mkdir(parents=True, exist_ok=True)
     config = demo_recipe()
-    overrides = [f"checkpoint.dir={out / 'run'}"] + list(overrides)
+    overrides = [
+        f"checkpoint.dir={out / 'run'}",
+        f"train.precision={DEMO_PRECISION}",
+        *overrides,
+    ]
     print(
         f"1/3 training a DeepLabV3+ (MobileNetV2 x0.5) on the synthetic shapes data ({config.name})"
     )
@@ -106,6 +115,8 @@ def run_demo(out, resume=False, overrides=()):
             )
         training_curve(result.history, out / "training_curve.png", label)
 
+    if model_precision(model) != "float32":  # trained in bf16/fp16: infer and export in fp32
+        model = with_dtype_policy(model, "float32")
     val = shapes("val", num_examples=8)
     images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)
     images, masks = np.stack(images), np.stack(masks)
