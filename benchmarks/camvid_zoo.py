@@ -430,8 +430,10 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         record = json.loads(done.read_text())
         if record.get("fingerprint") == fingerprint:
             print(f"{row.key}: finished earlier ({done}), reused", flush=True)
+            record["reused"] = True
             return record, {int(k): v for k, v in np.load(run_dir / "panels.npz").items()}
     keras.backend.clear_session()
+    row_start = time.perf_counter()
     print(f"{row.key}: training {row.model} ({row.init}) ...", flush=True)
     start = time.perf_counter()
     result = train_from_config(config)
@@ -471,6 +473,7 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         record["tflite_ms"] = tflite_latency(
             model, settings["latency_size"], settings["latency_runs"], path
         )
+    record["row_seconds"] = time.perf_counter() - row_start  # training + scoring + latency
     np.savez_compressed(run_dir / "panels.npz", **{str(k): v for k, v in panels.items()})
     done.write_text(json.dumps(jsonable(record, nan_as_none=True), indent=1))
     print(

@@ -51,6 +51,7 @@ def markdown(record):
         f"{record['data']['val_scored']} images at 360x480. Latency at "
         f"{s['latency_size'][0]}x{s['latency_size'][1]}, median of {s['latency_runs']} (ratios "
         "to the DeepLabV3 row).",
+        *_reused_note(record),
         "",
         "| row | init | OS | mIoU | global acc | class acc | params | GMACs | Keras ms (x) "
         "| TFLite ms (x) | train img/s | train min |",
@@ -83,6 +84,17 @@ def markdown(record):
         lines += ["", "Not run (opt-in with `--models`): "]
         lines += [f"- `{n['key']}`: {n['note']}" for n in record["not_in_default"]]
     return "\n".join(lines) + "\n"
+
+
+def _reused_note(record):
+    reused = [r["key"] for r in record["rows"] if r.get("reused")]
+    if not reused:
+        return []
+    return [
+        "",
+        f"Rows finished by an earlier invocation of the same command and reused (the wall time "
+        f"above is this invocation's only): {', '.join(reused)}.",
+    ]
 
 
 def pareto_png(record, path):
