@@ -159,7 +159,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._can_fuse(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, tf.float32)  # as Keras: BN statistics in float32
+        # Half / bfloat16 inputs stay as they are (the kernel takes them with float32 scale
+        # and offset and returns float32 statistics: no float32 copy of the activations).
+        half = inputs.dtype in (tf.float16, tf.bfloat16)
+        x = inputs if half else tf.cast(inputs, tf.float32)
         channels = x.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
@@ -175,6 +178,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             is_training=True,
         )
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        mean, unbiased_variance = tf.cast(mean, tf.float32), tf.cast(unbiased_variance, tf.float32)
         variance = unbiased_variance * (tf.maximum(count - 1.0, 0.0) / count)
         momentum = self.momentum
         self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))

@@ -102,3 +102,23 @@ def test_models_use_the_fused_layer():
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     assert bns and all(type(layer) is BatchNormalization for layer in bns)
+
+
+def test_half_precision_inputs_reach_the_fused_kernel_uncast():
+    """bfloat16 activations go into FusedBatchNormV3 as they are (no float32 copy); the
+    moving statistics stay float32 and equal the float32 layer's up to bfloat16 rounding."""
+    x = np.random.default_rng(3).normal(1.0, 2.0, (2, 5, 6, 4)).astype("float32")
+    half = BatchNormalization(dtype="mixed_bfloat16")
+    full = BatchNormalization()
+    y = half(tf.constant(x), training=True)
+    full(tf.constant(x), training=True)
+    assert y.dtype == tf.bfloat16 and half.moving_mean.dtype == "float32"
+    np.testing.assert_allclose(half.moving_mean, full.moving_mean, atol=2e-3)
+    np.testing.assert_allclose(half.moving_variance, full.moving_variance, rtol=2e-2)
+    graph = (
+        tf.function(lambda t: half(t, training=True))
+        .get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+        .graph
+    )
+    fused = [op for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert fused and fused[0].get_attr("T") == tf.bfloat16
