@@ -206,3 +206,25 @@ def test_backbone_weights_refused_before_building_a_whole_network():
         create_model("fcn8s", backbone_weights="imagenet")
     with pytest.raises(ValueError, match="without a separate backbone"):
         create_model("segnet_basic", backbone_weights="imagenet")
+
+
+def test_a_model_trained_in_mixed_precision_exports_in_float32(tmp_path):
+    from keras_deeplab import create_model
+    from keras_deeplab.export import to_tflite
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    report = to_tflite(model, tmp_path / "m.tflite", input_size=33)
+    assert report["passed"] and report["max_abs_diff"] <= 1e-4  # against the float32 rebuild
+    interpreter_types = {d["dtype"].__name__ for d in _tensor_details(tmp_path / "m.tflite")}
+    assert "bfloat16" not in interpreter_types and "float16" not in interpreter_types
+
+
+def _tensor_details(path):
+    from keras_deeplab.tflite_file import open_interpreter
+
+    return open_interpreter(path).get_tensor_details()

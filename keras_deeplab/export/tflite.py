@@ -137,6 +137,16 @@ def _convert(exported, hw, quantize, representative, int8_io, network=None):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _float32(model):
+    """`model` computing in float32: a model trained in mixed precision is rebuilt with the
+    float32 policy (weights copied); TFLite's float, float16 and int8 paths start from it."""
+    from keras_deeplab.optimize import with_dtype_policy
+    from keras_deeplab.precision import inference_policy
+
+    policy = inference_policy(model, "float32")
+    return model if policy is None else with_dtype_policy(model, policy)
+
+
 def resize_conventions(model):
     """The bilinear conventions the model's `ResizeBilinear` layers use: `"align_corners"`
     (the official DeepLab / Caffe one) and/or `"half_pixel"` (torch's align_corners=False)."""
@@ -253,6 +263,7 @@ def to_tflite(
     path = Path(path)
     if path.suffix != ".tflite":
         raise ValueError(f"{path}: the output file name must end with '.tflite'.")
+    model = _float32(model)
     exported = ExportGraph(model, include_preprocessing, argmax)
     built = tuple(inner_model(model).inputs[0].shape[1:3])
     if any(d is not None and d != s for d, s in zip(built, hw, strict=True)):
