@@ -584,12 +584,25 @@ def main(argv=None):
         print(f"Google weights: {init_files['bn_layers']} BatchNorms re-parameterised", flush=True)
     pairs = val_images(root, settings["eval_limit"])
     panel_indices = sorted({min(i, len(pairs) - 1) for i in PANEL_IMAGES})
-    records, panels, skipped = [], {}, []
+    from keras_deeplab.training.trainer import NonFiniteLossError
+
+    records, panels, skipped, diverged = [], {}, [], []
     for row in rows:
         try:
             record, row_panels = run_row(
                 row, settings, root, out_dir, init_files, pairs, panel_indices
             )
+        except NonFiniteLossError as error:  # a result of the recipe, not a crash of the run
+            print(f"{row.key}: DIVERGED: {error}", flush=True)
+            diverged.append(
+                {
+                    "key": row.key,
+                    "model": row.model,
+                    "init": row.init,
+                    "error": str(error).splitlines()[0],
+                }
+            )
+            continue
         except ValueError as error:  # the registry refuses the row (e.g. a backbone)
             if "defined on" not in str(error) and "backbone" not in str(error):
                 raise
@@ -629,6 +642,7 @@ def main(argv=None):
         "class_names": _class_names(),
         "rows": records,
         "skipped": skipped,
+        "diverged": diverged,
         "not_in_default": [
             {"key": r.key, "note": r.note} for r in ROWS if not r.default and r not in rows
         ],

@@ -80,6 +80,11 @@ def markdown(record):
             f"- `{s['key']}` ({s['model']}, {s['options']}): {s['reason']}"
             for s in record["skipped"]
         ]
+    if record.get("diverged"):
+        lines += ["", "Diverged under the recipe (no row in the table):", ""]
+        lines += [
+            f"- `{d['key']}` ({d['model']}, {d['init']}): {d['error']}" for d in record["diverged"]
+        ]
     if record["not_in_default"]:
         lines += ["", "Not run (opt-in with `--models`): "]
         lines += [f"- `{n['key']}`: {n['note']}" for n in record["not_in_default"]]
