@@ -47,6 +47,8 @@ def _strides(model, stage):
         # seed_systems §8.1 / §9: CSAIL / semseg deep-stem ResNet-50; §6.3: ResNet-101.
         ("resnet50_deep", 23_631_808),
         ("resnet101_deep", 42_623_936),
+        # seed_systems §9.1: mmseg ResNetV1c (stem 32-32-64), 104,544 below the deep stem.
+        ("resnet50_v1c", 23_527_264),
     ],
 )
 def test_parameter_counts(name, trainable):

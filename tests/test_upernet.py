@@ -67,8 +67,9 @@ def test_full_counts():
     assert _trainable(lite) == 41_897_558  # CSAIL built (seed_systems.md §8.1)
     assert lite.count_params() == 41_959_254  # + BN moving statistics
     mmseg = create_model("upernet_resnet50_mmseg", input_shape=(33, 33, 3))
-    # mmseg's 66,516,108 (with aux) is on ResNetV1c; on the deep stem: + 104,544.
-    assert _trainable(mmseg) == 66_516_108 + V1C_STEM_DELTA
+    assert _trainable(mmseg) == 66_516_108  # mmseg's count, on its ResNetV1c trunk
+    deep = create_model("upernet_resnet50_mmseg", backbone="resnet50_deep", input_shape=(33, 33, 3))
+    assert _trainable(deep) == 66_516_108 + V1C_STEM_DELTA  # the CSAIL 64-64-128 stem
     assert mmseg.auxiliary_loss_weights == {"aux": 0.4}
     official = create_model("upernet_resnet50", input_shape=(33, 33, 3))
     assert _trainable(official) == DEEP_STEM_RESNET50 + 40_590_486 == 64_222_294

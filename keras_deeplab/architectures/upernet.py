@@ -16,7 +16,8 @@ Named models (150 classes by default, ADE20K):
   class default).
 * `upernet_resnet50_mmseg`: mmsegmentation's `upernet_r50` (channels 512, PPM conv before
   the resize, dropout 0.1, auxiliary FCN head on the stride-16 stage with loss weight 0.4:
-  `aux_head=True`).
+  `aux_head=True`) on mmseg's ResNetV1c trunk (`resnet50_v1c`): 64,117,750 parameters
+  without / 66,516,108 with the auxiliary head, as mmsegmentation counts them.
 
 Example:
     ```python
@@ -35,6 +36,8 @@ from keras_deeplab.registry import Architecture, register_architecture, register
 BACKBONES = (
     "resnet50_deep",
     "resnet101_deep",
+    "resnet50_v1c",
+    "resnet101_v1c",
     "resnet50_tv",
     "resnet101_tv",
     "resnet50",
@@ -84,7 +87,7 @@ register_model(
 register_model(
     "upernet_resnet50_mmseg",
     "upernet",
-    backbone="resnet50_deep",
+    backbone="resnet50_v1c",
     num_classes=150,
     ppm_conv_first=True,
     dropout=0.1,

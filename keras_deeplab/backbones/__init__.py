@@ -30,6 +30,8 @@ BACKBONES = {
     "resnet101_tv": ("resnet", {"depth": 101, "flavour": "torchvision"}, "torch"),
     "resnet50_deep": ("resnet", {"depth": 50, "flavour": "deep"}, "torch"),
     "resnet101_deep": ("resnet", {"depth": 101, "flavour": "deep"}, "torch"),
+    "resnet50_v1c": ("resnet", {"depth": 50, "flavour": "v1c"}, "torch"),
+    "resnet101_v1c": ("resnet", {"depth": 101, "flavour": "v1c"}, "torch"),
     "mobilenetv2": ("mobilenetv2", {"depth_multiplier": 1.0}, "symmetric"),
     "mobilenetv2_dm05": ("mobilenetv2", {"depth_multiplier": 0.5}, "symmetric"),
     "vgg16": ("vgg16", {}, "caffe"),

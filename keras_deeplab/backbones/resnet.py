@@ -23,6 +23,9 @@
   torchvision bottlenecks; in a dilated stage *every* block's 3x3 conv is dilated
   (semseg's PSPNet sets conv2 dilation 2 in all of layer3 and 4 in all of layer4).
   Zhao et al., "Pyramid Scene Parsing Network", arXiv:1612.01105.
+* `flavour="v1c"`: mmsegmentation's `ResNetV1c` (the mmseg UperNet/PSPNet trunk): the deep
+  stem at widths 32-32-64, otherwise as `"deep"` (ResNet-50: 23,527,264 parameters, the
+  64-64-128 stem's 23,631,808 less 104,544).
 """
 
 import keras
@@ -40,7 +43,7 @@ from keras_deeplab.layers import Conv2D, conv2d_same
 
 UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BASE_DEPTHS = (64, 128, 256, 512)
-FLAVOURS = ("beta", "caffe", "torchvision", "deep")
+FLAVOURS = ("beta", "caffe", "torchvision", "deep", "v1c")
 
 # Official ResNet BN (decay 0.95, eps 1e-5, `core/feature_extractor.py`) and
 # the keras.applications defaults used by the Caffe layout.
@@ -187,11 +190,17 @@ def stage_tap(stage, output_stride):
     return f"stride_{stride}" if stride < output_stride else f"layer{stage}_stride_{output_stride}"
 
 
-def _build_torch(inputs, depth, output_stride, multi_grid, deep_stem):
+# Widths of the three 3x3 stem convs of the deep-stem flavours.
+DEEP_STEMS = {"deep": (64, 64, 128), "v1c": (32, 32, 64)}
+
+
+def _build_torch(inputs, depth, output_stride, multi_grid, flavour):
+    deep_stem = flavour in DEEP_STEMS
     if deep_stem:
-        x = _torch_conv_bn(inputs, 64, 3, "conv1", "bn1", stride=2)
-        x = _torch_conv_bn(x, 64, 3, "conv2", "bn2")
-        x = _torch_conv_bn(x, 128, 3, "conv3", "bn3")
+        first, second, third = DEEP_STEMS[flavour]
+        x = _torch_conv_bn(inputs, first, 3, "conv1", "bn1", stride=2)
+        x = _torch_conv_bn(x, second, 3, "conv2", "bn2")
+        x = _torch_conv_bn(x, third, 3, "conv3", "bn3")
     else:
         x = _torch_conv_bn(inputs, 64, 7, "conv1", "bn1", stride=2)
     # torch MaxPool2d(3, 2, padding=1); zero padding is exact after the ReLU.
@@ -204,7 +213,8 @@ def _build_torch(inputs, depth, output_stride, multi_grid, deep_stem):
         for u in range(units):
             stride, previous_rate = planner.next(2 if s > 0 and u == 0 else 1)
             # torchvision's replace_stride_with_dilation: the first block of a dilated
-            # stage keeps the previous dilation; semseg/CSAIL-PSPNet: every block dilated.
+            # stage keeps the previous dilation; semseg/CSAIL-PSPNet and mmseg's ResNetV1c:
+            # every block dilated.
             rate = previous_rate if (u == 0 and not deep_stem) else planner.rate
             if s == 3:
                 rate *= multi_grid[u]
@@ -229,9 +239,9 @@ def _resnet_graph(
     multi_grid = check_multi_grid(multi_grid)
 
     inputs = keras.Input(shape=input_shape, name="images")
-    if flavour in ("torchvision", "deep"):
-        taps = _build_torch(inputs, depth, output_stride, multi_grid, flavour == "deep")
-        suffix = "_tv" if flavour == "torchvision" else "_deep"
+    if flavour in ("torchvision", *DEEP_STEMS):
+        taps = _build_torch(inputs, depth, output_stride, multi_grid, flavour)
+        suffix = "_tv" if flavour == "torchvision" else f"_{flavour}"
         return inputs, taps, f"resnet{depth}{suffix}"
     build = _build_beta if flavour == "beta" else _build_caffe
     taps = build(inputs, depth, output_stride, multi_grid)
@@ -281,7 +291,7 @@ def ResNetBackbone(
         output_stride: 8, 16 or 32 (stride of `"final"`, 2048 channels).
         multi_grid: three block4/conv5 unit-rate multipliers (default `(1, 1, 1)`).
         depth: 50 or 101.
-        flavour: `"beta"`, `"caffe"`, `"torchvision"` or `"deep"`.
+        flavour: `"beta"`, `"caffe"`, `"torchvision"`, `"deep"` or `"v1c"`.
         name: model name (default `resnet{depth}_beta` / `resnet{depth}`).
 
     Returns:
