@@ -22,7 +22,10 @@ and says so in its message; training stops there and resumes from the last compl
 Multi-worker: every worker must take part in a save, but only the chief writes
 into the run directory; the others write to a private temporary directory that is
 deleted right after (the TF multi-worker recipe). All workers restore from the
-chief's directory.
+chief's directory, so the run directory must be shared by every worker (a network
+filesystem or a `gs://` bucket); the trainer checks at start that every worker restored
+the same step and stops every worker with one error otherwise
+(`Trainer._check_restored`).
 """
 
 import glob
@@ -36,7 +39,8 @@ class TrainingCheckpoint:
     """Checkpoint of one training run in `directory`.
 
     Args:
-        directory: run directory (shared by all workers).
+        directory: run directory (one directory shared by all workers: the chief writes
+            it, every worker restores from it).
         model: the Keras model.
         optimizer: the Keras optimizer, already built.
         max_to_keep: checkpoints kept by the manager.
