@@ -38,6 +38,10 @@ DEFAULT_TOLERANCE = 1e-4
 # "none" applies to class maps (`argmax=True`), whose float logits are checked otherwise.
 # Integer arithmetic (dynamic-range, int8) moves near-ties of the logits: reported only.
 AGREEMENT_FLOORS = {"none": 0.999, "float16": 0.9, "dynamic": None, "int8": None}
+# float32 models with indexed unpooling (SegNet), judged by agreement: measured 0.9995+ for a
+# trained SegNet-Basic on CamVid val, 0.997 for a random-weight SegNet on noise (near-ties
+# everywhere); a broken export agrees on about 1 / num_classes of the pixels.
+UNPOOLING_AGREEMENT_FLOOR = 0.99
 
 
 def _tie_sensitive(model):
@@ -99,7 +103,7 @@ def verify_tflite(
       with the default XNNPACK CPU delegate (which reorders float sums: on Google's 257x257
       MobileNetV2 model, logits up to 37, XNNPACK and TF differ by up to ~1e-4, the
       reference kernels by ~4e-5); models with indexed unpooling (SegNet) by argmax
-      agreement >= 0.999 instead (a near-tie in a pooling window moves a value by a pixel);
+      agreement >= 0.99 instead (a near-tie in a pooling window moves a value by a pixel);
     * float16 / dynamic / int8 (and class maps of `argmax` files): argmax agreement with the
       delegate, the fraction of pixels whose class equals the Keras model's; it must reach
       `min_agreement` (default `AGREEMENT_FLOORS`: 0.9 float16, 0.999 float32 class maps;
@@ -197,7 +201,7 @@ def verify_tflite(
     if tie_sensitive:
         # Indexed unpooling moves a value to another pixel when a pooling window's maximum
         # is a near-tie that TFLite rounds the other way: judged by argmax agreement.
-        floor = min_agreement if min_agreement is not None else AGREEMENT_FLOORS["none"]
+        floor = min_agreement if min_agreement is not None else UNPOOLING_AGREEMENT_FLOOR
     elif check_diff:
         floor = min_agreement  # float32 logits: the tolerances decide
         reference_tolerance = tolerance * max(1.0, on_reference.scale)
