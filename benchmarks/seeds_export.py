@@ -10,7 +10,7 @@ reference kernels and with the XNNPACK delegate, the logit scale, the argmax agr
 SavedModel's max difference.
 
 Run: `nice -n 10 python -m benchmarks.seeds_export [--models a,b] [--size 65]`; writes
-`benchmarks/results/seeds_export.{json,md}`. Not a test (the 134M-parameter VGG models take
+`benchmarks/results/seeds_export.{json,md}` (rows of models not named are kept). Not a test (the 134M-parameter VGG models take
 minutes each to convert); the architectures' own tests export small variants.
 """
 
@@ -129,6 +129,10 @@ def main(argv=None):
             rows.append(row)
             for path in Path(tmp).iterdir():  # the 500 MB VGG files: one at a time on disk
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if args.out.exists():  # rows of models not run this time are kept
+        done = {row["model"] for row in rows}
+        kept = [r for r in json.loads(args.out.read_text())["rows"] if r["model"] not in done]
+        rows = sorted(kept + rows, key=lambda r: list(MODELS).index(r["model"]))
     args.out.write_text(json.dumps(jsonable({"rows": rows}), indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(rows) + "\n")
     print(markdown(rows))
