@@ -119,7 +119,7 @@ def _accuracy(runners, cells, backends, size):
 
 
 def precision_check(precision="bfloat16", cached=None):
-    """`keras_deeplab.precision.verify_precision` of Google's DeepLabV3 MobileNetV2 (the
+    """`keras_deeplab.evaluation.segmenter.verify_precision` of Google's DeepLabV3 MobileNetV2 (the
     official `deeplabv3_257_mv_gpu.tflite` weights) on the 8 shared VOC 2012 val samples,
     at their full size through the Segmenter: argmax agreement with float32 and mIoU in both.
 
@@ -129,8 +129,8 @@ def precision_check(precision="bfloat16", cached=None):
     """
     from benchmarks._common import shared_data_dir
     from benchmarks.voc_samples_eval import OFFICIAL, load_samples
+    from keras_deeplab.evaluation.segmenter import verify_precision
     from keras_deeplab.export.saved_model import model_fingerprint
-    from keras_deeplab.precision import verify_precision
     from keras_deeplab.weights import load_tflite
 
     try:

@@ -21,8 +21,9 @@ API (used by the inference paths and by training's `train.precision`):
   a mixed policy keeps it); `inference_policy(model, precision)` -> the policy for
   `optimize_for_inference` that makes it compute in `precision` ("float32" undoes a mixed
   training policy).
-* `verify_precision(model, precision, images, labels)` -> argmax agreement and mIoU of a
-  reduced-precision inference model against float32 on the same images (a `dict`).
+* `keras_deeplab.evaluation.segmenter.verify_precision(model, precision, images, labels)`
+  -> argmax agreement and mIoU of a reduced-precision inference model against float32 on the
+  same images (it lives with the Segmenter it runs).
 
 Example:
 
@@ -37,8 +38,6 @@ print(describe_choice("auto"))  # precision auto -> bfloat16 (CPU has amx_bf16)
 
 import functools
 import warnings
-
-import numpy as np
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 PURPOSES = ("inference", "training")
@@ -214,80 +213,6 @@ def inference_policy(model, precision):
     return policy
 
 
-def _confusion(predictions, labels, num_classes, ignore_label):
-    valid = labels != ignore_label
-    index = labels[valid].astype(np.int64) * num_classes + predictions[valid].astype(np.int64)
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def _miou(confusion):
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    return float(np.mean(tp[present] / union[present])) if present.any() else float("nan")
-
-
-def verify_precision(model, precision, images, labels=None, ignore_label=255, reference=None):
-    """Argmax agreement and mIoU of `model` run in `precision` against float32.
-
-    Both sides go through `Segmenter` (its default inference path: BN folded, float32
-    softmax/argmax); the reduced side additionally computes under `dtype_policy(precision)`.
-
-    Args:
-        model: a keras_deeplab model (float32 weights).
-        precision: "bfloat16", "float16" or "auto" (a float32 resolution compares float32
-            with itself: agreement 1.0).
-        images: a list of [H, W, 3] uint8 images.
-        labels: optional list of [H, W] label maps (`ignore_label` skipped) for the mIoUs.
-        reference: optional list of float32 argmax maps already computed for `images`.
-
-    Returns:
-        `{"precision", "images", "pixels", "agreement", "miou_float32", "miou",
-        "miou_difference"}` (the mIoU entries None without labels).
-
-    Example:
-        >>> verify_precision(model, "bfloat16", images, labels)["agreement"]
-        0.9987
-    """
-    from keras_deeplab.evaluation.segmenter import Segmenter
-
-    resolved = resolve_precision(precision)
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(
-            f"verify_precision got {len(images)} images but {len(labels)} labels; pass one "
-            f"label map per image (or labels=None for the agreement only)."
-        )
-    if reference is None:
-        reference = Segmenter(model, precision="float32").predict(images)
-    reduced = Segmenter(model, precision=resolved).predict(images)
-    same = sum(int(np.sum(a == b)) for a, b in zip(reference, reduced, strict=True))
-    pixels = sum(int(a.size) for a in reference)
-    result = {
-        "precision": resolved,
-        "images": len(images),
-        "pixels": pixels,
-        "agreement": same / max(pixels, 1),
-        "miou_float32": None,
-        "miou": None,
-        "miou_difference": None,
-    }
-    if labels is not None:
-        num_classes = int(model.output_shape[-1])
-        labels = [np.asarray(y) for y in labels]
-        conf32 = sum(
-            _confusion(p, y, num_classes, ignore_label)
-            for p, y in zip(reference, labels, strict=True)
-        )
-        conf = sum(
-            _confusion(p, y, num_classes, ignore_label)
-            for p, y in zip(reduced, labels, strict=True)
-        )
-        result["miou_float32"] = _miou(conf32)
-        result["miou"] = _miou(conf)
-        result["miou_difference"] = result["miou"] - result["miou_float32"]
-    return result
-
-
 __all__ = [
     "PRECISIONS",
     "describe_choice",
@@ -297,5 +222,4 @@ __all__ = [
     "native_precision",
     "native_reason",
     "resolve_precision",
-    "verify_precision",
 ]

@@ -11,6 +11,7 @@ from conftest import randomize_batch_norms, smooth_image, toy_model
 import keras_deeplab
 from keras_deeplab import precision
 from keras_deeplab.evaluation import Segmenter
+from keras_deeplab.evaluation.segmenter import verify_precision
 
 AMX = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 AVX512_BF16 = frozenset({"avx512f", "avx512_bf16"})
@@ -151,15 +152,15 @@ def test_verify_precision_reports_agreement_and_miou(hardware):
     reference = Segmenter(model).predict(images)
     labels = [r.copy() for r in reference]
     labels[0][:5] = 255  # ignored pixels
-    same = precision.verify_precision(model, "float32", images, labels)
+    same = verify_precision(model, "float32", images, labels)
     assert same["agreement"] == 1.0 and same["miou_difference"] == 0.0
     assert same["miou"] == 1.0 and same["pixels"] == 33 * 41 * 2
-    result = precision.verify_precision(model, "bfloat16", images, labels, reference=reference)
+    result = verify_precision(model, "bfloat16", images, labels, reference=reference)
     assert result["precision"] == "bfloat16" and result["images"] == 2
     assert 0.9 < result["agreement"] <= 1.0
     assert result["miou_difference"] == pytest.approx(result["miou"] - 1.0)
     with pytest.raises(ValueError, match="2 images but 1 labels"):
-        precision.verify_precision(model, "bfloat16", images, labels[:1])
+        verify_precision(model, "bfloat16", images, labels[:1])
 
 
 def test_to_saved_model_refuses_bad_precision_before_writing(hardware, tmp_path):

@@ -410,3 +410,60 @@ class Segmenter:
     def predict(self, images):
         """Label maps: list of int32 [H_i, W_i] (argmax of `predict_proba`)."""
         return [p.argmax(-1).astype(np.int32) for p in self.predict_proba(images)]
+
+
+def verify_precision(model, precision, images, labels=None, ignore_label=255, reference=None):
+    """Argmax agreement and mIoU of `model` run in `precision` against float32.
+
+    Both sides go through `Segmenter` (its default inference path: BN folded, float32
+    softmax/argmax); the reduced side computes under `keras_deeplab.precision.dtype_policy`.
+
+    Args:
+        model: a keras_deeplab model.
+        precision: "bfloat16", "float16" or "auto" (a float32 resolution compares float32
+            with itself: agreement 1.0).
+        images: a list of [H, W, 3] uint8 images.
+        labels: optional list of [H, W] label maps (`ignore_label` skipped) for the mIoUs.
+        reference: optional list of float32 label maps already computed for `images`.
+
+    Returns:
+        `{"precision", "images", "pixels", "agreement", "miou_float32", "miou",
+        "miou_difference"}` (the mIoU entries None without labels).
+
+    Example:
+        >>> verify_precision(model, "bfloat16", images, labels)["agreement"]
+        0.9969
+    """
+    from keras_deeplab.evaluation.metrics import ConfusionMatrix
+
+    resolved = resolve_precision(precision)
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(
+            f"verify_precision got {len(images)} images but {len(labels)} labels; pass one "
+            f"label map per image (or labels=None for the agreement only)."
+        )
+    if reference is None:
+        reference = Segmenter(model, precision="float32").predict(images)
+    reduced = Segmenter(model, precision=resolved).predict(images)
+    same = sum(int(np.sum(a == b)) for a, b in zip(reference, reduced, strict=True))
+    pixels = sum(int(a.size) for a in reference)
+    result = {
+        "precision": resolved,
+        "images": len(images),
+        "pixels": pixels,
+        "agreement": same / max(pixels, 1),
+        "miou_float32": None,
+        "miou": None,
+        "miou_difference": None,
+    }
+    if labels is not None:
+        num_classes = int(model.output_shape[-1])
+        scores = []
+        for predictions in (reference, reduced):
+            matrix = ConfusionMatrix(num_classes, ignore_label=ignore_label)
+            for truth, labels_map in zip(labels, predictions, strict=True):
+                matrix.update(np.asarray(truth), labels_map)
+            scores.append(float(matrix.result()["miou"]))
+        result["miou_float32"], result["miou"] = scores
+        result["miou_difference"] = scores[1] - scores[0]
+    return result

@@ -82,9 +82,9 @@ def _precision_check(model, precision, sample_images, report_path):
     for the same model fingerprint and precision."""
     import json
 
+    from keras_deeplab.evaluation.segmenter import verify_precision
     from keras_deeplab.export.images import uint8_images
     from keras_deeplab.export.model_info import input_size_of
-    from keras_deeplab.precision import verify_precision
 
     fingerprint = model_fingerprint(model)
     if report_path is not None and Path(report_path).is_file():
