@@ -345,7 +345,11 @@ class Trainer:
         self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="bad_step")
         self._bad_loss = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="bad_loss")
         weights = {id(v) for v in self.model.weights}
-        self._seed_states = [v for v in self.model.variables if id(v) not in weights]
+        self._seed_states = [  # the dropout layers' `SeedGenerator` states ([seed, counter])
+            v
+            for v in self.model.variables
+            if id(v) not in weights and v.name == "seed_generator_state" and v.shape == (2,)
+        ]
 
     @property
     def loss_scale(self):
