@@ -29,10 +29,10 @@ sqrt(var + eps), beta += mean): the network computes exactly the same function i
 mode and nearly the same in training mode, so batch statistics do not wipe out the file's
 per-channel scales.
 
-Default (full) run: crop 257x257, batch 8, 300 steps (6.5 epochs), momentum SGD 0.9, LR 0.007
-poly 0.9 after a 30-step linear warm-up from LR/10, weight decay 4e-5, scale 0.5-2.0 + flip,
+Default (full) run: crop 225x225, batch 8, 250 steps (5.4 epochs), momentum SGD 0.9, LR 0.007
+poly 0.9 after a 25-step linear warm-up from LR/10, weight decay 4e-5, scale 0.5-2.0 + flip,
 bfloat16 mixed precision (AMX), full val split: sized for 120 min on the idle 2-core CI machine
-from the quick run's throughput (the results record the measured wall time). `--quick`: 40 steps at crop 193 batch 4, 24 val images,
+from the loaded quick run's throughput (an estimate; the results record the measured wall time). `--quick`: 40 steps at crop 193 batch 4, 24 val images,
 the Google-initialised rows + SegNet-Basic + U-Net only.
 
 Run: `nice -n 10 python -m benchmarks.camvid_zoo [--quick] [--models a,b] [--steps N]
@@ -59,7 +59,7 @@ from keras_deeplab._json import jsonable
 GOOGLE_TFLITE = ("deeplabv3_tflite", "deeplabv3_257_mv_gpu.tflite")
 DATA_NAME = "camvid_full"
 EVAL_SIZE = (360, 480)
-PANEL_IMAGES = (0, 45, 90)  # val indices of the three panel images (clipped to --eval-limit)
+PANEL_IMAGES = (0, 45, 90)  # val indices of the three panel images (full val split)
 BACKBONE = "mobilenetv2_dm05"
 
 
@@ -138,9 +138,9 @@ ROWS = (
 ROW_BY_KEY = {row.key: row for row in ROWS}
 
 FULL = {
-    "steps": 300,
+    "steps": 250,
     "batch_size": 8,
-    "crop_size": 257,
+    "crop_size": 225,
     "eval_limit": None,
     "latency_runs": 10,
 }
@@ -583,7 +583,10 @@ def main(argv=None):
         init_files = prepare_google_weights(out_dir / "_init", root, args.bn_images)
         print(f"Google weights: {init_files['bn_layers']} BatchNorms re-parameterised", flush=True)
     pairs = val_images(root, settings["eval_limit"])
-    panel_indices = sorted({min(i, len(pairs) - 1) for i in PANEL_IMAGES})
+    if len(pairs) > max(PANEL_IMAGES):
+        panel_indices = list(PANEL_IMAGES)
+    else:  # --eval-limit: three images spread over the scored ones
+        panel_indices = sorted({0, len(pairs) // 2, len(pairs) - 1})
     from keras_deeplab.training.trainer import NonFiniteLossError
 
     records, panels, skipped, diverged = [], {}, [], []
