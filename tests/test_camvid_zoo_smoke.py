@@ -65,3 +65,33 @@ def test_missing_data_says_where_it_is_expected(tmp_path, monkeypatch):
         camvid_zoo.main(["--models", "segnet_basic"])
     message = str(error.value)
     assert str(tmp_path / "camvid_full") in message and "KERAS_DEEPLAB_SHARED_DATA" in message
+
+
+def test_unfold_batch_norm_keeps_the_function_and_takes_the_statistics():
+    """Folded BatchNorms (Google's file: gamma 1, mean 0, var 1 - eps) get their inputs'
+    statistics and the model computes the same logits in inference mode."""
+    import keras_deeplab
+    from keras_deeplab.training.batchnorm import batch_norm_layers
+
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
+    rng = np.random.default_rng(1)
+    norms = batch_norm_layers(model)
+    for bn in norms:  # the state load_tflite leaves
+        channels = bn.beta.shape[0]
+        bn.gamma.assign(np.ones(channels, "float32"))
+        bn.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
+        bn.moving_mean.assign(np.zeros(channels, "float32"))
+        bn.moving_variance.assign(np.full(channels, 1 - bn.epsilon, "float32"))
+    untouched = norms[-1]
+    untouched.moving_mean.assign(np.full(untouched.beta.shape[0], 0.5, "float32"))  # not folded
+    images = [rng.uniform(0, 255, (33, 41, 3)).astype("float32") for _ in range(3)]
+    before = np.asarray(model(np.stack(images), training=False))
+    changed = camvid_zoo.unfold_batch_norm(model, images, batch=2)
+    after = np.asarray(model(np.stack(images), training=False))
+    assert changed == len(norms) - 1
+    np.testing.assert_allclose(after, before, atol=1e-3 * max(1.0, np.abs(before).max()))
+    first = norms[0]
+    variance = np.asarray(first.moving_variance)
+    assert variance.min() >= 0 and not np.allclose(variance, 1 - first.epsilon)
+    np.testing.assert_allclose(np.asarray(first.gamma), np.sqrt(variance + first.epsilon))
+    assert np.allclose(np.asarray(untouched.moving_mean), 0.5)
