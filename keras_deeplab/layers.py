@@ -120,6 +120,11 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return outputs
 
 
+def _uncast_half_inputs():
+    """True where the fused BatchNorm kernel runs half / bfloat16 inputs natively (GPUs)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class BatchNormalization(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` with a fused training path.
@@ -159,9 +164,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._can_fuse(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        # Half / bfloat16 inputs stay as they are (the kernel takes them with float32 scale
-        # and offset and returns float32 statistics: no float32 copy of the activations).
-        half = inputs.dtype in (tf.float16, tf.bfloat16)
+        # On GPUs half / bfloat16 inputs stay as they are (cuDNN's kernel takes them with
+        # float32 scale and offset and returns float32 statistics: no float32 copy of the
+        # activations); on CPUs the float32 kernel is faster (measured on an AMX Xeon, one
+        # 2-core run: float32 28 ms, float16 44 ms, bfloat16 92 ms forward + gradient).
+        half = inputs.dtype in (tf.float16, tf.bfloat16) and _uncast_half_inputs()
         x = inputs if half else tf.cast(inputs, tf.float32)
         channels = x.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])

@@ -104,9 +104,14 @@ def test_models_use_the_fused_layer():
     assert bns and all(type(layer) is BatchNormalization for layer in bns)
 
 
-def test_half_precision_inputs_reach_the_fused_kernel_uncast():
-    """bfloat16 activations go into FusedBatchNormV3 as they are (no float32 copy); the
-    moving statistics stay float32 and equal the float32 layer's up to bfloat16 rounding."""
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_half_precision_inputs_reach_the_fused_kernel_uncast_on_gpus(on_gpu, monkeypatch):
+    """On GPUs bfloat16 activations go into FusedBatchNormV3 as they are (no float32 copy);
+    on CPUs (faster there) as float32. The moving statistics stay float32 either way and
+    equal the float32 layer's up to bfloat16 rounding."""
+    import keras_deeplab.layers
+
+    monkeypatch.setattr(keras_deeplab.layers, "_uncast_half_inputs", lambda: on_gpu)
     x = np.random.default_rng(3).normal(1.0, 2.0, (2, 5, 6, 4)).astype("float32")
     half = BatchNormalization(dtype="mixed_bfloat16")
     full = BatchNormalization()
@@ -121,4 +126,4 @@ def test_half_precision_inputs_reach_the_fused_kernel_uncast():
         .graph
     )
     fused = [op for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
-    assert fused and fused[0].get_attr("T") == tf.bfloat16
+    assert fused and fused[0].get_attr("T") == (tf.bfloat16 if on_gpu else tf.float32)

@@ -114,7 +114,7 @@ def test_train_from_config_on_shapes_with_bfloat16(tmp_path):
         "train.batch_size=4",
         "train.steps=2",
         "train.verbose=0",
-        "train.mixed_precision=bfloat16",
+        "train.precision=bfloat16",
         f"checkpoint.dir={tmp_path}",
         "checkpoint.tensorboard=false",
     ]
@@ -127,8 +127,13 @@ def test_train_from_config_on_shapes_with_bfloat16(tmp_path):
     assert result.checkpoint.endswith("ckpt-2")
 
 
-def test_float16_uses_dynamic_loss_scaling(tmp_path):
-    cfg = config(tmp_path, train={"steps": 2, "mixed_precision": "float16"})
+def test_float16_uses_dynamic_loss_scaling(tmp_path, monkeypatch):
+    import keras_deeplab.precision
+
+    # float16 needs a GPU (on a CPU it is an error suggesting bfloat16): pretend one.
+    gpu = (frozenset(), (("test GPU", (7, 0)),))
+    monkeypatch.setattr(keras_deeplab.precision, "_hardware", lambda: gpu)
+    cfg = config(tmp_path, train={"steps": 2, "precision": "float16"})
     trainer = Trainer(micro_model, cfg)
     assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
     result = trainer.fit(_batches)
