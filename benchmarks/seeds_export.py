@@ -41,6 +41,19 @@ MODELS = {
 }
 
 
+def _fill_zero_weights(model, std=0.01):
+    """Zero-initialised trainable weights (FCN's score layers, per the paper) drawn at random
+    instead, so the exported logits are not identically zero and the comparison means
+    something; the fixed (non-trainable) upsampling kernels stay as built."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for weight in model.trainable_weights:
+        value = np.asarray(weight)
+        if value.ndim > 1 and not value.any():
+            weight.assign(rng.normal(0.0, std, value.shape).astype(value.dtype))
+
+
 def export_one(name, size, overrides, folder):
     import keras
 
@@ -49,6 +62,7 @@ def export_one(name, size, overrides, folder):
 
     keras.utils.set_random_seed(0)
     model = create_model(name, **overrides)
+    _fill_zero_weights(model)
     row = {"model": name, "input_size": size, "params": model.count_params()}
     start = time.perf_counter()
     try:
