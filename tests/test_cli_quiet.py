@@ -27,7 +27,7 @@ def test_models_prints_only_the_list():
     assert done.returncode == 0
     assert done.stderr == ""  # no oneDNN / absl / cpu_feature_guard lines
     first = done.stdout.splitlines()[0]
-    assert first == "deeplabv1_vgg16_largefov"
+    assert first == "context_mobilenetv2"  # sorted: the first registered name
 
 
 def test_verbose_shows_the_native_logs():

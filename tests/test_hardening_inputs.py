@@ -413,7 +413,13 @@ def test_train_cli_skip_bad_reaches_the_data_scan(monkeypatch, capsys, tmp_path)
     def train(config, overrides):
         seen["overrides"] = overrides
         return SimpleNamespace(
-            step=0, elapsed=0.0, checkpoint=None, metrics=None, log_dir=None, resumed_from=None
+            step=0,
+            elapsed=0.0,
+            checkpoint=None,
+            metrics=None,
+            log_dir=None,
+            resumed_from=None,
+            precision_choice=None,
         )
 
     monkeypatch.setattr("keras_deeplab.training.train_from_config", train)

@@ -211,7 +211,9 @@ def test_unknown_argument_lists_the_accepted_ones():
     assert "'atrous_rate' -> 'atrous_rates'" in message
     assert "accepted: backbone, num_classes, input_shape, output_stride" in message
     assert "weights, backbone_weights, name" in message
-    with pytest.raises(ValueError, match=r"Unknown model 'x'.*Registered models: deeplabv1_"):
+    with pytest.raises(
+        ValueError, match=r"Unknown model 'x'.*Registered models: context_mobilenetv2, deeplabv1_"
+    ):
         create_model("x", bogus=1)
     with pytest.raises(ValueError, match="unknown argument 'multi_scale'"):
         create_model("deeplabv3_mobilenetv2", multi_scale=True)  # MSC is a v2 option

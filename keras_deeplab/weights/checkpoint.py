@@ -330,11 +330,12 @@ def _describe(shapes):
         builder = DeepLabV3Plus if head["decoder"] else DeepLabV3
         for name in list_models():
             model_builder, config = model_config(name)
-            backbone = resolve_backbone_name(config.get("backbone", ""))
+            if model_builder is not builder or not config.get("backbone"):
+                continue  # another architecture (FCN, U-Net, ...): no DeepLab checkpoint
+            backbone = resolve_backbone_name(config["backbone"])
             default_aspp = "none" if backbone.startswith("mobilenetv2") else "separable"
             if (
-                model_builder is builder
-                and backbone in backbones
+                backbone in backbones
                 and head["aspp"] == default_aspp
                 and config.get("head", "aspp") == "aspp"
                 and "output_stride" not in config
