@@ -112,7 +112,23 @@ def _built(name):
     return model, x, out_size
 
 
-@pytest.mark.parametrize("name", sorted(NAMES))
+# The seeds' models over 30M parameters: each is built (counts, shapes, properties) by its
+# own test file, so the registry check of these runs under -m slow (suite time).
+LARGE_SEED_MODELS = {
+    name
+    for name in NAMES
+    if name.startswith(("fcn", "dilation8", "pspnet", "refinenet", "upernet", "unet"))
+    and name != "pspnet_mobilenetv2"
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in LARGE_SEED_MODELS else n
+        for n in sorted(NAMES)
+    ],
+)
 def test_every_registered_model(name, tmp_path):
     architecture, config = model_architecture(name)
     arch = get_architecture(architecture)
