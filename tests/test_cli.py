@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import keras_deeplab
 from keras_deeplab.cli import main
@@ -154,6 +155,7 @@ def test_export_tflite_cli_with_argmax(tmp_path, capsys):
     assert report["passed"] is True
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     """`make demo`'s job with a few steps: trains, evaluates, writes the PNGs and verified exports.
 

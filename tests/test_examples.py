@@ -49,6 +49,7 @@ def test_build_and_segment():
     assert "logits (1, 129, 97, 21)" in out
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_finetune_folders(tmp_path):
     out = run_example(
         "finetune_folders.py",
@@ -106,6 +107,7 @@ def test_evaluate_msc_crf():
     pytest.skip(reason)
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_export_tflite(tmp_path):
     out = run_example(
         "export_tflite.py", "--input-size", "49", "--num-classes", "5", "--out", tmp_path

@@ -100,7 +100,9 @@ def test_global_branch_is_constant_over_the_map_and_local_branch_normalised(smal
     # The unpooled vector is the same at every pixel, and differs between the two images.
     np.testing.assert_array_equal(unpooled, np.broadcast_to(unpooled[:, :1, :1], unpooled.shape))
     assert not np.allclose(unpooled[0, 0, 0], unpooled[1, 0, 0])
-    np.testing.assert_allclose(np.linalg.norm(unpooled[:, 0, 0] / global_scale, axis=-1), 1.0)
+    np.testing.assert_allclose(
+        np.linalg.norm(unpooled[:, 0, 0] / global_scale, axis=-1), 1.0, rtol=1e-5
+    )
     channels = local.shape[-1]
     assert concat.shape[-1] == 2 * channels == 2 * model.feature_info[-1]["channels"]
     np.testing.assert_array_equal(concat[..., :channels], local)

@@ -244,6 +244,7 @@ def _small_pspnet(**kwargs):
     return calibrate_batch_norms(model, _images(65, 73, batch=2, seed=3))
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_saved_model_dynamic_sizes(tmp_path):
     """input_shape (None, None, 3): one SavedModel run at two sizes equals Keras at each."""
     model = _small_pspnet()

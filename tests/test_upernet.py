@@ -191,6 +191,7 @@ def _tolerance(model, size, relative=1e-4):
     return relative * max(1.0, scale)
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_saved_model(small, tmp_path):
     # The serving graph (its own preprocessing arithmetic) vs Keras: ~1.3e-4 of the logit
     # scale on this randomly initialised, BN-calibrated model; class maps agree.
@@ -199,6 +200,7 @@ def test_saved_model(small, tmp_path):
     assert saved["passed"], saved
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_tflite_builtins(small, tmp_path):
     # TFLite's reference kernels vs TF (oneDNN) float32: measured 0.5-1.1e-4 of the logit
     # scale with the reduced head (per-layer relative errors ~1e-5; the logits cancel).
