@@ -251,7 +251,10 @@ def three_class_export(tmp_path_factory):
     return model, path
 
 
-@pytest.mark.parametrize("point, expected", [("before", 3), ("after", 4)])
+@pytest.mark.parametrize(
+    "point, expected",
+    [pytest.param("before", 3, marks=pytest.mark.slow), ("after", 4)],  # suite time
+)
 def test_sigkill_during_saved_model_overwrite_leaves_old_or_new_export(
     point, expected, three_class_export, tmp_path
 ):

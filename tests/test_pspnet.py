@@ -271,6 +271,7 @@ def _tflite_check(model, path, size):
     return report
 
 
+@pytest.mark.slow  # suite time: the default run must stay under 15 min on CI
 def test_small_pspnet_tflite_builtins(tmp_path):
     _tflite_check(_small_pspnet(), tmp_path / "psp.tflite", 65)
 
