@@ -190,6 +190,19 @@ def stage_tap(stage, output_stride):
     return f"stride_{stride}" if stride < output_stride else f"layer{stage}_stride_{output_stride}"
 
 
+def stage_features(features, args, stage, head):
+    """The output of ResNet stage `stage` among a backbone's taps (for auxiliary heads);
+    one clear error naming `head` and the taps when the backbone has no such tap."""
+    tap = stage_tap(stage, args["output_stride"])
+    if tap not in features:
+        raise ValueError(
+            f"{head} needs the ResNet's stage-{stage} output (tap {tap!r}); backbone "
+            f"{args['backbone']!r} has taps {sorted(features)}. Use a torchvision-layout or "
+            "deep-stem ResNet (resnet*_tv, resnet*_deep) or aux_head=False."
+        )
+    return features[tap]
+
+
 # Widths of the three 3x3 stem convs of the deep-stem flavours.
 DEEP_STEMS = {"deep": (64, 64, 128), "v1c": (32, 32, 64)}
 

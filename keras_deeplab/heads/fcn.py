@@ -23,7 +23,7 @@ Example:
 
 import keras
 
-from keras_deeplab.backbones.resnet import stage_tap
+from keras_deeplab.backbones.resnet import stage_features
 from keras_deeplab.layers import BatchNormalization, Conv2D
 from keras_deeplab.registry import Head, register_head
 
@@ -43,14 +43,7 @@ def fcn_head(x, num_classes, dropout=0.1, prefix="fcn"):
 
 def _aux_input(features, args):
     """The third ResNet stage (torch `layer3`) among the backbone taps."""
-    tap = stage_tap(3, args["output_stride"])
-    if tap not in features:
-        raise ValueError(
-            f"The auxiliary FCN head needs the ResNet's third stage (tap {tap!r}); backbone "
-            f"{args['backbone']!r} has taps {sorted(features)}. Use a torchvision-layout "
-            f"ResNet (resnet50_tv, resnet101_tv) or aux_head=False."
-        )
-    return features[tap]
+    return stage_features(features, args, 3, "The auxiliary FCN head")
 
 
 register_head(

@@ -24,7 +24,7 @@ matching order); the parameter count is the same.
 
 import keras
 
-from keras_deeplab.backbones.resnet import TORCH_BN, stage_tap
+from keras_deeplab.backbones.resnet import TORCH_BN, stage_features
 from keras_deeplab.heads.common import logits_conv
 from keras_deeplab.layers import BatchNormalization, Conv2D, ResizeBilinear
 from keras_deeplab.pooling import AdaptiveAveragePooling2D
@@ -91,14 +91,7 @@ def ppm_head(x, features, args):
 
 def aux_head(x, features, args):
     """Head `"psp_aux"`: semseg's auxiliary classifier on the ResNet's stage-3 output."""
-    tap = stage_tap(3, args["output_stride"])
-    if tap not in features:
-        raise ValueError(
-            f"psp_aux: the backbone {args['backbone']!r} has no ResNet stage-3 tap {tap!r} "
-            f"(taps: {sorted(features)}); use a resnet*_deep / resnet*_tv backbone or "
-            f"aux_head=False."
-        )
-    y = conv_bn_relu(features[tap], args["aux_filters"], 3, "aux")
+    y = conv_bn_relu(stage_features(features, args, 3, "psp_aux"), args["aux_filters"], 3, "aux")
     y = _dropout(y, args["aux_dropout"], "aux_dropout")
     return logits_conv(y, args["num_classes"], name="aux_logits")
 

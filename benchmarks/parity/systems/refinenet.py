@@ -56,7 +56,7 @@ def keras_check(case, npz):
     import numpy as np
 
     from benchmarks.parity.convert import copy_weights
-    from benchmarks.parity.reference import load_reference
+    from benchmarks.parity.reference import compare, load_reference
     from keras_deeplab import create_model
 
     state, inputs, outputs, meta = load_reference(npz)
@@ -64,18 +64,9 @@ def keras_check(case, npz):
     prefixes = sorted({key.rsplit(".", 1)[0] for key in state})
     copy_weights(model, state, {keras_name(p): p for p in prefixes})
     stride4 = keras.Model(model.input, model.get_layer("clf_conv").output)
-    diffs, scale = [], 0.0
-    for x, y in zip(inputs, outputs, strict=True):
-        ours = np.asarray(stride4(x, training=False))
-        if ours.shape != y.shape:
-            raise AssertionError(f"{case}: Keras stride-4 logits {ours.shape}, torch {y.shape}")
-        diffs.append(float(np.max(np.abs(ours - y))))
-        scale = max(scale, float(np.max(np.abs(y))))
+    ours = [np.asarray(stride4(x, training=False)) for x in inputs]
     return {
-        "max_abs_diff": max(diffs),
-        "logit_scale": scale,
-        "sizes": [list(x.shape[1:3]) for x in inputs],
-        "per_size_max_abs_diff": diffs,
+        **compare(ours, outputs, inputs),
         "reference": meta["reference"],
         "compared": "stride-4 logits (clf_conv)",
         "resize": meta["resize"],
