@@ -182,6 +182,7 @@ def recipe(settings, data_root, run_dir, row, init_files):
             "learning_rate": settings["learning_rate"],
             "momentum": 0.9,
             "weight_decay": 4e-5,
+            "global_clipnorm": settings["global_clipnorm"],
         },
         "schedule": {
             "policy": "poly",
@@ -514,6 +515,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--crop-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=0.007)
+    parser.add_argument(
+        "--global-clipnorm",
+        type=float,
+        default=5.0,
+        help="clip every row's gradient to this global norm (0: no clipping)",
+    )
     parser.add_argument("--class-weights", choices=("none", "median_frequency"), default="none")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="bfloat16")
     parser.add_argument(
@@ -552,6 +559,7 @@ def main(argv=None):
         "latency_runs": args.latency_runs or base["latency_runs"],
         "latency_size": [int(v) for v in args.latency_size.split(",")],
         "learning_rate": args.learning_rate,
+        "global_clipnorm": args.global_clipnorm or None,
         "class_weights": None if args.class_weights == "none" else args.class_weights,
         "precision": args.precision,
         "seed": args.seed,

@@ -45,7 +45,8 @@ def markdown(record):
         "",
         f"Recipe (every row): {s['steps']} steps, batch {s['batch_size']}, crop {s['crop_size']}, "
         f"momentum SGD 0.9, LR {s['learning_rate']} poly 0.9 ({s.get('warmup_steps', 'some')}-step "
-        f"linear warm-up from LR/10), weight decay 4e-5, scale 0.5-2.0 + flip, BatchNorm "
+        f"linear warm-up from LR/10), weight decay 4e-5, gradient clipped to global norm "
+        f"{s.get('global_clipnorm') or 'none (no clipping)'}, scale 0.5-2.0 + flip, BatchNorm "
         f"{_BN[s.get('batch_norm', 'train')]}, class weights "
         f"{s['class_weights'] or 'none'}, precision {s['precision']}. Val: "
         f"{record['data']['val_scored']} images at 360x480. Latency at "

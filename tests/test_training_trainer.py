@@ -141,3 +141,42 @@ def test_float16_uses_dynamic_loss_scaling(tmp_path, monkeypatch):
     assert trainer.model.get_layer("conv1").kernel.dtype == "float32"
     assert np.isfinite(result.loss) and result.step == 2
     assert "trained to step 2 (epoch 0)" in result.summary()
+
+
+def test_global_clipnorm_bounds_the_applied_step(tmp_path):
+    """One SGD step moves the trainable weights by exactly lr x clip norm when clipping binds,
+    and a loose clip leaves the step as without clipping."""
+    keras.utils.set_random_seed(0)
+    init = micro_model(dropout=0).get_weights()
+
+    def build():
+        model = micro_model(dropout=0)
+        model.set_weights(init)
+        return model
+
+    def one_step(name, clip):
+        fields = {"learning_rate": 0.05, "weight_decay": 0.0, "global_clipnorm": clip}
+        trainer = Trainer(build, config(tmp_path / name, train={"steps": 1}, optimizer=fields))
+        before = [np.array(v.numpy()) for v in trainer.model.trainable_weights]
+        trainer.fit(_batches)
+        after = [np.array(v.numpy()) for v in trainer.model.trainable_weights]
+        return [a - b for a, b in zip(after, before, strict=True)]
+
+    free = one_step("free", None)
+    free_norm = np.sqrt(sum(float((d**2).sum()) for d in free)) / 0.05
+    assert free_norm > 1e-2  # a real gradient
+    clip = free_norm / 4  # binds: the step is a quarter of the free one
+    clipped = one_step("clipped", clip)
+    clipped_norm = np.sqrt(sum(float((d**2).sum()) for d in clipped)) / 0.05
+    np.testing.assert_allclose(clipped_norm, clip, rtol=1e-3)
+    free_all = np.concatenate([d.ravel() for d in free])
+    clipped_all = np.concatenate([d.ravel() for d in clipped])  # the same direction, scaled
+    np.testing.assert_allclose(clipped_all, free_all / 4, atol=1e-3 * np.abs(free_all).max())
+    loose = one_step("loose", 1e9)
+    loose_all = np.concatenate([d.ravel() for d in loose])
+    np.testing.assert_allclose(loose_all, free_all, atol=1e-6 * np.abs(free_all).max())
+
+
+def test_global_clipnorm_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="optimizer.global_clipnorm"):
+        config(tmp_path, optimizer={"global_clipnorm": 0})

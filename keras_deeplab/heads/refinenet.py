@@ -33,8 +33,17 @@ PATHS = (("final", 512), ("stride_16", 256), ("stride_8", 256), ("stride_4", 256
 FUSION_WIDTH = 256
 
 
+# The PyTorch port's `nn.Conv2d` default (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
+# Keras' glorot_uniform is 3x the variance; through the RCU and CRP sums that makes the
+# logits ~1e3 at initialisation (std 650 on unit-scale features) and SGD diverges.
+TORCH_DEFAULT_INIT = {"scale": 1 / 3, "mode": "fan_in", "distribution": "uniform"}
+
+
 def _conv3x3(x, filters, name, use_bias=False):
-    return Conv2D(filters, 3, padding="same", use_bias=use_bias, name=name)(x)
+    init = keras.initializers.VarianceScaling(**TORCH_DEFAULT_INIT)
+    return Conv2D(
+        filters, 3, padding="same", use_bias=use_bias, kernel_initializer=init, name=name
+    )(x)
 
 
 def _relu(x, name):

@@ -138,6 +138,8 @@ class OptimizerConfig:
         last_layer_multiplier: gradient factor of `last_layers` (official 1; v2 10).
         last_layers: layer-name prefixes of the "last layers".
         batch_norm_multiplier: gradient factor of BN gamma/beta (0 freezes them).
+        global_clipnorm: clip the gradient (after the multipliers, summed over replicas)
+            to this global L2 norm; None (official) does not clip.
     """
 
     type: Literal["momentum", "adam"] = "momentum"
@@ -149,6 +151,7 @@ class OptimizerConfig:
     last_layer_multiplier: float = 1.0
     last_layers: list[str] = dataclasses.field(default_factory=lambda: list(OFFICIAL_LAST_LAYERS))
     batch_norm_multiplier: float = 1.0
+    global_clipnorm: float | None = None
 
 
 @dataclasses.dataclass

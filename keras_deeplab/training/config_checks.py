@@ -68,6 +68,7 @@ def semantic_checks(config, errors):
         "data.min_scale": config.data.min_scale,
         "data.max_scale": config.data.max_scale,
         "data.scale_step": config.data.scale_step,
+        "optimizer.global_clipnorm": config.optimizer.global_clipnorm,
     }
     for key, value in positive.items():
         if _number(value) and value <= 0:

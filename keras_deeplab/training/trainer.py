@@ -233,6 +233,26 @@ def _global_finiteness(grads, context):
     return [first + poison if i == dense[0] else g for i, g in enumerate(grads)]
 
 
+def _clip_global_norm(grads, clip_norm, context, loss_scaler=None):
+    """`grads` scaled so that their sum over replicas has global L2 norm <= `clip_norm`.
+
+    With several replicas the gradients are summed once more here (the optimizer sums them
+    again when it applies them) so that every replica scales by the norm of the applied
+    gradient, not of its own share. A loss-scaled gradient is measured unscaled.
+    """
+    present = [i for i, g in enumerate(grads) if g is not None]
+    dense = [tf.convert_to_tensor(grads[i]) for i in present]
+    total = context.all_reduce(SUM, dense) if context.num_replicas_in_sync > 1 else dense
+    norm = tf.linalg.global_norm([tf.cast(g, tf.float32) for g in total])
+    if loss_scaler is not None:
+        norm = norm / tf.cast(loss_scaler.dynamic_scale, tf.float32)
+    factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))  # NaN norm stays NaN
+    clipped = list(grads)
+    for i, g in zip(present, dense, strict=True):
+        clipped[i] = g * tf.cast(factor, g.dtype)
+    return clipped
+
+
 def match_channels(images, model):
     """RGB batches as a 1-channel model's input (their luma); others unchanged."""
     if model.input_shape[-1] == 1 and images.shape[-1] == 3:
@@ -425,6 +445,7 @@ class Trainer:
             else []
         )
         bad_step, bad_loss = self._bad_step, self._bad_loss
+        clip_norm = self.config.optimizer.global_clipnorm
 
         def replica_step(images, masks, step):
             context = tf.distribute.get_replica_context()
@@ -448,6 +469,10 @@ class Trainer:
             ]
             if scale_loss:
                 grads = _global_finiteness(grads, context)
+            if clip_norm:
+                grads = _clip_global_norm(
+                    grads, clip_norm, context, optimizer if scale_loss else None
+                )
             optimizer.apply(grads, variables)
             return data_loss, decay
 
