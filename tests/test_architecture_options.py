@@ -208,6 +208,7 @@ def test_backbone_weights_refused_before_building_a_whole_network():
         create_model("segnet_basic", backbone_weights="imagenet")
 
 
+@pytest.mark.slow  # suite time: 12 s; test_training_replicas exports a bf16 run in float32
 def test_a_model_trained_in_mixed_precision_exports_in_float32(tmp_path):
     from keras_deeplab import create_model
     from keras_deeplab.export import to_tflite

@@ -72,6 +72,7 @@ def test_convert_errors(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # suite time: 17 s; test_cli_chain exports from a run
 def test_export_saved_model_cli(tmp_path, capsys):
     import json
 

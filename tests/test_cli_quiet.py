@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,6 +57,7 @@ def test_help_and_argument_errors_do_not_import_tensorflow():
     assert "--crf-preset" in done.stdout and "(default: artifacts/eval)" in done.stdout
 
 
+@pytest.mark.slow  # suite time: 26 s; resume after SIGKILL stays in test_training_distributed
 def test_train_ctrl_c_is_one_line_and_the_rerun_resumes(tmp_path):
     run = tmp_path / "run"
     argv = [

@@ -206,6 +206,7 @@ def test_context_keras_round_trip(small_context, tmp_path):
     np.testing.assert_array_equal(np.asarray(same(x)), np.asarray(small_context(x)))
 
 
+@pytest.mark.slow  # suite time: 24 s; benchmarks/seeds_export.py exports every seed model
 def test_context_tflite_builtin_ops(small_context, tmp_path):
     report = to_tflite(small_context, tmp_path / "context.tflite", input_size=(33, 41))
     ops = report["op_counts"]

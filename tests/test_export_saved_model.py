@@ -285,6 +285,7 @@ def test_verification_fails_when_a_variable_changed(exported):
     assert max(info.value.report["max_abs_diff"].values()) > 1e-4
 
 
+@pytest.mark.slow  # suite time: 16 s; the TFLite twin stays in the default suite
 def test_failed_verification_publishes_nothing_and_writes_the_report(tmp_path, monkeypatch):
     model, other = _model(0), _model(1)
     real_archive = sm._archive
@@ -297,6 +298,7 @@ def test_failed_verification_publishes_nothing_and_writes_the_report(tmp_path, m
     assert written["passed"] is False and written["published"] is False
 
 
+@pytest.mark.slow  # suite time: 16 s
 def test_model_without_preprocessing_needs_the_argument(tmp_path):
     bare = _model(include_preprocessing=False)
     assert model_preprocessing(bare) is None
@@ -334,6 +336,7 @@ def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
     assert np.max(np.abs(out["probabilities"].numpy() - tf.nn.softmax(logits))) <= 1e-6
 
 
+@pytest.mark.slow  # suite time: 14 s
 def test_plain_keras_model_says_what_it_returns_with_outputs(tmp_path):
     model = _model(activation="softmax")
     plain = keras.Model(model.input, model.output)  # a plain Functional: no model facts

@@ -160,7 +160,10 @@ def test_optimized_network_equals_the_model():
     assert optimize_for_export(no_pooling, (33, 33))[1] == []
 
 
-@pytest.mark.parametrize("quantize, floor", [("float16", 0.9), ("dynamic", None)])
+@pytest.mark.parametrize(
+    "quantize, floor",
+    [pytest.param("float16", 0.9, marks=pytest.mark.slow), ("dynamic", None)],  # suite time: 27 s
+)
 def test_float16_and_dynamic(model, float32_export, tmp_path, quantize, floor):
     path = tmp_path / f"{quantize}.tflite"
     report = to_tflite(model, path, input_size=SIZE, quantize=quantize)
@@ -192,6 +195,7 @@ def test_int8_float_io_from_image_folder(model, tmp_path):
     assert detect_quantization(Interpreter(model_path=str(path))) == "int8"
 
 
+@pytest.mark.slow  # suite time: 22 s; argmax_inside[int8-uint8] keeps integer I/O in the default suite
 def test_int8_integer_io(model, tmp_path):
     # An iterable of float images of another size (resized to the export size).
     images = list(_images(5, 45, seed=4))

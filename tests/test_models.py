@@ -263,8 +263,14 @@ def _tflite_interpreter(model, size, tmp_path):
     "build",
     [
         lambda: create_model("deeplabv3_mobilenetv2_dm05_os8"),
-        lambda: keras_deeplab.DeepLabV3Plus(
-            backbone="mobilenetv2_dm05", output_stride=8, atrous_rates=(12, 24, 36), num_classes=3
+        pytest.param(  # suite time: 18 s; the first case covers the dilated convs
+            lambda: keras_deeplab.DeepLabV3Plus(
+                backbone="mobilenetv2_dm05",
+                output_stride=8,
+                atrous_rates=(12, 24, 36),
+                num_classes=3,
+            ),
+            marks=pytest.mark.slow,
         ),
     ],
 )

@@ -186,6 +186,7 @@ def test_keras_round_trip_and_activation(small_parsenet, tmp_path):
     assert raw.preprocessing is None and raw.num_classes == 2
 
 
+@pytest.mark.slow  # suite time: 20 s; benchmarks/seeds_export.py exports every seed model
 def test_tflite_builtin_ops(small_parsenet, tmp_path):
     report = to_tflite(small_parsenet, tmp_path / "parsenet.tflite", input_size=(33, 41))
     ops = report["op_counts"]

@@ -165,6 +165,7 @@ def _run_workers(tmp_path, extra, name, timeout=300):
     return [json.loads((tmp_path / f"{name}{i}.json").read_text()) for i in range(2)]
 
 
+@pytest.mark.slow  # suite time: 14 s; multi-worker training stays in the default suite
 def test_multi_worker_resume_needs_one_shared_checkpoint_dir(tmp_path):
     """The chief finds ckpt-2 in its directory, worker 1 (another directory) finds none."""
     _run(["resume", tmp_path / "shared", 2, tmp_path / "seed.npz"])

@@ -244,7 +244,7 @@ def test_ignored_names():
         "deeplabv3_mobilenetv2",
         "deeplabv3plus_resnet50_beta",
         "deeplabv3plus_xception65",
-        "deeplabv3plus_resnet101_beta",
+        pytest.param("deeplabv3plus_resnet101_beta", marks=pytest.mark.slow),  # suite time: 12 s
     ],
 )
 def test_round_trip_bitwise(name, tmp_path):

@@ -72,8 +72,17 @@ def _assert_same_final(app, backbone, name, size):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("name", ["resnet50", "resnet101", "mobilenetv2"])
+@pytest.mark.parametrize(
+    "name, size",
+    [
+        # suite time: one size per network by default (10-18 s each); the rest under -m slow
+        (name, size)
+        if size == SIZES[0] and name != "resnet101"
+        else pytest.param(name, size, marks=pytest.mark.slow)
+        for name in ("resnet50", "resnet101", "mobilenetv2")
+        for size in SIZES
+    ],
+)
 def test_keras3_file_final_features_equal(tmp_path, name, size):
     app = _application(name, size)
     path = tmp_path / f"{name}.weights.h5"
