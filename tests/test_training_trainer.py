@@ -6,7 +6,13 @@ import pytest
 import tensorflow as tf
 
 from keras_deeplab.training import NonFiniteLossError, Trainer, epoch_seed, train_from_config
-from tests.training_helpers import config, micro_model, random_batches, weights_of
+from tests.training_helpers import (
+    config,
+    fixed_micro_model,
+    micro_model,
+    random_batches,
+    weights_of,
+)
 
 
 def _batches(seed):
@@ -146,13 +152,7 @@ def test_float16_uses_dynamic_loss_scaling(tmp_path, monkeypatch):
 def test_global_clipnorm_bounds_the_applied_step(tmp_path):
     """One SGD step moves the trainable weights by exactly lr x clip norm when clipping binds,
     and a loose clip leaves the step as without clipping."""
-    keras.utils.set_random_seed(0)
-    init = micro_model(dropout=0).get_weights()
-
-    def build():
-        model = micro_model(dropout=0)
-        model.set_weights(init)
-        return model
+    build = fixed_micro_model()
 
     def one_step(name, clip):
         fields = {"learning_rate": 0.05, "weight_decay": 0.0, "global_clipnorm": clip}

@@ -34,6 +34,19 @@ def micro_model(num_classes=NUM_CLASSES, dropout=0.1, bn_momentum=0.9):
     return keras.Model(inputs, outputs, name="micro")
 
 
+def fixed_micro_model(seed=0):
+    """A builder of dropout-free `micro_model`s that all start from the same weights."""
+    keras.utils.set_random_seed(seed)
+    init = micro_model(dropout=0.0).get_weights()
+
+    def build():
+        model = micro_model(dropout=0.0)
+        model.set_weights(init)
+        return model
+
+    return build
+
+
 def random_batches(seed, num_batches=4, batch_size=4, size=17, num_classes=NUM_CLASSES):
     """Batched `(images float32 0..255, masks int32)` with some 255 (ignore) pixels."""
     rng = np.random.default_rng(seed)
@@ -61,4 +74,12 @@ def weights_of(model):
     return [np.array(v.numpy()) for v in model.weights]
 
 
-__all__ = ["NUM_CLASSES", "TrainConfig", "config", "micro_model", "random_batches", "weights_of"]
+__all__ = [
+    "NUM_CLASSES",
+    "TrainConfig",
+    "config",
+    "fixed_micro_model",
+    "micro_model",
+    "random_batches",
+    "weights_of",
+]

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from keras_deeplab import create_model  # noqa: E402
 from keras_deeplab.training import Trainer, make_strategy  # noqa: E402
 from keras_deeplab.training.trainer import build_with_policy  # noqa: E402
-from tests.training_helpers import config, micro_model, random_batches  # noqa: E402
+from tests.training_helpers import config, fixed_micro_model, micro_model, random_batches  # noqa: E402
 
 DECODED = []  # indices of the examples this process "decoded" (sharded_batches)
 
@@ -260,14 +260,7 @@ def replicas(out, workdir):
 
 def multiworker(index, workdir, out, run_name=None):
     strategy = make_strategy("multi_worker")
-    keras.utils.set_random_seed(0)
-    init = micro_model(dropout=0.0).get_weights()
-
-    def build():
-        model = micro_model(dropout=0.0)
-        model.set_weights(init)
-        return model
-
+    build = fixed_micro_model()
     train = {"steps": 4, "batch_size": 4, "steps_per_epoch": 2, "strategy": "multi_worker"}
     if run_name is not None:  # worker 1 without the chief's checkpoint directory
         run = f"{workdir}/{run_name}" + ("_private" if index == 1 else "")
