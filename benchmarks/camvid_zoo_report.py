@@ -38,10 +38,13 @@ def markdown(record):
         f"# CamVid zoo: {record['kind']}",
         "",
         f"Command: `{record['command']}` ({record['date']}, {record['wall_seconds'] / 60:.1f} min "
-        f"wall; machine: {record['machine']['cores']} cores, flags "
+        f"wall; the rows' own times sum to "
+        f"{sum(r.get('row_seconds') or 0 for r in record['rows']) / 60:.1f} min; machine: "
+        f"{record['machine']['cores']} cores, flags "
         f"{', '.join(record['machine']['cpu_flags']) or 'none'}, load average "
         f"{_fmt(record['machine']['load_average'] and record['machine']['load_average'][0], '.1f')}"
-        " at the end: timings are ratios within this run, distorted by the load).",
+        " at the end). Timings are ratios between rows, each measured when its row ran; a load "
+        "average above 1 per core distorts them.",
         "",
         f"Recipe (every row): {s['steps']} steps, batch {s['batch_size']}, crop {s['crop_size']}, "
         f"momentum SGD 0.9, LR {s['learning_rate']} poly 0.9 ({s.get('warmup_steps', 'some')}-step "
@@ -147,7 +150,7 @@ def pareto_png(record, path):
     size = record["settings"]["latency_size"]
     ax.set_xlabel(
         f"{'TFLite' if use_tflite else 'Keras'} fp32 latency at {size[0]}x{size[1]}, "
-        "ms (log; one run on a loaded 2-core CPU)"
+        f"ms (log; {record['machine']['cores']}-core CPU)"
     )
     ax.set_ylabel(f"CamVid val mIoU ({record['data']['val_scored']} images, 11 classes)")
     ax.set_title(
