@@ -127,6 +127,7 @@ def render_markdown(report):
             lines.append(f"| train {t.get('model', '?')} | n/a | | {t['error']} |")
             continue
         bn = "" if t.get("fused_bn", True) else ", Keras BatchNorm (before)"
+        bn += ", mixed_bfloat16" if t.get("precision", "float32") == "bfloat16" else ""
         lines.append(
             f"| train {t['model']} crop {t['crop']} batch {t['batch']}{bn} | "
             f"{fmt(t['images_per_s'], 2)} | {fmt(t['peak_rss_mb'], 0)} | "
@@ -170,7 +171,7 @@ def fused_bn_speedups(training):
     """`{model: fused images/s / Keras-BN images/s}` for models measured both ways."""
     rates = {}
     for t in training:
-        if "images_per_s" in t:
+        if "images_per_s" in t and t.get("precision", "float32") == "float32":
             rates[(t["model"], t.get("fused_bn", True))] = t["images_per_s"]
     return {
         model: rates[(model, True)] / rates[(model, False)]
@@ -275,7 +276,9 @@ def peer_rows(report):
     if "median_ms" in hub_bf16:
         rows.append(
             f"| keras-hub, mixed_bfloat16 | {hub_gflop:.1f} | {fmt(hub_bf16['median_ms'])} | "
-            f"{fmt(hub_bf16['gflops'], 0)} | {fmt(100 * hub_bf16['gflops'] / peak, 0)} | | |"
+            f"{fmt(hub_bf16['gflops'], 0)} | {fmt(100 * hub_bf16['gflops'] / peak, 0)} | "
+            f"{fmt(hub_bf16.get('train', {}).get('images_per_s'), 2)} | "
+            f"{fmt(hub_bf16.get('train', {}).get('peak_rss_mb'), 0)} |"
         )
     elif "error" in hub_bf16:
         rows.append(f"| keras-hub, mixed_bfloat16 | | n/a | | | | {hub_bf16['error'][:80]} |")
@@ -299,20 +302,25 @@ def peer_rows(report):
             f"latency {c['median_ms'] / peers['median_ms']:.2f}x "
             f"(ours {ours['gflop_per_image']:.1f} vs keras-hub {hub_gflop:.1f} GFLOP/image)."
         )
-    ours_train = next(
-        (
-            t
-            for t in report.get("training", [])
-            if t.get("model") == PEER_MODEL and t.get("fused_bn", True) and "images_per_s" in t
-        ),
-        None,
-    )
-    hub_train = peers.get("train", {})
-    if ours_train and "images_per_s" in hub_train:
-        rows.append(
-            f"* training images/s ours ({ours_train['crop']}) / keras-hub ({hub_train['crop']}): "
-            f"**{ours_train['images_per_s'] / hub_train['images_per_s']:.2f}x**."
+    for precision, hub in (("float32", peers), ("bfloat16", hub_bf16)):
+        ours_train = next(
+            (
+                t
+                for t in report.get("training", [])
+                if t.get("model") == PEER_MODEL
+                and t.get("fused_bn", True)
+                and t.get("precision", "float32") == precision
+                and "images_per_s" in t
+            ),
+            None,
         )
+        hub_train = hub.get("train", {})
+        if ours_train and "images_per_s" in hub_train:
+            rows.append(
+                f"* training images/s in {precision}, ours ({ours_train['crop']}) / keras-hub "
+                f"({hub_train['crop']}): "
+                f"**{ours_train['images_per_s'] / hub_train['images_per_s']:.2f}x**."
+            )
     rows.append("")
     rows.append(f"keras-hub GFLOP counted as: {peers.get('macs_method', '?')}.")
     return rows

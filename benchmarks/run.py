@@ -28,7 +28,7 @@ What is measured (warm-up calls excluded, median latency):
   the matmul peak. Cells whose predicted time exceeds the budget are reported "n/a" with the
   reason.
 * training images/s (crop 513, batch 8; SGD momentum + pixel cross-entropy in one
-  `tf.function`), peak RSS; input pipeline images/s (`train_pipeline` on CamVid JPEGs, crop
+  `tf.function`) in float32 (fused and Keras BatchNorm) and under `mixed_bfloat16`, peak RSS; input pipeline images/s (`train_pipeline` on CamVid JPEGs, crop
   513, batch 8) against what training consumes.
 * dense CRF seconds per 513x513 image with 21 classes: one process, and `batch_crf` with
   all cores.
@@ -38,7 +38,7 @@ What is measured (warm-up calls excluded, median latency):
   `precision="bfloat16"` path; the bf16 verdict (`verify_precision`: argmax agreement and
   mIoU of Google's DeepLabV3 MobileNetV2 weights on the 8 VOC samples, bf16 vs fp32),
   computed once per weights and reused from the previous JSON; keras-hub in fp32 and under
-  `mixed_bfloat16` in the same run.
+  `mixed_bfloat16` in the same run, inference and training.
 * keras-hub `DeepLabV3ImageSegmenter` (ResNet50, P2 low-level features, 512x512, random
   weights) in `benchmarks/.venv-peers` (create with `bash benchmarks/setup_peers.sh`), vs our
   DeepLabV3+ resnet50 at 512.
@@ -135,6 +135,16 @@ def main(argv=None):
             report["peers"]["train"] = run_peer(
                 {"kind": "train", "size": PEER_SIZE, "batch": 8, "steps": 3}
             )
+            if "error" not in report["peers_bf16"]:
+                report["peers_bf16"]["train"] = run_peer(
+                    {
+                        "kind": "train",
+                        "size": PEER_SIZE,
+                        "batch": 8,
+                        "steps": 3,
+                        "precision": "bfloat16",
+                    }
+                )
     if not args.no_train:
         report["training"] = [
             {
@@ -147,11 +157,12 @@ def main(argv=None):
                         "batch": b,
                         "steps": s,
                         "fused_bn": fused,
+                        "precision": precision,
                     }
                 ),
             }
             for m, c, b, s in plan["train"]
-            for fused in (True, False)
+            for fused, precision in TRAIN_VARIANTS
         ]
         report["pipeline"] = run_task({"kind": "pipeline", **plan["pipeline"]})
         report["crf"] = run_task({"kind": "crf", **plan["crf"]})
@@ -166,6 +177,10 @@ def main(argv=None):
     Path(f"{stem}_summary.md").write_text(render_summary(report))
     print(markdown)
     return report
+
+
+# Training step variants per model: fused BN (ours) and Keras' BN in float32, fused in bfloat16.
+TRAIN_VARIANTS = ((True, "float32"), (False, "float32"), (True, "bfloat16"))
 
 
 def _previous(stem):

@@ -47,6 +47,7 @@ def run_worker(task):
             task["batch"],
             task.get("steps", 3),
             fused_bn=task.get("fused_bn", True),
+            precision=task.get("precision", "float32"),
         )
     elif kind == "pipeline":
         from benchmarks.training import bench_pipeline

@@ -60,7 +60,11 @@ def test_quick_path_core_functions_and_report():
     assert inference["accuracy"]["tflite_fp32"]["argmax_agreement"] >= 0.95
     assert set(inference["scaling"]) >= {"keras", "macs"}
     train = bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1)
-    assert _finite_positive(train["images_per_s"])
+    assert _finite_positive(train["images_per_s"]) and train["precision"] == "float32"
+    bf16 = bench_train(
+        "deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1, precision="bfloat16"
+    )
+    assert _finite_positive(bf16["images_per_s"]) and bf16["precision"] == "bfloat16"
     crf = bench_crf(size=33, images=2, processes=1)
     assert _finite_positive(crf["serial_s_per_image"])
     assert _finite_positive(crf["parallel_s_per_image"])
@@ -127,6 +131,8 @@ def test_fused_bn_speedup_and_ablation_rows():
         {"model": "other", "crop": 33, "batch": 2, "images_per_s": 1.0},
     ]
     assert fused_bn_speedups(training) == {"m": 1.5}
+    bf16 = {"model": "m", "crop": 33, "batch": 2, "images_per_s": 9.0, "precision": "bfloat16"}
+    assert fused_bn_speedups([*training, bf16]) == {"m": 1.5}  # float32 rows only
     slow = bench_train("deeplabv3_mobilenetv2_dm05", crop=33, batch=2, steps=1, fused_bn=False)
     assert slow["fused_bn"] is False and _finite_positive(slow["images_per_s"])
 

@@ -247,6 +247,7 @@ def test_cli_export_tflite_refuses_precision(tmp_path, capsys):
 
 
 def test_benchmark_report_states_precision_and_bf16_peer_ratio():
+    from benchmarks import plan
     from benchmarks.report import peer_rows, precision_lines
 
     report = {
@@ -277,9 +278,22 @@ def test_benchmark_report_states_precision_and_bf16_peer_ratio():
     assert "cached from the previous run" in lines[1] and "**99.67%**" in lines[1]
     assert "(difference -0.0072)" in lines[1]
     text = "\n".join(peer_rows(report))
-    assert "| keras-hub, mixed_bfloat16 | 60.0 | 200.0 | 300 | 60 | | |" in text
+    assert "| keras-hub, mixed_bfloat16 | 60.0 | 200.0 | 300 | 60 | n/a | n/a |" in text
     assert "vs keras-hub mixed_bfloat16: achieved GFLOP/s **2.50x**, latency 0.50x" in text
     assert "Keras optimised: achieved GFLOP/s **2.00x**" in text
+    assert "training images/s" not in text  # nothing trained in this report
+    # training images/s in both precisions, each against keras-hub in the same precision
+    report["peers"]["train"] = {"crop": 512, "images_per_s": 2.0}
+    report["peers_bf16"]["train"] = {"crop": 512, "images_per_s": 4.0, "peak_rss_mb": 9.0}
+    report["training"] = [
+        {"model": plan.PEER_MODEL, "crop": 513, "images_per_s": 3.0, "precision": "float32"},
+        {"model": plan.PEER_MODEL, "crop": 513, "images_per_s": 9.0, "fused_bn": False},
+        {"model": plan.PEER_MODEL, "crop": 513, "images_per_s": 10.0, "precision": "bfloat16"},
+    ]
+    text = "\n".join(peer_rows(report))
+    assert "| keras-hub, mixed_bfloat16 | 60.0 | 200.0 | 300 | 60 | 4.00 | 9 |" in text
+    assert "training images/s in float32, ours (513) / keras-hub (512): **1.50x**" in text
+    assert "training images/s in bfloat16, ours (513) / keras-hub (512): **2.50x**" in text
     assert precision_lines({"machine": {}, "precision_check": {"error": "no data"}}) == [
         "bf16 vs fp32 check: **not run**: no data"
     ]
@@ -317,3 +331,21 @@ def test_a_model_trained_in_bfloat16_runs_and_exports_in_float32_unless_asked(ha
     np.testing.assert_allclose(seg.predict_proba(image)[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="dtype policy 'float32'.*optimize=True"):
         Segmenter(trained, output_stride=4, optimize=False)
+
+
+def test_training_fallback_is_a_check_of_the_models_layers(hardware):
+    """On an AMX CPU, models with depthwise (or separable) convolutions train in float32 under
+    "auto"; plain convolutions, GPUs and CPUs without AMX never fall back."""
+    depthwise = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.DepthwiseConv2D(3)])
+    separable = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.SeparableConv2D(4, 3)])
+    plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    hardware(AMX)
+    assert "no AMX kernel" in precision.training_fallback(depthwise)
+    assert "no AMX kernel" in precision.training_fallback(separable)
+    assert precision.training_fallback(plain) is None
+    nested = keras.Sequential([keras.Input((8, 8, 3)), depthwise])  # found inside sub-models
+    assert precision.training_fallback(nested) is not None
+    hardware(PLAIN, (("A100", (8, 0)),))
+    assert precision.training_fallback(depthwise) is None
+    hardware(AVX512_BF16)
+    assert precision.training_fallback(depthwise) is None

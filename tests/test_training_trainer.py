@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_deeplab.layers import Conv2D, ResizeBilinear
 from keras_deeplab.training import NonFiniteLossError, Trainer, epoch_seed, train_from_config
 from tests.training_helpers import (
     config,
@@ -180,3 +181,39 @@ def test_global_clipnorm_bounds_the_applied_step(tmp_path):
 def test_global_clipnorm_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="optimizer.global_clipnorm"):
         config(tmp_path, optimizer={"global_clipnorm": 0})
+
+
+def _plain_micro_model():
+    """`micro_model` without its depthwise convolution (every conv has an AMX kernel)."""
+    inputs = keras.Input((None, None, 3), name="image")
+    x = Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = Conv2D(3, 1, name="logits_semantic")(x)
+    outputs = ResizeBilinear(name="upsampled_logits")([x, inputs])
+    return keras.Model(inputs, outputs, name="plain_micro")
+
+
+@pytest.mark.parametrize(
+    "flags, gpus, build, expected, says",
+    [
+        ({"amx_bf16"}, (), micro_model, "float32", "depthwise convolutions have no AMX kernel"),
+        ({"amx_bf16"}, (), _plain_micro_model, "bfloat16", "auto -> bfloat16 (CPU has amx_bf16)"),
+        ((), (("A100", (8, 0)),), micro_model, "bfloat16", "auto -> bfloat16 (GPU A100"),
+        ({"avx2"}, (), _plain_micro_model, "float32", "auto -> float32 (CPU without"),
+    ],
+)
+def test_auto_training_precision_follows_the_models_kernels(
+    tmp_path, monkeypatch, flags, gpus, build, expected, says
+):
+    """`train.precision=auto` on an AMX CPU trains a model with depthwise convolutions in
+    float32 (AMX has no depthwise kernel), one without them in bfloat16; GPUs always reduce."""
+    import keras_deeplab.precision
+
+    monkeypatch.setattr(keras_deeplab.precision, "_hardware", lambda: (frozenset(flags), gpus))
+    trainer = Trainer(build, config(tmp_path, train={"steps": 1, "precision": "auto"}))
+    assert trainer.precision == expected
+    assert says in trainer.precision_choice
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[expected]
+    assert trainer.model.dtype_policy.name == policy
+    assert trainer.model.get_layer("conv1").compute_dtype == expected
+    assert keras.config.dtype_policy().name == "float32"  # global policy restored

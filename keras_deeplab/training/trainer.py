@@ -54,7 +54,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_deeplab.evaluation.metrics import ConfusionMatrix, batch_confusion_matrix
-from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
+from keras_deeplab.precision import (
+    describe_choice,
+    dtype_policy,
+    native_reason,
+    resolve_precision,
+    training_fallback,
+)
 from keras_deeplab.training.batchnorm import (
     average_moving_statistics,
     batch_norm_layers,
@@ -318,6 +324,15 @@ class Trainer:
                 self.precision = resolve_precision(requested, "training")
                 self.precision_choice = describe_choice(requested, "training")
                 self.model = build_with_policy(model, dtype_policy(self.precision))
+                reason = None
+                if requested == "auto" and self.precision == "bfloat16":
+                    reason = training_fallback(self.model)
+                if reason:  # an AMX CPU that would not run this model's training natively
+                    self.precision = "float32"
+                    self.precision_choice = (
+                        f"precision auto -> float32 ({native_reason()}, but {reason})"
+                    )
+                    self.model = build_with_policy(model, None)
         self._check_scope()
         self.compute_dtype = self.model.dtype_policy.compute_dtype
         self.schedule = build_schedule(cfg.schedule, cfg.optimizer.learning_rate, cfg.train.steps)
