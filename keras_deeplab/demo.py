@@ -13,8 +13,8 @@ DEMO_RECIPE = "shapes_demo"
 # train.precision of the demo (the user's overrides come after). "auto": bfloat16 on GPUs of
 # compute capability >= 8.0 (float16 on older ones); float32 on CPUs, including AMX ones, where
 # this MobileNetV2 model's depthwise convolutions have no AMX kernel and bfloat16 training is
-# slower (`keras_deeplab.precision.training_fallback`: 0.255 against 0.147 s/step measured on
-# the idle 2-core AMX Xeon, 2026-11-30).
+# slower (`keras_deeplab.precision.training_fallback`; measured back to back on the idle
+# 2-core AMX Xeon, 2026-11-30, two runs each: bf16 0.38 and 0.45 s/step, fp32 0.28 and 0.32).
 DEMO_PRECISION = "auto"
 OUTPUTS = (
     "overlays.png",

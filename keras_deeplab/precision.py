@@ -14,9 +14,10 @@ API (used by the inference paths and by training's `train.precision`):
 * `training_fallback(model)` -> None, or why `"auto"` trains this built model in float32
   although the CPU has AMX: its depthwise convolutions have no AMX kernel (oneDNN runs them
   and both their gradients as `jit_dw:avx512_core_bf16`), and a training step of such a
-  model is slower in bfloat16 (measured on a 2-core AMX Xeon: the demo's DeepLabV3+
-  MobileNetV2 x0.5 0.255 against 0.147 s/step, DeepLabV3 MobileNetV2 x0.5 on CamVid crops
-  0.87 against 0.65 s/step; SegNet-Basic, with plain convolutions, 1.80 against 4.10). A
+  model is slower in bfloat16 (measured back to back on a 2-core AMX Xeon, bf16 against fp32
+  s/step: the demo's DeepLabV3+ MobileNetV2 x0.5 0.38 and 0.45 against 0.28 and 0.32,
+  DeepLabV3 MobileNetV2 x0.5 on CamVid crops 0.87 against 0.65; SegNet-Basic, with plain
+  convolutions, 1.80 against 4.10). A
   capability check on the model's layers, never a timing; GPUs never fall back.
 * `describe_choice(precision, purpose="inference")` -> one line for CLI output and
   reports, e.g. `"precision auto -> bfloat16 (CPU has amx_bf16)"`.
