@@ -10,6 +10,14 @@
   branches of DeepLabV3+) through space-to-batch, which oneDNN runs 5-10x faster than the
   native dilated kernel (the profile of DeepLabV3+ resnet50 at 513 px showed the two
   rate-12/18 ASPP depthwise convs taking 70 ms of about 450 ms for 0.1% of the MACs).
+* `MaximumReLU`: a ReLU computed as `maximum(x, 0)`, put in place of each plain ReLU whose
+  input is a residual sum that also feeds something else (Xception's pre-activation units:
+  `add -> relu -> separable conv` and `add -> next add`). TF 2.21's CPU graph optimiser
+  (grappler's remapper) tries to fuse `conv -> BiasAdd -> Add -> Relu` there although the
+  `Add` has a second consumer, fails ("remapper failed: ... fanout 'add_1' exist for missing
+  node 'add'") and then drops every fusion of the graph: no convolution gets its bias or
+  ReLU fused. `Maximum` is not a fusable activation, so the remapper leaves those sums alone
+  and fuses everything else; the ReLU itself costs one pass either way.
 * `with_dtype_policy(model, "mixed_bfloat16")`: the same graph rebuilt with another Keras
   dtype policy (weights copied; variables stay float32, compute in bfloat16), output cast
   back to float32. Useful on CPUs with AVX512_BF16 / AMX (`cpu_has_bf16()`).
@@ -68,6 +76,42 @@ class SpaceToBatchDepthwiseConv2D(deeplab_layers.DepthwiseConv2D):
         if self.activation is not None:
             return self.activation(outputs)
         return outputs
+
+
+@keras.saving.register_keras_serializable(package=deeplab_layers.PACKAGE)
+class MaximumReLU(keras.layers.ReLU):
+    """`ReLU` as `maximum(x, 0)` (same values; see the module docstring for why). Inference
+    graphs only: the TFLite export keeps RELU."""
+
+    def call(self, inputs):
+        return tf.maximum(inputs, tf.zeros([], inputs.dtype))
+
+
+def shared_sum_relus(functional):
+    """Names of the plain ReLU layers of one graph whose input is an `Add` output that also
+    feeds another layer or is a model output (the sums `MaximumReLU` replaces)."""
+    nodes = _compat.graph_nodes(functional)
+    producer, consumers = {}, {}
+    for node in nodes:
+        for t in node.outputs:
+            producer[id(t)] = node
+        for t in node.input_tensors:
+            consumers[id(t)] = consumers.get(id(t), 0) + 1
+    outputs = {id(t) for t in keras.tree.flatten(functional.outputs)}
+    names = set()
+    for node in nodes:
+        relu = node.operation
+        if type(relu) is not keras.layers.ReLU or len(node.input_tensors) != 1:
+            continue
+        if relu.max_value is not None or relu.negative_slope or relu.threshold:
+            continue
+        source = node.input_tensors[0]
+        add = producer.get(id(source))
+        if add is None or not isinstance(add.operation, keras.layers.Add):
+            continue
+        if consumers.get(id(source), 0) > 1 or id(source) in outputs:
+            names.add(relu.name)
+    return names
 
 
 def _uses_space_to_batch(layer):
@@ -199,6 +243,7 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
     """
     pairs = conv_bn_pairs(functional) if fold else {}
     skip = {bn.name for bn in pairs.values()}
+    maximum_relus = shared_sum_relus(functional) if space_to_batch else set()
 
     def call(layer, *args, **kwargs):
         if _compat.is_functional(layer):
@@ -213,6 +258,8 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
             return _folded_conv(layer, pairs[layer.name], args[0], dtype_policy, space_to_batch)
         if space_to_batch and _uses_space_to_batch(layer):
             return _copy_layer(layer, dtype_policy, args, kwargs, SpaceToBatchDepthwiseConv2D)
+        if layer.name in maximum_relus:
+            return _copy_layer(layer, dtype_policy, args, kwargs, MaximumReLU)
         if dtype_policy is not None and _is_logits_resize(layer):
             return _copy_layer(layer, "float32", args, kwargs)  # upsampled logits in float32
         if dtype_policy is not None or not share_layers:
@@ -263,8 +310,10 @@ def optimize_for_inference(model, fold=True, dtype_policy=None, space_to_batch=T
             any functional Keras model.
         fold: fold BatchNorm into the preceding convolutions.
         dtype_policy: None (keep) or a Keras dtype policy name, e.g. `"mixed_bfloat16"`.
-        space_to_batch: run depthwise convs dilated by `SPACE_TO_BATCH_MIN_RATE` or more
-            through space-to-batch (`SpaceToBatchDepthwiseConv2D`; the ASPP of DeepLabV3+).
+        space_to_batch: the TF-CPU kernel rewrites: depthwise convs dilated by
+            `SPACE_TO_BATCH_MIN_RATE` or more through space-to-batch
+            (`SpaceToBatchDepthwiseConv2D`; the ASPP of DeepLabV3+), and `MaximumReLU` after
+            shared residual sums (Xception).
 
     Returns:
         A new model sharing nothing mutable with `model` for the folded / re-typed layers

@@ -9,11 +9,13 @@ import keras_deeplab
 from keras_deeplab.layers import Conv2D, DepthwiseConv2D
 from keras_deeplab.msc import MultiScaleInputs
 from keras_deeplab.optimize import (
+    MaximumReLU,
     SpaceToBatchDepthwiseConv2D,
     conv_bn_pairs,
     count_batch_norms,
     fold_batch_norm,
     optimize_for_inference,
+    shared_sum_relus,
     with_dtype_policy,
 )
 
@@ -164,3 +166,45 @@ def test_optimize_rejects_subclassed_models():
 
     with pytest.raises(ValueError, match="functional"):
         fold_batch_norm(Net())
+
+
+def _residual_units(shared):
+    """Two pre-activation units: `add -> relu -> conv` and, when `shared`, `add -> next add`
+    (Xception's pattern); else every sum feeds only its ReLU (ResNet's post-activation)."""
+    inputs = keras.Input((None, None, 4))
+    x = inputs
+    for i in range(2):
+        y = keras.layers.ReLU(name=f"relu{i}")(x)
+        y = Conv2D(4, 1, name=f"conv{i}")(y)
+        y = keras.layers.BatchNormalization(name=f"bn{i}")(y)
+        x = keras.layers.Add(name=f"add{i}")([x, y])
+        if not shared:
+            x = keras.layers.ReLU(name=f"post_relu{i}")(x)
+    return keras.Model(inputs, keras.layers.ReLU(name="out_relu")(x))
+
+
+def test_relu_after_a_shared_residual_sum_becomes_a_maximum():
+    """TF's CPU remapper fails on `conv -> BiasAdd -> Add -> Relu` when the Add feeds more
+    than the Relu and then fuses nothing in the graph; the rewrite avoids the pattern."""
+    model = randomize_batch_norms(_residual_units(shared=True), seed=1)
+    assert shared_sum_relus(model) == {"relu1"}  # add0 feeds relu1 and add1; relu0 reads input
+    assert shared_sum_relus(_residual_units(shared=False)) == set()
+    fast = optimize_for_inference(model)
+    assert isinstance(fast.get_layer("relu1"), MaximumReLU)
+    assert type(fast.get_layer("out_relu")) is keras.layers.ReLU  # add1 feeds out_relu only
+    x = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype("float32")
+    assert _max_rel_diff(model(x, training=False), fast(x, training=False)) <= 1e-5
+    # Not a TFLite rewrite: fold_batch_norm (the export's graph) keeps the ReLU.
+    assert type(fold_batch_norm(model).get_layer("relu1")) is keras.layers.ReLU
+    # An optimised model saves and loads with the rewritten layer.
+    assert isinstance(keras.models.clone_model(fast).get_layer("relu1"), MaximumReLU)
+
+
+def test_xception_inference_graph_rewrites_its_shared_sums():
+    model = keras_deeplab.create_model("deeplabv3plus_xception41", num_classes=3)
+    fast = optimize_for_inference(model)
+    backbone = next(layer for layer in fast.layers if isinstance(layer, keras.Model))
+    rewritten = [layer.name for layer in backbone.layers if isinstance(layer, MaximumReLU)]
+    assert len(rewritten) >= 8  # the middle flow's units: the next unit's input ReLU
+    x = random_images(1, 65)
+    assert _max_rel_diff(model(x, training=False), fast(x, training=False)) <= 1e-4
