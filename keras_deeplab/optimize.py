@@ -20,7 +20,9 @@
   and fuses everything else; the ReLU itself costs one pass either way.
 * `with_dtype_policy(model, "mixed_bfloat16")`: the same graph rebuilt with another Keras
   dtype policy (weights copied; variables stay float32, compute in bfloat16), output cast
-  back to float32. Useful on CPUs with AVX512_BF16 / AMX (`cpu_has_bf16()`).
+  back to float32. `optimize_for_inference(..., dtype_policy="mixed_bfloat16")` goes one step
+  further for its convolutions: their variables are stored in bfloat16 (the values the mixed
+  policy would cast them to at every call), so the graph has no weight casts. Useful on CPUs with AVX512_BF16 / AMX (`cpu_has_bf16()`).
 * `optimize_for_inference(model, fold=True, dtype_policy=None, space_to_batch=True)`: all.
 
 Folding removes two full-tensor element-wise passes (multiply, add) per convolution; how
@@ -199,6 +201,19 @@ def _layer_config(layer, dtype_policy):
     return config
 
 
+def _inference_weights_policy(layer, dtype_policy):
+    """The policy of `layer` in a reduced-precision inference graph: convolutions keep their
+    weights in the compute dtype ("bfloat16" for "mixed_bfloat16"). A mixed policy stores
+    float32 variables and casts every kernel and bias at every call (about 300 `Cast` ops a
+    call in Xception-65); the stored values are the same roundings, so outputs are equal."""
+    if isinstance(layer, FOLDABLE_CONVS) and dtype_policy in _MIXED_TO_PURE:
+        return _MIXED_TO_PURE[dtype_policy]
+    return dtype_policy
+
+
+_MIXED_TO_PURE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
 def _folded_conv(conv, bn, x, dtype_policy, space_to_batch):
     """Calls on `x` a new conv equal to `bn(conv(.))`; returns its output."""
     scale, shift = bn_scale_shift(bn)
@@ -254,16 +269,19 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
             return cache[id(layer)](*args, **kwargs)
         if layer.name in skip or isinstance(layer, deeplab_layers.ModelSpec):  # new model: own spec
             return args[0]
+        policy = dtype_policy
+        if space_to_batch and dtype_policy is not None:  # inference graph: no weight casts
+            policy = _inference_weights_policy(layer, dtype_policy)
         if layer.name in pairs:
-            return _folded_conv(layer, pairs[layer.name], args[0], dtype_policy, space_to_batch)
+            return _folded_conv(layer, pairs[layer.name], args[0], policy, space_to_batch)
         if space_to_batch and _uses_space_to_batch(layer):
-            return _copy_layer(layer, dtype_policy, args, kwargs, SpaceToBatchDepthwiseConv2D)
+            return _copy_layer(layer, policy, args, kwargs, SpaceToBatchDepthwiseConv2D)
         if layer.name in maximum_relus:
-            return _copy_layer(layer, dtype_policy, args, kwargs, MaximumReLU)
+            return _copy_layer(layer, policy, args, kwargs, MaximumReLU)
         if dtype_policy is not None and _is_logits_resize(layer):
             return _copy_layer(layer, "float32", args, kwargs)  # upsampled logits in float32
         if dtype_policy is not None or not share_layers:
-            return _copy_layer(layer, dtype_policy, args, kwargs)
+            return _copy_layer(layer, policy, args, kwargs)
         return layer(*args, **kwargs)
 
     input_tensors = keras.tree.map_structure(

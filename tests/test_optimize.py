@@ -147,8 +147,15 @@ def test_bfloat16_copy_computes_in_bfloat16_with_float32_output():
             if isinstance(layer, keras.layers.Conv2D)
         ]
         assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
-        assert all(w.dtype == "float32" for w in m.weights)
         assert m.get_layer("upsampled_logits").compute_dtype == "float32"  # logits resize
+    assert all(w.dtype == "float32" for w in plain.weights)  # trainable: float32 variables
+    # The inference graph stores its conv weights in bfloat16 (no per-call casts) ...
+    assert {w.dtype for w in fast.weights} == {"bfloat16"}
+    # ... the values a mixed policy casts to: outputs equal the float32-variable graph's.
+    mixed = with_dtype_policy(fold_batch_norm(model), "mixed_bfloat16")
+    assert {w.dtype for w in mixed.weights} == {"float32"}
+    x = random_images(1, 65)
+    np.testing.assert_array_equal(fast(x, training=False), mixed(x, training=False))
     assert count_batch_norms(fast) == 0 and count_batch_norms(plain) > 0
     x = random_images(1, 65)
     reference = np.asarray(model(x, training=False))
