@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_deeplab.layers import Conv2D, ResizeBilinear
 from keras_deeplab.training import NonFiniteLossError, Trainer, epoch_seed, train_from_config
 from tests.training_helpers import (
     config,
     fixed_micro_model,
     micro_model,
+    plain_micro_model,
     random_batches,
     weights_of,
 )
@@ -183,23 +183,13 @@ def test_global_clipnorm_must_be_positive(tmp_path):
         config(tmp_path, optimizer={"global_clipnorm": 0})
 
 
-def _plain_micro_model():
-    """`micro_model` without its depthwise convolution (every conv has an AMX kernel)."""
-    inputs = keras.Input((None, None, 3), name="image")
-    x = Conv2D(8, 3, strides=2, padding="same", name="conv1")(inputs)
-    x = keras.layers.ReLU()(x)
-    x = Conv2D(3, 1, name="logits_semantic")(x)
-    outputs = ResizeBilinear(name="upsampled_logits")([x, inputs])
-    return keras.Model(inputs, outputs, name="plain_micro")
-
-
 @pytest.mark.parametrize(
     "flags, gpus, build, expected, says",
     [
         ({"amx_bf16"}, (), micro_model, "float32", "depthwise convolutions have no AMX kernel"),
-        ({"amx_bf16"}, (), _plain_micro_model, "bfloat16", "auto -> bfloat16 (CPU has amx_bf16)"),
+        ({"amx_bf16"}, (), plain_micro_model, "bfloat16", "auto -> bfloat16 (CPU has amx_bf16)"),
         ((), (("A100", (8, 0)),), micro_model, "bfloat16", "auto -> bfloat16 (GPU A100"),
-        ({"avx2"}, (), _plain_micro_model, "float32", "auto -> float32 (CPU without"),
+        ({"avx2"}, (), plain_micro_model, "float32", "auto -> float32 (CPU without"),
     ],
 )
 def test_auto_training_precision_follows_the_models_kernels(

@@ -34,6 +34,18 @@ def micro_model(num_classes=NUM_CLASSES, dropout=0.1, bn_momentum=0.9):
     return keras.Model(inputs, outputs, name="micro")
 
 
+def plain_micro_model(num_classes=NUM_CLASSES):
+    """`micro_model` without BatchNorm or depthwise convolution: every conv has an AMX
+    kernel, so `train.precision=auto` keeps bfloat16 for it on an AMX CPU."""
+    inputs = keras.Input((None, None, 3), name="image")
+    x = Preprocessing(name="preprocessing")(inputs)
+    x = Conv2D(8, 3, strides=2, padding="same", name="conv1")(x)
+    x = keras.layers.ReLU()(x)
+    x = Conv2D(num_classes, 1, name="logits_semantic")(x)
+    outputs = ResizeBilinear(name="upsampled_logits")([x, inputs])
+    return keras.Model(inputs, outputs, name="plain_micro")
+
+
 def fixed_micro_model(seed=0):
     """A builder of dropout-free `micro_model`s that all start from the same weights."""
     keras.utils.set_random_seed(seed)
