@@ -505,7 +505,8 @@ def _float32_copy(model, run_dir):
 # --- main ---------------------------------------------------------------------------------
 
 
-def main(argv=None):
+def build_parser():
+    """The command line of `main` (also the recipe's defaults for other benchmarks)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the <10 min check (see module doc)")
     parser.add_argument(
@@ -543,13 +544,11 @@ def main(argv=None):
         "--out", default=None, help="run directories (default artifacts/camvid_zoo[_quick])"
     )
     parser.add_argument("--results", default=None, help="results stem under benchmarks/results")
-    args = parser.parse_args(argv)
+    return parser
 
-    rows = parse_rows(args.models, args.quick)
-    root = data_root(args.data)
-    import keras_deeplab.data as data_module
 
-    train_images = data_module.load_data(root, "train").num_examples  # scans every file once
+def recipe_settings(args, train_images):
+    """The recipe's settings from parsed arguments and the number of training images."""
     base = QUICK if args.quick else FULL
     settings = {
         "steps": args.steps or base["steps"],
@@ -575,6 +574,17 @@ def main(argv=None):
     # images/s can be taken between epoch ends, without the first step's tracing.
     epoch = train_images // settings["batch_size"]
     settings["steps_per_epoch"] = max(1, min(epoch, settings["steps"] // 4))
+    return settings
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    rows = parse_rows(args.models, args.quick)
+    root = data_root(args.data)
+    import keras_deeplab.data as data_module
+
+    train_images = data_module.load_data(root, "train").num_examples  # scans every file once
+    settings = recipe_settings(args, train_images)
     stem = args.results or ("camvid_zoo_quick" if args.quick else "camvid_zoo")
     out_dir = Path(args.out or f"artifacts/{stem}")
     results_path = (

@@ -24,32 +24,16 @@ agreement 96.1% on near-tied logits): not evidence. Use several hundred steps, o
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+from benchmarks import camvid_zoo
 from benchmarks._common import RESULTS_DIR
 from benchmarks.camvid_zoo import FULL, Row, data_root, recipe, val_images
 from benchmarks.machine import machine_info
 
 MODELS = ("deeplabv3plus_resnet50", "deeplabv3plus_xception65")
-
-
-def settings(steps, batch_size=8, crop_size=225):
-    """The CamVid comparison's full recipe with `steps` steps, trained in bfloat16."""
-    return {
-        **FULL,
-        "steps": steps,
-        "batch_size": batch_size,
-        "crop_size": crop_size,
-        "learning_rate": 0.007,
-        "global_clipnorm": 5.0,
-        "class_weights": None,
-        "precision": "bfloat16",
-        "seed": 0,
-        "batch_norm": "train",
-        "steps_per_epoch": 45,
-        "warmup_steps": max(1, steps // 10),
-    }
 
 
 def train_or_reuse(name, recipe_settings, root, out_dir):
@@ -93,7 +77,7 @@ def main(argv=None):
     labels = [truth for _, _, truth in pairs]
     report = {
         "command": "python -m benchmarks.precision_trained "
-        + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(),
         "auto": describe_choice("auto"),
         "steps": args.steps,
@@ -106,7 +90,14 @@ def main(argv=None):
         report["steps"] = None
         jobs = [(Path(run).name, lambda run=run: (load_run(run).model, None)) for run in args.runs]
     else:
-        recipe_settings = settings(args.steps, args.batch_size, args.crop_size)
+        import keras_deeplab.data as data_module
+
+        zoo_args = camvid_zoo.build_parser().parse_args(
+            ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+            + ["--crop-size", str(args.crop_size)]
+        )  # the comparison's recipe, its defaults included (bfloat16 training)
+        train_images = data_module.load_data(root, "train").num_examples
+        recipe_settings = camvid_zoo.recipe_settings(zoo_args, train_images)
         jobs = [
             (name, lambda name=name: train_or_reuse(name, recipe_settings, root, args.out))
             for name in args.models

@@ -92,14 +92,7 @@ class MaximumReLU(keras.layers.ReLU):
 def shared_sum_relus(functional):
     """Names of the plain ReLU layers of one graph whose input is an `Add` output that also
     feeds another layer or is a model output (the sums `MaximumReLU` replaces)."""
-    nodes = _compat.graph_nodes(functional)
-    producer, consumers = {}, {}
-    for node in nodes:
-        for t in node.outputs:
-            producer[id(t)] = node
-        for t in node.input_tensors:
-            consumers[id(t)] = consumers.get(id(t), 0) + 1
-    outputs = {id(t) for t in keras.tree.flatten(functional.outputs)}
+    nodes, producer, consumers, outputs = _graph_links(functional)
     names = set()
     for node in nodes:
         relu = node.operation
@@ -140,6 +133,20 @@ def _is_linear(activation):
     return activation is None or activation is keras.activations.linear
 
 
+def _graph_links(functional):
+    """`(nodes, producer, consumers, outputs)` of one graph: its nodes, the node producing
+    each tensor and the number of calls consuming it (by `id`), and the ids of its outputs."""
+    nodes = _compat.graph_nodes(functional)
+    producer, consumers = {}, {}
+    for node in nodes:
+        for t in node.outputs:
+            producer[id(t)] = node
+        for t in node.input_tensors:
+            consumers[id(t)] = consumers.get(id(t), 0) + 1
+    outputs = {id(t) for t in keras.tree.flatten(functional.outputs)}
+    return nodes, producer, consumers, outputs
+
+
 def conv_bn_pairs(functional):
     """`{conv layer name: bn layer}` of the foldable Conv -> BatchNorm pairs of one graph.
 
@@ -147,15 +154,10 @@ def conv_bn_pairs(functional):
     feeds nothing else and is not a model output, both layers are called once in this graph,
     and the conv has no activation of its own.
     """
-    nodes = _compat.graph_nodes(functional)
-    producer, consumers, calls = {}, {}, {}
+    nodes, producer, consumers, outputs = _graph_links(functional)
+    calls = {}
     for node in nodes:
         calls[node.operation.name] = calls.get(node.operation.name, 0) + 1
-        for t in node.outputs:
-            producer[id(t)] = node
-        for t in node.input_tensors:
-            consumers[id(t)] = consumers.get(id(t), 0) + 1
-    outputs = {id(t) for t in keras.tree.flatten(functional.outputs)}
     pairs = {}
     for node in nodes:
         bn = node.operation
@@ -201,6 +203,9 @@ def _layer_config(layer, dtype_policy):
     return config
 
 
+_MIXED_TO_PURE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
 def _inference_weights_policy(layer, dtype_policy):
     """The policy of `layer` in a reduced-precision inference graph: convolutions keep their
     weights in the compute dtype ("bfloat16" for "mixed_bfloat16"). A mixed policy stores
@@ -209,9 +214,6 @@ def _inference_weights_policy(layer, dtype_policy):
     if isinstance(layer, FOLDABLE_CONVS) and dtype_policy in _MIXED_TO_PURE:
         return _MIXED_TO_PURE[dtype_policy]
     return dtype_policy
-
-
-_MIXED_TO_PURE = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
 
 def _folded_conv(conv, bn, x, dtype_policy, space_to_batch):
