@@ -30,7 +30,7 @@ mode and nearly the same in training mode, so batch statistics do not wipe out t
 per-channel scales.
 
 Default (full) run: crop 225x225, batch 8, 250 steps (5.4 epochs), momentum SGD 0.9, LR 0.007
-poly 0.9 after a 25-step linear warm-up from LR/10, weight decay 4e-5, scale 0.5-2.0 + flip,
+poly 0.9 after a 25-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
 bfloat16 mixed precision (AMX), full val split: sized for 120 min on the idle 2-core CI machine
 from the loaded quick run's throughput (an estimate; the results record the measured wall time). `--quick`: 40 steps at crop 193 batch 4, 24 val images,
 the Google-initialised rows + SegNet-Basic + U-Net only.
@@ -170,8 +170,8 @@ def recipe(settings, data_root, run_dir, row, init_files):
             "split": "train",
             "eval_split": None,
             "crop_size": settings["crop_size"],
-            "min_scale": 0.5,
-            "max_scale": 2.0,
+            "min_scale": settings["min_scale"],
+            "max_scale": settings["max_scale"],
             "scale_step": 0.25,
             "flip": True,
             "options": {"validate": False},  # scanned once by main(), not once per row
@@ -522,6 +522,12 @@ def build_parser():
         default=5.0,
         help="clip every row's gradient to this global norm (0: no clipping)",
     )
+    parser.add_argument(
+        "--min-scale", type=float, default=0.75, help="random scale range, low end (official 0.5)"
+    )
+    parser.add_argument(
+        "--max-scale", type=float, default=1.5, help="random scale range, high end (official 2.0)"
+    )
     parser.add_argument("--class-weights", choices=("none", "median_frequency"), default="none")
     parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="bfloat16")
     parser.add_argument(
@@ -558,6 +564,8 @@ def recipe_settings(args, train_images):
         "latency_runs": args.latency_runs or base["latency_runs"],
         "latency_size": [int(v) for v in args.latency_size.split(",")],
         "learning_rate": args.learning_rate,
+        "min_scale": args.min_scale,
+        "max_scale": args.max_scale,
         "global_clipnorm": args.global_clipnorm or None,
         "class_weights": None if args.class_weights == "none" else args.class_weights,
         "precision": args.precision,
@@ -678,7 +686,11 @@ def _kind(args, settings, rows):
     if args.quick:
         return "QUICK RUN (not the full run)"
     defaults = [r for r in ROWS if r.default]
+    parser = build_parser()
+    flags = ("learning_rate", "min_scale", "max_scale", "global_clipnorm", "class_weights")
+    flags += ("precision", "warmup_steps", "batch_norm", "seed", "bn_images", "data", "no_tflite")
     same = all(settings[k] == v for k, v in FULL.items()) and rows == defaults
+    same = same and all(getattr(args, k) == parser.get_default(k) for k in flags)
     return "full run" if same and settings["latency_size"] == list(EVAL_SIZE) else "custom run"
 
 
