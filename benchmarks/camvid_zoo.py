@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -433,6 +434,7 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
             print(f"{row.key}: finished earlier ({done}), reused", flush=True)
             record["reused"] = True
             return record, {int(k): v for k, v in np.load(run_dir / "panels.npz").items()}
+    _start_row_dir(run_dir, fingerprint, row.key)
     keras.backend.clear_session()
     row_start = time.perf_counter()
     print(f"{row.key}: training {row.model} ({row.init}) ...", flush=True)
@@ -456,6 +458,7 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         "trainable_params": int(trainable),
         "macs": int(keras_deeplab.count_macs(model, EVAL_SIZE)),
         "steps": int(result.step),
+        "resumed_from": result.resumed_from,  # an interrupted run of the same recipe
         "train_seconds": result.elapsed,
         "train_wall_seconds": train_wall,
         "train_images_per_second": _throughput(result, settings["batch_size"]),
@@ -484,6 +487,33 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         flush=True,
     )
     return record, panels
+
+
+def _start_row_dir(run_dir, fingerprint, key):
+    """Keeps an interrupted run of this recipe (the trainer resumes it); removes one of another.
+
+    The trainer resumes from any checkpoint in its directory, so a row left by a run with other
+    settings would otherwise be "trained" by restoring its old final step.
+    """
+    marker = run_dir / "zoo_fingerprint.txt"
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        done = run_dir / "zoo_row.json"
+        if marker.is_file():
+            previous = marker.read_text().strip()
+        elif done.is_file():
+            previous = json.loads(done.read_text()).get("fingerprint")
+        else:
+            previous = None
+        if previous != fingerprint:
+            if not ((run_dir / "config.yaml").is_file() or done.is_file()):
+                raise SystemExit(
+                    f"{run_dir} exists and is not a camvid_zoo row directory; pass another --out "
+                    "or remove it."
+                )
+            print(f"{key}: {run_dir} holds a run of other settings; training afresh", flush=True)
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint + "\n")
 
 
 def _throughput(result, batch_size):

@@ -54,6 +54,30 @@ def test_two_rows_train_score_and_report(tmp_path):
     assert loaded.model.num_classes == 11
 
 
+def test_a_row_of_other_settings_is_retrained_not_restored(tmp_path, capsys):
+    """The trainer resumes any checkpoint in its directory: a finished row of another recipe
+    must not be 'trained' by restoring its final step."""
+    data = _fake_camvid(tmp_path / "camvid_fake")
+    args = [
+        "--models", "segnet_basic", "--steps", "2", "--batch-size", "2", "--crop-size", "33",
+        "--latency-size", "33,49", "--latency-runs", "1", "--no-tflite", "--precision", "float32",
+        "--eval-limit", "1", "--data", str(data), "--out", str(tmp_path / "runs"),
+        "--results", str(tmp_path / "zoo"),
+    ]  # fmt: skip
+    camvid_zoo.main(args)
+    camvid_zoo.main(args)
+    assert "reused" in capsys.readouterr().out
+    camvid_zoo.main([*args, "--min-scale", "1.0", "--max-scale", "1.0"])
+    out = capsys.readouterr().out
+    assert "holds a run of other settings; training afresh" in out
+    row = json.loads((tmp_path / "zoo.json").read_text())["rows"][0]
+    assert row["steps"] == 2 and row["resumed_from"] is None  # trained, not restored
+    assert (
+        row["fingerprint"]
+        == (tmp_path / "runs" / "segnet_basic" / "zoo_fingerprint.txt").read_text().strip()
+    )
+
+
 def test_unknown_model_lists_the_valid_rows():
     with pytest.raises(SystemExit, match="unknown row.*nope.*valid rows: deeplabv3, "):
         camvid_zoo.main(["--models", "deeplabv3,nope"])
