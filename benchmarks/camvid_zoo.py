@@ -464,29 +464,49 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         "train_images_per_second": _throughput(result, settings["batch_size"]),
         "final_loss": result.loss,
         **scores,
-        "keras_ms": keras_latency(model, settings["latency_size"], settings["latency_runs"]),
+        "keras_ms": None,  # measured for all rows back to back: `measure_latencies`
         "tflite_ms": None,
         "run_dir": str(run_dir),
         "fingerprint": fingerprint,
     }
-    if not settings["no_tflite"]:
-        path = (
-            run_dir
-            / f"{row.key}_{settings['latency_size'][0]}x{settings['latency_size'][1]}.tflite"
-        )
-        record["tflite_ms"] = tflite_latency(
-            model, settings["latency_size"], settings["latency_runs"], path
-        )
-    record["row_seconds"] = time.perf_counter() - row_start  # training + scoring + latency
+    record["row_seconds"] = time.perf_counter() - row_start  # training + scoring
     np.savez_compressed(run_dir / "panels.npz", **{str(k): v for k, v in panels.items()})
     done.write_text(json.dumps(jsonable(record, nan_as_none=True), indent=1))
     print(
         f"{row.key}: val mIoU {record['miou']:.4f}, global acc {record['global_accuracy']:.4f}, "
-        f"{record['train_images_per_second']:.1f} img/s, keras {record['keras_ms']:.0f} ms, "
-        f"tflite {record['tflite_ms'] or float('nan'):.0f} ms",
+        f"{record['train_images_per_second']:.1f} img/s",
         flush=True,
     )
     return record, panels
+
+
+def measure_latencies(records, settings):
+    """Keras and TFLite latency of every row, back to back after all training.
+
+    One pass over the trained float32 models in a few minutes, so that the ratios between rows
+    are not moved by the host's speed drifting over the hour-long run (it did on 2026-11-30).
+    """
+    import keras
+
+    from keras_deeplab.training.run_dir import load_run
+
+    size, runs = settings["latency_size"], settings["latency_runs"]
+    start = time.perf_counter()
+    for record in records:
+        keras.backend.clear_session()
+        run_dir = Path(record["run_dir"])
+        model = load_run(run_dir).model
+        record["keras_ms"] = keras_latency(model, size, runs)
+        record["tflite_ms"] = None
+        if not settings["no_tflite"]:
+            path = run_dir / f"{record['key']}_{size[0]}x{size[1]}.tflite"
+            record["tflite_ms"] = tflite_latency(model, size, runs, path)
+        print(
+            f"{record['key']}: keras {record['keras_ms']:.0f} ms, "
+            f"tflite {record['tflite_ms'] or float('nan'):.0f} ms",
+            flush=True,
+        )
+    return time.perf_counter() - start
 
 
 def _start_row_dir(run_dir, fingerprint, key):
@@ -677,6 +697,7 @@ def main(argv=None):
             continue
         records.append(record)
         panels[row.key] = row_panels
+    latency_seconds = measure_latencies(records, settings) if records else 0.0
     reference = next((r for r in records if r["family"] == "deeplabv3"), None)
     for r in records:
         for key in ("keras_ms", "tflite_ms"):
@@ -688,6 +709,7 @@ def main(argv=None):
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_seconds": time.time() - started,
+        "latency_pass_seconds": latency_seconds,
         "settings": settings,
         "recipe_example": recipe(settings, root, out_dir / "ROW", rows[0], init_files or {}),
         "data": {

@@ -22,6 +22,11 @@ INIT_LABEL = {
 _BN = {"train": "trained (batch statistics, momentum 0.9)", "frozen": "frozen (moving statistics)"}
 
 
+def _latency_pass(record):
+    seconds = record.get("latency_pass_seconds")
+    return f" ({seconds / 60:.1f} min)" if seconds else ""
+
+
 def _fmt(value, spec, missing="n/a"):
     return (
         missing
@@ -43,8 +48,9 @@ def markdown(record):
         f"{record['machine']['cores']} cores, flags "
         f"{', '.join(record['machine']['cpu_flags']) or 'none'}, load average "
         f"{_fmt(record['machine']['load_average'] and record['machine']['load_average'][0], '.1f')}"
-        " at the end). Timings are ratios between rows, each measured when its row ran; a load "
-        "average above 1 per core distorts them.",
+        " at the end). Latencies: every row back to back in one pass after the training"
+        f"{_latency_pass(record)}; training images/s: measured while each row trained. Compare "
+        "them as ratios between rows; a load average above 1 per core distorts them.",
         "",
         f"Recipe (every row): {s['steps']} steps, batch {s['batch_size']}, crop {s['crop_size']}, "
         f"momentum SGD 0.9, LR {s['learning_rate']} poly 0.9 ({s.get('warmup_steps', 'some')}-step "
