@@ -332,7 +332,11 @@ class Trainer:
                     self.precision_choice = (
                         f"precision auto -> float32 ({native_reason()}, but {reason})"
                     )
-                    self.model = build_with_policy(model, None)
+                    # The first build's initial weights: auto -> float32 trains exactly what
+                    # train.precision=float32 would (a second build draws other weights).
+                    rebuilt = build_with_policy(model, None)
+                    rebuilt.set_weights(self.model.get_weights())
+                    self.model = rebuilt
         self._check_scope()
         self.compute_dtype = self.model.dtype_policy.compute_dtype
         self.schedule = build_schedule(cfg.schedule, cfg.optimizer.learning_rate, cfg.train.steps)
