@@ -435,7 +435,7 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
             print(f"{row.key}: finished earlier ({done}), reused", flush=True)
             record["reused"] = True
             return record, {int(k): v for k, v in np.load(run_dir / "panels.npz").items()}
-    _start_row_dir(run_dir, fingerprint, row.key)
+    start_row_dir(run_dir, fingerprint, row.key)
     keras.backend.clear_session()
     row_start = time.perf_counter()
     print(f"{row.key}: training {row.model} ({row.init}) ...", flush=True)
@@ -510,11 +510,12 @@ def measure_latencies(records, settings):
     return time.perf_counter() - start
 
 
-def _start_row_dir(run_dir, fingerprint, key):
+def start_row_dir(run_dir, fingerprint, key):
     """Keeps an interrupted run of this recipe (the trainer resumes it); removes one of another.
 
     The trainer resumes from any checkpoint in its directory, so a row left by a run with other
-    settings would otherwise be "trained" by restoring its old final step.
+    settings would otherwise be "trained" by restoring its old final step. `fingerprint`: any
+    string identifying the recipe (also used by `benchmarks.precision_trained`).
     """
     marker = run_dir / "zoo_fingerprint.txt"
     if run_dir.is_dir() and any(run_dir.iterdir()):

@@ -23,6 +23,7 @@ agreement 96.1% on near-tied logits): not evidence. Use several hundred steps, o
 """
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -47,6 +48,8 @@ def train_or_reuse(name, recipe_settings, root, out_dir):
     if done.is_file() and json.loads(done.read_text()).get("config") == config:
         print(f"{name}: trained earlier ({run_dir}), reused", flush=True)
         return load_run(run_dir).model, json.loads(done.read_text())["train_seconds"]
+    fingerprint = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    camvid_zoo.start_row_dir(run_dir, fingerprint, name)  # no stale checkpoint is resumed
     print(f"{name}: training {recipe_settings['steps']} steps on CamVid ...", flush=True)
     start = time.perf_counter()
     train_from_config(config)

@@ -271,9 +271,8 @@ def _rebuild(functional, fold, dtype_policy, space_to_batch, share_layers, cache
             return cache[id(layer)](*args, **kwargs)
         if layer.name in skip or isinstance(layer, deeplab_layers.ModelSpec):  # new model: own spec
             return args[0]
-        policy = dtype_policy
-        if space_to_batch and dtype_policy is not None:  # inference graph: no weight casts
-            policy = _inference_weights_policy(layer, dtype_policy)
+        # An inference graph (space_to_batch) stores conv weights in the compute dtype.
+        policy = _inference_weights_policy(layer, dtype_policy) if space_to_batch else dtype_policy
         if layer.name in pairs:
             return _folded_conv(layer, pairs[layer.name], args[0], policy, space_to_batch)
         if space_to_batch and _uses_space_to_batch(layer):

@@ -25,6 +25,8 @@ def test_trains_checks_both_precisions_and_reuses_the_run(tmp_path, capsys):
     assert "| deeplabv3_mobilenetv2_dm05 |" in stem.with_suffix(".md").read_text()
     precision_trained.main(argv)  # the finished run is reused, not trained again
     assert "trained earlier" in capsys.readouterr().out
+    precision_trained.main([*argv[:2], "--steps", "3", *argv[4:]])  # other settings: afresh
+    assert "holds a run of other settings; training afresh" in capsys.readouterr().out
     run = tmp_path / "runs" / "deeplabv3_mobilenetv2_dm05"
     precision_trained.main(["--runs", str(run), "--data", str(data), "--results", str(stem)])
     report = json.loads(stem.with_suffix(".json").read_text())
