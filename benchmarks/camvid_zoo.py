@@ -29,9 +29,9 @@ sqrt(var + eps), beta += mean): the network computes exactly the same function i
 mode and nearly the same in training mode, so batch statistics do not wipe out the file's
 per-channel scales.
 
-Default (full) run: crop 225x225, batch 8, 250 steps (5.4 epochs), momentum SGD 0.9, LR 0.007
-poly 0.9 after a 25-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
-bfloat16 mixed precision (AMX), full val split; then every row's latency in one pass. Measured: 19
+Default (full) run: crop 225x225, batch 8, 400 steps (8.7 epochs), momentum SGD 0.9, LR 0.007
+poly 0.9 after a 40-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
+bfloat16 mixed precision (AMX), full val split; then every row's latency in one pass. Measured at 250 steps: 19
 rows in 69.6 min on the idle 2-core AMX Xeon (2026-11-30; the same machine type ran 1.8x slower in
 another session: see docs/camvid_zoo.md, "Budget"). `--quick`: 40 steps at crop 193 batch 4, 24
 val images, the Google-initialised rows + SegNet-Basic + U-Net only.
@@ -140,7 +140,7 @@ ROWS = (
 ROW_BY_KEY = {row.key: row for row in ROWS}
 
 FULL = {
-    "steps": 250,
+    "steps": 400,
     "batch_size": 8,
     "crop_size": 225,
     "eval_limit": None,
