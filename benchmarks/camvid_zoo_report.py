@@ -103,14 +103,24 @@ def markdown(record):
 
 
 def _reused_note(record):
+    lines = []
     reused = [r["key"] for r in record["rows"] if r.get("reused")]
-    if not reused:
-        return []
-    return [
-        "",
-        f"Rows finished by an earlier invocation of the same command and reused (the wall time "
-        f"above is this invocation's only): {', '.join(reused)}.",
+    if reused:
+        lines += [
+            "",
+            f"Rows finished by an earlier invocation of the same command and reused (the wall "
+            f"time above is this invocation's only): {', '.join(reused)}.",
+        ]
+    resumed = [
+        f"{r['key']} (from {r['resumed_from']})" for r in record["rows"] if r.get("resumed_from")
     ]
+    if resumed:
+        lines += [
+            "",
+            "Rows resumed from an interrupted invocation's checkpoint (their train min and "
+            f"img/s cover the resumed steps only): {', '.join(resumed)}.",
+        ]
+    return lines
 
 
 def pareto_png(record, path):
@@ -135,9 +145,10 @@ def pareto_png(record, path):
                 s=50,
                 label=INIT_LABEL[init],
             )
-    for r in rows:
+    ax.set_xscale("log")
+    for r, (dx, dy) in zip(rows, _label_offsets(ax, rows, key), strict=True):
         ax.annotate(
-            r["key"], (r[key], r["miou"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            r["key"], (r[key], r["miou"]), fontsize=7, xytext=(dx, dy), textcoords="offset points"
         )
     ordered = sorted(rows, key=lambda r: (r[key], -r["miou"]))
     front, best = [], -1.0
@@ -153,7 +164,6 @@ def pareto_png(record, path):
         alpha=0.6,
         label="Pareto front",
     )
-    ax.set_xscale("log")
     size = record["settings"]["latency_size"]
     ax.set_xlabel(
         f"{'TFLite' if use_tflite else 'Keras'} fp32 latency at {size[0]}x{size[1]}, "
@@ -169,6 +179,37 @@ def pareto_png(record, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _label_offsets(ax, rows, key, fontsize=7):
+    """Label offsets in points: right of each point, else left, moved down past the labels
+    already placed, so that neighbouring rows' names do not overlap."""
+    fig = ax.figure
+    fig.canvas.draw()  # the data -> pixel transform of the final limits
+    to_points = 72.0 / fig.dpi
+    height = fontsize + 1.0
+    placed, offsets = [], {}
+    for r in sorted(rows, key=lambda r: -r["miou"]):
+        x, y = ax.transData.transform((r[key], r["miou"])) * to_points
+        width = 0.6 * fontsize * len(r["key"])
+        for step in range(len(rows)):
+            free = [
+                (dx, 3.0 - step * height)
+                for dx in (4.0, -4.0 - width)
+                if not any(
+                    x + dx < px + pw
+                    and px < x + dx + width
+                    and y + 3.0 - step * height < py + height
+                    and py < y + 3.0 - step * height + height
+                    for px, py, pw in placed
+                )
+            ]
+            if free:
+                break
+        dx, dy = free[0]
+        placed.append((x + dx, y + dy, width))
+        offsets[id(r)] = (dx, dy)
+    return [offsets[id(r)] for r in rows]
 
 
 def panels_png(record, path, panels, pairs):

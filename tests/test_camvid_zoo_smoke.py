@@ -119,3 +119,24 @@ def test_unfold_batch_norm_keeps_the_function_and_takes_the_statistics():
     assert variance.min() >= 0 and not np.allclose(variance, 1 - first.epsilon)
     np.testing.assert_allclose(first.gamma, np.sqrt(variance + first.epsilon), rtol=1e-5)
     assert np.allclose(np.asarray(untouched.moving_mean), 0.5)
+
+
+def test_pareto_labels_of_coincident_points_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.camvid_zoo_report import _label_offsets
+
+    rows = [
+        {"key": k, "tflite_ms": 20.0, "miou": 0.42} for k in ("fcn_head", "deeplabv3", "pspnet")
+    ]
+    fig, ax = plt.subplots()
+    ax.scatter([10.0, 100.0], [0.1, 0.6])
+    ax.set_xscale("log")
+    offsets = _label_offsets(ax, rows, "tflite_ms")
+    plt.close(fig)
+    # The same point: every label sits in its own line (or on the other side).
+    assert len(set(offsets)) == 3
+    assert offsets[0] == (4.0, 3.0)
