@@ -192,21 +192,23 @@ def _label_offsets(ax, rows, key, fontsize=7):
     for r in sorted(rows, key=lambda r: -r["miou"]):
         x, y = ax.transData.transform((r[key], r["miou"])) * to_points
         width = 0.6 * fontsize * len(r["key"])
-        for step in range(len(rows)):
+        # k placed labels block at most 2k slots on a side: 2k + 1 slots always hold a free one.
+        for step in range(2 * len(placed) + 1):
+            dy = 3.0 - step * height
             free = [
-                (dx, 3.0 - step * height)
+                dx
                 for dx in (4.0, -4.0 - width)
                 if not any(
                     x + dx < px + pw
                     and px < x + dx + width
-                    and y + 3.0 - step * height < py + height
-                    and py < y + 3.0 - step * height + height
+                    and y + dy < py + height
+                    and py < y + dy + height
                     for px, py, pw in placed
                 )
             ]
             if free:
                 break
-        dx, dy = free[0]
+        dx = free[0]
         placed.append((x + dx, y + dy, width))
         offsets[id(r)] = (dx, dy)
     return [offsets[id(r)] for r in rows]
