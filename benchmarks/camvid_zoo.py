@@ -31,12 +31,10 @@ per-channel scales.
 
 Default (full) run: crop 225x225, batch 8, 400 steps (8.7 epochs), momentum SGD 0.9, LR 0.007
 poly 0.9 after a 40-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
-bfloat16 mixed precision (AMX), full val split; then every row's latency in one pass. Measured
-on the 2-core AMX Xeon: 250 steps took 69.6 min for all 19 rows (2026-11-30); 400 steps took
-154.6 min of row time plus 6.8 min of latency (2026-12-01, a host state 1.65x slower per step;
-about 108 min at the first host's speed): see docs/camvid_zoo.md, "Budget". `--quick`: 40
-steps at crop 193 batch 4, 24 val images, the Google-initialised rows + SegNet-Basic + U-Net
-only.
+bfloat16 mixed precision (AMX), full val split; then every row's latency in one pass. Its
+measured time on the 2-core CI machine type, which depends on the host's state, is in
+docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
+Google-initialised rows + SegNet-Basic + U-Net only.
 
 Run: `nice -n 10 python -m benchmarks.camvid_zoo [--quick] [--models a,b] [--steps N]
 [--out DIR]`. Trained runs go to `--out/<row>/` (model.json + model.weights.h5: `keras-deeplab
