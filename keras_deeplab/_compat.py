@@ -77,9 +77,17 @@ def run_through_graph(functional, inputs, call_fn):
     return run(inputs, operation_fn=lambda layer: layer, call_fn=call_fn)
 
 
-def layer_calls(layer):
-    """`[(input KerasTensors, output KerasTensors)]`, one pair per call of `layer` in a graph."""
+def layer_calls(layer, graph=None):
+    """`[(input KerasTensors, output KerasTensors)]`, one pair per call of `layer` in a graph.
+
+    `graph`: a functional or Sequential model; only the calls that belong to its graph (a
+    Sequential model's layers also keep the calls of its internal builds).
+    """
     nodes = _attribute(layer, "_inbound_nodes", "keras", "Layer._inbound_nodes")
+    graph = getattr(graph, "_functional", None) or graph  # a Sequential's own graph
+    keys = getattr(graph, "_nodes", None)  # {f"{id(layer)}_ib-{index}"}: keras.src.ops.function
+    if keys:
+        nodes = [node for i, node in enumerate(nodes) if f"{id(layer)}_ib-{i}" in keys]
     return [(list(node.input_tensors), list(node.outputs)) for node in nodes]
 
 

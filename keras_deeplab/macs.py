@@ -35,11 +35,11 @@ def _fixed_size_config(config, height, width):
     return config
 
 
-def _layer_macs(layer):
+def _layer_macs(layer, depthwise_only=False, graph=None):
     total = 0
     if not isinstance(layer, COUNTED_LAYERS):
         return total
-    for inputs, outputs in _compat.layer_calls(layer):
+    for inputs, outputs in _compat.layer_calls(layer, graph):
         out_shape = outputs[0].shape
         in_shape = inputs[0].shape
         if isinstance(layer, keras.layers.DepthwiseConv2D):
@@ -49,7 +49,10 @@ def _layer_macs(layer):
             kh, kw = layer.kernel_size
             spatial = math.prod(out_shape[1:3])
             total += spatial * kh * kw * in_shape[-1] * layer.depth_multiplier
-            total += spatial * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
+            if not depthwise_only:
+                total += spatial * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
+        elif depthwise_only:
+            continue
         elif isinstance(layer, keras.layers.Conv2D):
             kh, kw = layer.kernel_size
             total += (
@@ -60,23 +63,24 @@ def _layer_macs(layer):
     return total
 
 
-def graph_macs(model):
+def graph_macs(model, depthwise_only=False):
     """Multiply-adds of every layer call in `model`'s graph (static shapes), nested models
-    included."""
+    included (`depthwise_only`: those of the depthwise convolutions, separable ones' included)."""
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            total += graph_macs(layer)
+            total += graph_macs(layer, depthwise_only)
         else:
-            total += _layer_macs(layer)
+            total += _layer_macs(layer, depthwise_only, graph=model)
     return total
 
 
-def count_macs(model, input_size=(513, 513)):
+def count_macs(model, input_size=(513, 513), depthwise_only=False):
     """Multiply-adds of `model` for one image of `input_size` (height, width).
 
     The model is rebuilt from its config at that fixed size (its own weights are
-    not touched), so models with `None` height/width can be counted.
+    not touched), so models with `None` height/width can be counted. `depthwise_only`:
+    count only the depthwise convolutions (the depthwise half of separable ones included).
 
     Example:
         >>> count_macs(keras_deeplab.create_model("deeplabv3_mobilenetv2"), (513, 513)) / 1e9
@@ -85,10 +89,10 @@ def count_macs(model, input_size=(513, 513)):
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     # keras_deeplab models (SegmentationModel, MultiScaleInputs) describe their own cost.
     if hasattr(model, "count_macs"):
-        return model.count_macs((height, width))
+        return model.count_macs((height, width), depthwise_only=depthwise_only)
     config = _fixed_size_config(model.get_config(), height, width)
     fixed = model.__class__.from_config(config)
-    return graph_macs(fixed)
+    return graph_macs(fixed, depthwise_only)
 
 
 def count_params(model):

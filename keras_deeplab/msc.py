@@ -105,13 +105,17 @@ class MultiScaleInputs(SegmentationModel):
         fused = self.get_layer("max_fusion")(values) if len(values) > 1 else values[0]
         return {"fused": fused, **per_scale}
 
-    def count_macs(self, input_size):
+    def count_macs(self, input_size, depthwise_only=False):
         """Multiply-adds for one image of `input_size`: the sum over the scales."""
         from keras_deeplab.macs import count_macs
 
         height, width = input_size
         return sum(
-            count_macs(self.model, (scale_dimension(height, s), scale_dimension(width, s)))
+            count_macs(
+                self.model,
+                (scale_dimension(height, s), scale_dimension(width, s)),
+                depthwise_only=depthwise_only,
+            )
             for s in self.scales
         )
 

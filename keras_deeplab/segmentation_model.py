@@ -477,15 +477,16 @@ class SegmentationModel(keras.Model):
             graph.input, graph.output, config, json.loads(self._spec), self.name, dtype=self._dtype
         )
 
-    def count_macs(self, input_size):
+    def count_macs(self, input_size, depthwise_only=False):
         """Multiply-adds for one image of `input_size` (height, width): the same model built
-        at that fixed size, counted by `keras_deeplab.macs`."""
+        at that fixed size, counted by `keras_deeplab.macs` (`depthwise_only`: those of the
+        depthwise convolutions)."""
         from keras_deeplab.macs import graph_macs
 
         channels = self.get_config()["input_shape"][-1]
         config = {**self.get_config(), "input_shape": [*input_size, channels]}
         config.pop("inference", None)  # the rewrites move no multiply-add
-        return graph_macs(type(self).from_config(config))
+        return graph_macs(type(self).from_config(config), depthwise_only)
 
 
 __all__ = ["SegmentationModel", "resolve_arguments"]

@@ -334,18 +334,47 @@ def test_a_model_trained_in_bfloat16_runs_and_exports_in_float32_unless_asked(ha
 
 
 def test_training_fallback_is_a_check_of_the_models_layers(hardware):
-    """On an AMX CPU, models with depthwise (or separable) convolutions train in float32 under
-    "auto"; plain convolutions, GPUs and CPUs without AMX never fall back."""
+    """On an AMX CPU, models whose depthwise (or separable) convolutions hold 3% or more of the
+    multiply-adds train in float32 under "auto"; plain convolutions, a small depthwise share,
+    GPUs and CPUs without AMX never fall back."""
     depthwise = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.DepthwiseConv2D(3)])
     separable = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.SeparableConv2D(4, 3)])
     plain = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    # per pixel: 3*3*8 depthwise against 3*3*8*64 + 3*3*64*64 dense multiply-adds (0.2%)
+    heavy_head = keras.Sequential(
+        [
+            keras.Input((None, None, 8)),
+            keras.layers.DepthwiseConv2D(3, padding="same"),
+            keras.layers.Conv2D(64, 3, padding="same"),
+            keras.layers.Conv2D(64, 3, padding="same"),
+        ]
+    )
     hardware(AMX)
-    assert "no AMX kernel" in precision.training_fallback(depthwise)
+    assert precision.depthwise_share(depthwise) == 1.0
+    assert precision.depthwise_share(plain) == 0.0
+    assert precision.depthwise_share(heavy_head) == pytest.approx(72 / (72 + 4608 + 36864))
+    assert "(100.0% of its multiply-adds) have no AMX kernel" in precision.training_fallback(
+        depthwise
+    )
     assert "no AMX kernel" in precision.training_fallback(separable)
     assert precision.training_fallback(plain) is None
+    assert precision.training_fallback(heavy_head) is None
     nested = keras.Sequential([keras.Input((8, 8, 3)), depthwise])  # found inside sub-models
     assert precision.training_fallback(nested) is not None
     hardware(PLAIN, (("A100", (8, 0)),))
     assert precision.training_fallback(depthwise) is None
     hardware(AVX512_BF16)
     assert precision.training_fallback(depthwise) is None
+
+
+def test_the_fallback_splits_the_zoo_heads_on_one_trunk():
+    """The MobileNetV2 x0.5 trunk under a light head (measured slower in bf16) is over the
+    limit; under PSPNet's head (measured faster in bf16) it is under it."""
+    trunk = {"backbone": "mobilenetv2_dm05"}
+    light = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=11)
+    demo = keras_deeplab.create_model("deeplabv3plus_mobilenetv2", num_classes=5, **trunk)
+    pspnet = keras_deeplab.create_model("pspnet_mobilenetv2", num_classes=11, **trunk)
+    limit = precision.DEPTHWISE_SHARE_LIMIT
+    assert precision.depthwise_share(light) > limit
+    assert precision.depthwise_share(demo) > limit
+    assert precision.depthwise_share(pspnet) < limit

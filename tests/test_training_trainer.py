@@ -186,7 +186,7 @@ def test_global_clipnorm_must_be_positive(tmp_path):
 @pytest.mark.parametrize(
     "flags, gpus, build, expected, says",
     [
-        ({"amx_bf16"}, (), micro_model, "float32", "depthwise convolutions have no AMX kernel"),
+        ({"amx_bf16"}, (), micro_model, "float32", "multiply-adds) have no AMX kernel"),
         ({"amx_bf16"}, (), plain_micro_model, "bfloat16", "auto -> bfloat16 (CPU has amx_bf16)"),
         ((), (("A100", (8, 0)),), micro_model, "bfloat16", "auto -> bfloat16 (GPU A100"),
         ({"avx2"}, (), plain_micro_model, "float32", "auto -> float32 (CPU without"),
