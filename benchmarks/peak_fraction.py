@@ -1,0 +1,155 @@
+"""Fraction of the float32 matmul peak a model reaches, with the peak read beside every timing.
+
+`benchmarks.run` reads the peak at the start and the end of a run of many minutes; on hosts
+whose speed drifts (this 2-core machine type's 4096² float32 matmul read 154-311 GFLOP/s in
+one day) a fraction against a peak read minutes away is only as firm as the drift. Here one
+process alternates, for `--rounds` rounds: the matmul peak (best of 3 4096² products), then
+the model (median of `--reps` batch-1 calls), and reports each round's fraction and their
+median. Default: `deeplabv3plus_resnet50` at 513x513 through the default inference path
+(`optimize_for_inference`, float32; backend `keras_opt` of `benchmarks.backends`).
+
+Run: `python -m benchmarks.peak_fraction [--model NAME] [--size 513] [--rounds 8] [--reps 5]
+[--backend keras_opt]`; writes `benchmarks/results/peak_fraction_<model>.{json,md}`.
+Not a test.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks._common import RESULTS_DIR
+from benchmarks.backends import BACKENDS, Backends, random_images
+from benchmarks.machine import machine_info, matmul_peak
+
+
+def model_ms(run, images, reps):
+    """Median and best ms of `reps` calls (after one warm call)."""
+    run(images)
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run(images)
+        samples.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(samples), min(samples)
+
+
+def measure(model_name, size, rounds, reps, backend):
+    import keras_deeplab
+
+    model = keras_deeplab.create_model(model_name)
+    gflop = 2 * keras_deeplab.count_macs(model, (size, size)) / 1e9
+    with tempfile.TemporaryDirectory() as workdir:
+        run = Backends(model, workdir).runner(backend, size)
+        images = random_images(1, size)
+        run(images)  # trace and warm up outside the rounds
+        records = []
+        for index in range(rounds):
+            peak = matmul_peak(4096, 3)["gflops"]
+            median_ms, best_ms = model_ms(run, images, reps)
+            record = {
+                "round": index + 1,
+                "peak_gflops": peak,
+                "median_ms": median_ms,
+                "best_ms": best_ms,
+                "fraction": gflop / (median_ms / 1e3) / peak,
+                "fraction_best": gflop / (best_ms / 1e3) / peak,
+            }
+            records.append(record)
+            print(
+                f"round {index + 1}/{rounds}: peak {peak:.0f} GFLOP/s, {model_name} "
+                f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak",
+                flush=True,
+            )
+    return gflop, records
+
+
+def summary(records):
+    fractions = [r["fraction"] for r in records]
+    return {
+        "median_fraction": statistics.median(fractions),
+        "min_fraction": min(fractions),
+        "max_fraction": max(fractions),
+        "median_fraction_best": statistics.median(r["fraction_best"] for r in records),
+        "peak_range": [
+            min(r["peak_gflops"] for r in records),
+            max(r["peak_gflops"] for r in records),
+        ],
+        "model_ms_range": [
+            min(r["median_ms"] for r in records),
+            max(r["median_ms"] for r in records),
+        ],
+    }
+
+
+def markdown(report):
+    s = report["summary"]
+    lines = [
+        f"# Fraction of the float32 matmul peak: `{report['model']}` at {report['size']}",
+        "",
+        f"Command: `{report['command']}` ({report['date']}). Machine: {report['machine']['cpu']}, "
+        f"{report['machine']['cores']} cores, ISA flags {', '.join(report['machine']['isa'])}.",
+        f"Backend `{report['backend']}`, batch 1, {report['gflop_per_image']:.1f} GFLOP per image "
+        f"(2 x multiply-adds). Each round: the 4096² float32 matmul (best of 3), then the model "
+        f"(median of {report['reps']} calls).",
+        "",
+        "| round | peak GFLOP/s | model ms (median) | model GFLOP/s | fraction |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rounds"]:
+        achieved = report["gflop_per_image"] / (r["median_ms"] / 1e3)
+        lines.append(
+            f"| {r['round']} | {r['peak_gflops']:.0f} | {r['median_ms']:.1f} | {achieved:.0f} | "
+            f"{r['fraction']:.1%} |"
+        )
+    lines += [
+        "",
+        f"**Median fraction {s['median_fraction']:.1%}** (rounds {s['min_fraction']:.1%}-"
+        f"{s['max_fraction']:.1%}; with each round's best call instead of its median "
+        f"{s['median_fraction_best']:.1%}). The peak read {s['peak_range'][0]:.0f}-"
+        f"{s['peak_range'][1]:.0f} GFLOP/s and the model {s['model_ms_range'][0]:.1f}-"
+        f"{s['model_ms_range'][1]:.1f} ms over the run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="deeplabv3plus_resnet50")
+    parser.add_argument("--size", type=int, default=513)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--backend", default="keras_opt", choices=BACKENDS)
+    parser.add_argument("--results", default=None, help="results stem under benchmarks/results")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.reps < 1 or args.size < 32:
+        parser.error("--rounds and --reps must be >= 1 and --size >= 32")
+    machine = machine_info()  # its load average is read before the rounds
+    gflop, records = measure(args.model, args.size, args.rounds, args.reps, args.backend)
+    report = {
+        "command": "python -m benchmarks.peak_fraction " + " ".join(argv or sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine,
+        "model": args.model,
+        "size": args.size,
+        "backend": args.backend,
+        "reps": args.reps,
+        "gflop_per_image": gflop,
+        "rounds": records,
+        "summary": summary(records),
+    }
+    stem = RESULTS_DIR / (args.results or f"peak_fraction_{args.model}")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
