@@ -165,3 +165,23 @@ def test_benchmarks_find_shared_data_like_the_tests(monkeypatch, tmp_path):
         voc_samples(33)
     images, source = calibration_images(33)  # int8 calibration falls back to synthetic images
     assert source == "synthetic" and len(images) == 8 and images[0].shape == (33, 33, 3)
+
+
+def test_peak_fraction_pairs_every_timing_with_a_peak(tmp_path):
+    """`benchmarks.peak_fraction`: one fraction per round, each against its own peak read."""
+    from benchmarks import peak_fraction
+
+    stem = tmp_path / "pf"
+    argv = ["--model", "deeplabv3_mobilenetv2", "--size", "65", "--rounds", "2", "--reps", "1"]
+    report = peak_fraction.main([*argv, "--results", str(stem)])
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for r in report["rounds"]:
+        assert _finite_positive(r["peak_gflops"]) and _finite_positive(r["median_ms"])
+        expected = report["gflop_per_image"] / (r["median_ms"] / 1e3) / r["peak_gflops"]
+        assert r["fraction"] == pytest.approx(expected)
+    fractions = sorted(r["fraction"] for r in report["rounds"])
+    assert report["summary"]["median_fraction"] == pytest.approx(sum(fractions) / 2)
+    assert "Median fraction" in (tmp_path / "pf.md").read_text()
+    assert (tmp_path / "pf.json").is_file()
+    with pytest.raises(SystemExit):
+        peak_fraction.main([*argv[:4], "--rounds", "0"])
