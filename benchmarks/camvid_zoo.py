@@ -31,7 +31,10 @@ per-channel scales.
 
 Default (full) run: crop 225x225, batch 8, 400 steps (8.7 epochs), momentum SGD 0.9, LR 0.007
 poly 0.9 after a 40-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
-bfloat16 mixed precision (AMX), full val split; then every row's latency in one pass. Its
+`train.precision=auto` (on an AMX CPU: float32 for the light heads, whose depthwise convolutions
+hold >= 3% of the multiply-adds, bfloat16 mixed precision for the others; each measured the
+faster one, `keras_deeplab.precision.training_fallback`; scoring always in float32), full val
+split; then every row's latency in one pass. Its
 measured time on the 2-core CI machine type, which depends on the host's state, is in
 docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
 Google-initialised rows + SegNet-Basic + U-Net only.
@@ -443,7 +446,7 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
     result = train_from_config(config)
     train_wall = time.perf_counter() - start
     model = result.model
-    if settings["precision"] != "float32":  # score/measure the float32 model (same weights)
+    if result.precision != "float32":  # score/measure the float32 model (same weights)
         model = _float32_copy(model, run_dir)
     scores, panels = score(model, pairs, panel_indices)
     total, trainable = keras_deeplab.count_params(model)
@@ -463,6 +466,8 @@ def run_row(row, settings, root, out_dir, init_files, pairs, panel_indices):
         "train_seconds": result.elapsed,
         "train_wall_seconds": train_wall,
         "train_images_per_second": _throughput(result, settings["batch_size"]),
+        "train_precision": result.precision,
+        "precision_choice": result.precision_choice,
         "final_loss": result.loss,
         **scores,
         "keras_ms": None,  # measured for all rows back to back: `measure_latencies`
@@ -581,7 +586,13 @@ def build_parser():
         "--max-scale", type=float, default=1.5, help="random scale range, high end (official 2.0)"
     )
     parser.add_argument("--class-weights", choices=("none", "median_frequency"), default="none")
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="bfloat16")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "auto"),
+        default="auto",
+        help="training precision (auto: the faster one per model on this hardware; the "
+        "2026-12-01 results were trained with bfloat16)",
+    )
     parser.add_argument(
         "--warmup-steps", type=int, default=None, help="linear warm-up (default steps // 10, <= 50)"
     )

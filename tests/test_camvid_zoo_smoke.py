@@ -22,7 +22,13 @@ def _fake_camvid(root, train=4, val=2, size=(40, 56)):
     return root
 
 
-def test_two_rows_train_score_and_report(tmp_path):
+def test_two_rows_train_score_and_report(tmp_path, monkeypatch):
+    """Default precision `auto` on an AMX CPU: the light DeepLabV3 head trains in float32, the
+    plain-convolution SegNet-Basic in bfloat16; both are scored in float32."""
+    import keras_deeplab.precision
+
+    amx = (frozenset({"amx_bf16", "amx_tile"}), ())
+    monkeypatch.setattr(keras_deeplab.precision, "_hardware", lambda: amx)
     data = _fake_camvid(tmp_path / "camvid_fake")
     stem = tmp_path / "results" / "zoo"
     camvid_zoo.main(
@@ -30,13 +36,14 @@ def test_two_rows_train_score_and_report(tmp_path):
             "--models", "deeplabv3_scratch,segnet_basic",
             "--steps", "2", "--batch-size", "2", "--crop-size", "33",
             "--latency-size", "33,49", "--latency-runs", "1", "--no-tflite",
-            "--precision", "float32",
             "--data", str(data), "--out", str(tmp_path / "runs"), "--results", str(stem),
         ]
     )  # fmt: skip
     record = json.loads(stem.with_suffix(".json").read_text())
     assert record["kind"] == "custom run"
     assert [r["key"] for r in record["rows"]] == ["deeplabv3_scratch", "segnet_basic"]
+    assert [r["train_precision"] for r in record["rows"]] == ["float32", "bfloat16"]
+    assert "multiply-adds) have no AMX kernel" in record["rows"][0]["precision_choice"]
     for row in record["rows"]:
         assert 0 <= row["miou"] <= 1 and 0 <= row["global_accuracy"] <= 1
         assert len(row["per_class_iou"]) == 11
@@ -52,6 +59,7 @@ def test_two_rows_train_score_and_report(tmp_path):
 
     loaded = load_run(tmp_path / "runs" / "segnet_basic")
     assert loaded.model.num_classes == 11
+    assert loaded.model.dtype_policy.name == "float32"  # what was scored
 
 
 def test_a_row_of_other_settings_is_retrained_not_restored(tmp_path, capsys):
