@@ -9,8 +9,10 @@ median. Default: `deeplabv3plus_resnet50` at 513x513 through the default inferen
 (`optimize_for_inference`, float32; backend `keras_opt` of `benchmarks.backends`).
 
 Run: `python -m benchmarks.peak_fraction [--model NAME] [--size 513] [--rounds 8] [--reps 5]
-[--backend keras_opt]`; writes `benchmarks/results/peak_fraction_<model>.{json,md}`.
-Not a test.
+[--backend keras_opt] [--versus keras]`; `--versus` also times the same model through a
+second backend in every round (before the first one in even rounds, after it in odd ones) and
+reports the per-round ratio. Writes `benchmarks/results/peak_fraction_<model>.{json,md}`. Not a
+test.
 """
 
 import argparse
@@ -38,19 +40,28 @@ def model_ms(run, images, reps):
     return statistics.median(samples), min(samples)
 
 
-def measure(model_name, size, rounds, reps, backend):
+def measure(model_name, size, rounds, reps, backend, versus=None):
     import keras_deeplab
 
     model = keras_deeplab.create_model(model_name)
     gflop = 2 * keras_deeplab.count_macs(model, (size, size)) / 1e9
     with tempfile.TemporaryDirectory() as workdir:
-        run = Backends(model, workdir).runner(backend, size)
+        backends = Backends(model, workdir)
+        run = backends.runner(backend, size)
+        other = backends.runner(versus, size) if versus else None
         images = random_images(1, size)
         run(images)  # trace and warm up outside the rounds
+        if other:
+            other(images)
         records = []
         for index in range(rounds):
             peak = matmul_peak(4096, 3)["gflops"]
+            versus_first = other is not None and index % 2 == 1  # no order bias
+            if versus_first:
+                versus_ms = model_ms(other, images, reps)[0]
             median_ms, best_ms = model_ms(run, images, reps)
+            if other is not None and not versus_first:
+                versus_ms = model_ms(other, images, reps)[0]
             record = {
                 "round": index + 1,
                 "peak_gflops": peak,
@@ -59,10 +70,14 @@ def measure(model_name, size, rounds, reps, backend):
                 "fraction": gflop / (median_ms / 1e3) / peak,
                 "fraction_best": gflop / (best_ms / 1e3) / peak,
             }
+            if other is not None:
+                record["versus_median_ms"] = versus_ms
+                record["versus_ratio"] = versus_ms / median_ms
             records.append(record)
             print(
                 f"round {index + 1}/{rounds}: peak {peak:.0f} GFLOP/s, {model_name} "
-                f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak",
+                f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak"
+                + (f"; {versus} {record['versus_median_ms']:.1f} ms" if other else ""),
                 flush=True,
             )
     return gflop, records
@@ -70,7 +85,15 @@ def measure(model_name, size, rounds, reps, backend):
 
 def summary(records):
     fractions = [r["fraction"] for r in records]
+    versus = {}
+    if "versus_ratio" in records[0]:
+        ratios = [r["versus_ratio"] for r in records]
+        versus = {
+            "median_versus_ratio": statistics.median(ratios),
+            "rounds_backend_faster": sum(ratio > 1 for ratio in ratios),
+        }
     return {
+        **versus,
         "median_fraction": statistics.median(fractions),
         "min_fraction": min(fractions),
         "max_fraction": max(fractions),
@@ -97,14 +120,20 @@ def markdown(report):
         f"(2 x multiply-adds). Each round: the 4096² float32 matmul (best of 3), then the model "
         f"(median of {report['reps']} calls).",
         "",
-        "| round | peak GFLOP/s | model ms (median) | model GFLOP/s | fraction |",
-        "|---:|---:|---:|---:|---:|",
+        "| round | peak GFLOP/s | model ms (median) | model GFLOP/s | fraction |"
+        + (f" `{report['versus']}` ms | ratio |" if report["versus"] else ""),
+        "|---:|---:|---:|---:|---:|" + ("---:|---:|" if report["versus"] else ""),
     ]
     for r in report["rounds"]:
         achieved = report["gflop_per_image"] / (r["median_ms"] / 1e3)
         lines.append(
             f"| {r['round']} | {r['peak_gflops']:.0f} | {r['median_ms']:.1f} | {achieved:.0f} | "
             f"{r['fraction']:.1%} |"
+            + (
+                f" {r['versus_median_ms']:.1f} | {r['versus_ratio']:.2f} |"
+                if report["versus"]
+                else ""
+            )
         )
     lines += [
         "",
@@ -115,6 +144,13 @@ def markdown(report):
         f"{s['model_ms_range'][1]:.1f} ms over the run.",
         "",
     ]
+    if report["versus"]:
+        lines += [
+            f"`{report['versus']}` against `{report['backend']}`, timed beside it in each "
+            f"round: median ratio **{s['median_versus_ratio']:.2f}** (`{report['backend']}` "
+            f"faster in {s['rounds_backend_faster']} of {len(report['rounds'])} rounds).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -125,12 +161,17 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--backend", default="keras_opt", choices=BACKENDS)
+    parser.add_argument(
+        "--versus", default=None, choices=BACKENDS, help="also time this backend in every round"
+    )
     parser.add_argument("--results", default=None, help="results stem under benchmarks/results")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.reps < 1 or args.size < 32:
         parser.error("--rounds and --reps must be >= 1 and --size >= 32")
     machine = machine_info()  # its load average is read before the rounds
-    gflop, records = measure(args.model, args.size, args.rounds, args.reps, args.backend)
+    gflop, records = measure(
+        args.model, args.size, args.rounds, args.reps, args.backend, args.versus
+    )
     report = {
         "command": "python -m benchmarks.peak_fraction " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -138,6 +179,7 @@ def main(argv=None):
         "model": args.model,
         "size": args.size,
         "backend": args.backend,
+        "versus": args.versus,
         "reps": args.reps,
         "gflop_per_image": gflop,
         "rounds": records,
