@@ -15,11 +15,8 @@ API (used by the inference paths and by training's `train.precision`):
   although the CPU has AMX: its depthwise convolutions have no AMX kernel (oneDNN runs them
   and both their gradients as `jit_dw:avx512_core_bf16`), and where they hold 3% or more of
   the multiply-adds (`depthwise_share(model)`, `DEPTHWISE_SHARE_LIMIT`) a training step is
-  slower in bfloat16 (measured back to back on a 2-core AMX Xeon, bf16 against fp32 s/step:
-  the demo's DeepLabV3+ MobileNetV2 x0.5 (4.5% depthwise) 0.38 and 0.45 against 0.28 and
-  0.32, DeepLabV3 MobileNetV2 x0.5 on CamVid crops (5.6%) 0.87 against 0.65; faster in bf16:
-  UperNet on that trunk (0.1%) 1.59 against 3.00, SegNet-Basic (none) 1.80 against 4.10).
-  A check of the model's structure, never a timing; GPUs never fall back.
+  slower in bfloat16 (the measurements: docs/training.md, "Precision"). A check of the
+  model's structure, never a timing; GPUs never fall back.
 * `describe_choice(precision, purpose="inference")` -> one line for CLI output and
   reports, e.g. `"precision auto -> bfloat16 (CPU has amx_bf16)"`.
 * `dtype_policy(precision)` -> the Keras dtype policy name: `"mixed_bfloat16"`,
@@ -180,12 +177,8 @@ def describe_choice(precision="auto", purpose="inference"):
 
 
 # `training_fallback`: the depthwise share of a model's multiply-adds from which its bfloat16
-# training on an AMX CPU is no faster than float32. Measured on a 2-core AMX Xeon, 2026-12-01,
-# `benchmarks.camvid_zoo --steps 100` (crop 225, batch 8; the float32 rows, then the bfloat16
-# ones), training images/s float32 / bfloat16 on the MobileNetV2 x0.5 trunk, depthwise share in
-# brackets: ParseNet (10%) 20.7 / 11.2, context module (7.5%) 12.5 / 10.1, FCN head (6.8%)
-# 15.1 / 11.2, DeepLabV3 OS 8 (5.6%) 13.8 / 10.2, DeepLabV3+ (4.4%) 11.3 / 11.1, PSPNet (1.9%)
-# 7.4 / 10.3; UperNet (0.1%) 3.00 / 1.59 s/step.
+# training on an AMX CPU is no faster than float32 (measured per model: docs/training.md,
+# "Precision": 4.4% and more slower or equal in bf16, 1.9% and less faster).
 DEPTHWISE_SHARE_LIMIT = 0.03
 _SHARE_SIZE = (256, 256)  # where the model's own input size is not fixed
 
@@ -200,20 +193,25 @@ def depthwise_share(model):
         >>> round(depthwise_share(keras_deeplab.create_model("deeplabv3_mobilenetv2")), 3)
         0.051
     """
-    import keras
-
-    from keras_deeplab import _compat
     from keras_deeplab.macs import count_macs
 
-    if not any(
-        isinstance(layer, keras.layers.DepthwiseConv2D | keras.layers.SeparableConv2D)
-        for layer in _compat.all_layers(model)
-    ):
+    if not _has_depthwise(model):
         return 0.0
     shape = tuple(model.input_shape[1:3]) if not isinstance(model.input_shape, list) else ()
     size = shape if len(shape) == 2 and None not in shape else _SHARE_SIZE
     total = count_macs(model, size)
     return count_macs(model, size, depthwise_only=True) / total if total else 0.0
+
+
+def _has_depthwise(model):
+    import keras
+
+    from keras_deeplab import _compat
+
+    return any(
+        isinstance(layer, keras.layers.DepthwiseConv2D | keras.layers.SeparableConv2D)
+        for layer in _compat.all_layers(model)
+    )
 
 
 def training_fallback(model):
@@ -223,10 +221,10 @@ def training_fallback(model):
     hold `DEPTHWISE_SHARE_LIMIT` (3%) or more of its multiply-adds trains in float32: AMX has
     no depthwise kernel (see the module docstring), and such light models are slower in
     bfloat16; heavier heads on the same trunk (PSPNet, UperNet, RefineNet on MobileNetV2) are
-    faster in bfloat16 and keep it (DeepLabV3+ Xception65, 1.5%, measured about equal: 2.39 and
-    2.54 s/step in float32, 2.78 and 2.39 in bfloat16, batch 4 at 225 px). Inference is not affected (the optimised bf16 inference
-    graph of DeepLabV3 MobileNetV2 ran at 0.79x of its float32 latency at 513 px on the same
-    machine). Always None on GPUs and on CPUs without AMX.
+    faster in bfloat16 and keep it (DeepLabV3+ Xception65, 1.5%, measured about equal).
+    Inference is not affected (the optimised bf16 inference graph of DeepLabV3 MobileNetV2 ran
+    at 0.79x of its float32 latency at 513 px on the same machine). Always None on GPUs and on
+    CPUs without AMX.
 
     Example:
         >>> training_fallback(keras_deeplab.create_model("deeplabv3_mobilenetv2"))  # AMX CPU
@@ -238,16 +236,7 @@ def training_fallback(model):
     try:
         share = depthwise_share(model)
     except Exception:  # a model that cannot be rebuilt at a fixed size: any depthwise layer
-        import keras
-
-        from keras_deeplab import _compat
-
-        share = float(
-            any(
-                isinstance(layer, keras.layers.DepthwiseConv2D | keras.layers.SeparableConv2D)
-                for layer in _compat.all_layers(model)
-            )
-        )
+        share = float(_has_depthwise(model))
     if share >= DEPTHWISE_SHARE_LIMIT:
         return f"its depthwise convolutions ({share:.1%} of its multiply-adds) have no AMX kernel"
     return None
