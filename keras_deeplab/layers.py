@@ -10,16 +10,26 @@ save to `.keras` and load back with `safe_mode=True` (no Lambda layers).
 * `Conv2D` / `DepthwiseConv2D`: Keras convolutions whose dilation lowers to the
   native dilated TF op. Keras' own dilated convolutions go through
   space-to-batch, which becomes SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND in TFLite.
+  Only oneDNN builds of TF run a dilated `DepthwiseConv2dNative` (Eigen's CPU
+  kernel, used on CPUs without AVX-512 and on macOS, raises "does not support
+  dilations"): where the probe `native_dilated_depthwise()` fails, the layer
+  runs space-to-batch instead, and the TFLite export forces the native op
+  (`force_native_dilation`), which the TFLite kernels do support.
 * `BatchNormalization`: Keras' BatchNorm whose training step runs as one fused
   kernel (`FusedBatchNormV3` and its gradient) instead of about ten element-wise
   ops; the official implementation used the fused kernel too (`slim.batch_norm`).
 * `Preprocessing`: RGB in [0, 255] to the backbone's input convention.
 """
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
 PACKAGE = "keras_deeplab"
+_NATIVE_DEPTHWISE = {}  # device type -> whether a dilated DepthwiseConv2dNative runs there
+_FORCE_NATIVE = threading.local()
 
 
 def scale_dimension(dim, scale):
@@ -101,18 +111,75 @@ class Conv2D(keras.layers.Conv2D):
         )
 
 
+def _probe_dilated_depthwise():
+    x = tf.zeros([1, 5, 5, 1])
+    kernel = tf.zeros([3, 3, 1, 1])
+    with tf.GradientTape() as tape:  # the two gradient kernels have the same restriction
+        tape.watch([x, kernel])
+        y = tf.raw_ops.DepthwiseConv2dNative(
+            input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME", dilations=[1, 2, 2, 1]
+        )
+    tape.gradient(y, [x, kernel])
+
+
+def native_dilated_depthwise():
+    """True when this TF build runs `DepthwiseConv2dNative` with dilation > 1 (and its
+    gradients) on the default device: oneDNN CPU builds do, TF's Eigen CPU kernel
+    (CPUs without AVX-512, where oneDNN is off by default, and macOS) does not.
+    Probed once per device type and cached."""
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    if device not in _NATIVE_DEPTHWISE:
+        with tf.init_scope():
+            try:
+                _probe_dilated_depthwise()
+                _NATIVE_DEPTHWISE[device] = True
+            except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+                _NATIVE_DEPTHWISE[device] = False
+    return _NATIVE_DEPTHWISE[device]
+
+
+@contextlib.contextmanager
+def force_native_dilation():
+    """Trace dilated depthwise convs as the native op whatever this machine runs: for
+    graphs that are converted (TFLite), not executed here."""
+    previous = getattr(_FORCE_NATIVE, "on", False)
+    _FORCE_NATIVE.on = True
+    try:
+        yield
+    finally:
+        _FORCE_NATIVE.on = previous
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
-    """`keras.layers.DepthwiseConv2D` that runs dilation natively (no space-to-batch)."""
+    """`keras.layers.DepthwiseConv2D` that runs dilation natively (no space-to-batch)
+    where TF has the kernel (see the module docstring)."""
+
+    def _native(self):
+        return (
+            max(self.dilation_rate) == 1
+            or getattr(_FORCE_NATIVE, "on", False)
+            or native_dilated_depthwise()
+        )
 
     def call(self, inputs):
-        outputs = tf.raw_ops.DepthwiseConv2dNative(
-            input=inputs,
-            filter=tf.cast(self.kernel, inputs.dtype),
-            strides=[1, *self.strides, 1],
-            padding=_tf_padding(self),
-            dilations=[1, *self.dilation_rate, 1],
-        )
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        if self._native():
+            outputs = tf.raw_ops.DepthwiseConv2dNative(
+                input=inputs,
+                filter=kernel,
+                strides=[1, *self.strides, 1],
+                padding=_tf_padding(self),
+                dilations=[1, *self.dilation_rate, 1],
+            )
+        else:
+            outputs = tf.nn.depthwise_conv2d(
+                inputs,
+                kernel,
+                strides=[1, *self.strides, 1],
+                padding=_tf_padding(self),
+                dilations=list(self.dilation_rate),
+            )
         if self.use_bias:
             outputs = outputs + tf.cast(self.bias, outputs.dtype)
         if self.activation is not None:

@@ -63,7 +63,7 @@ from keras_deeplab.export.verify_tflite import (
     check_quantize,
     verify_tflite,
 )
-from keras_deeplab.layers import ResizeBilinear
+from keras_deeplab.layers import ResizeBilinear, force_native_dilation
 from keras_deeplab.tflite_file import op_counts, op_options
 
 FORBIDDEN_OPS = ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
@@ -102,12 +102,13 @@ def _convert(exported, hw, quantize, representative, int8_io, network=None):
     def serve(image):
         return {exported.output_key: exported.forward(image, network)}
 
-    archive = keras.export.ExportArchive()
-    archive.track(network)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
     workdir = tempfile.mkdtemp(prefix="keras_deeplab_tflite_")
     try:
-        archive.write_out(workdir, verbose=False)
+        with force_native_dilation():  # TFLite's DEPTHWISE_CONV_2D takes dilations everywhere
+            archive = keras.export.ExportArchive()
+            archive.track(network)
+            archive.add_endpoint(SIGNATURE, serve, input_signature=[spec])
+            archive.write_out(workdir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(workdir, signature_keys=[SIGNATURE])
         if quantize != "none":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
