@@ -10,11 +10,14 @@ save to `.keras` and load back with `safe_mode=True` (no Lambda layers).
 * `Conv2D` / `DepthwiseConv2D`: Keras convolutions whose dilation lowers to the
   native dilated TF op. Keras' own dilated convolutions go through
   space-to-batch, which becomes SPACE_TO_BATCH_ND/BATCH_TO_SPACE_ND in TFLite.
-  Only oneDNN builds of TF run a dilated `DepthwiseConv2dNative` (Eigen's CPU
-  kernel, used on CPUs without AVX-512 and on macOS, raises "does not support
-  dilations"): where the probe `native_dilated_depthwise()` fails, the layer
-  runs space-to-batch instead, and the TFLite export forces the native op
-  (`force_native_dilation`), which the TFLite kernels do support.
+  Only oneDNN builds of TF run a dilated `DepthwiseConv2dNative` and the
+  gradients of a dilated `Conv2D` (Eigen's CPU kernels, used on CPUs without
+  AVX-512 and on macOS, raise "does not support dilations"): where the probe
+  `native_dilation()` fails, the layers run space-to-batch instead, and the
+  TFLite export forces the native ops (`force_native_dilation`), which the
+  TFLite kernels do support. The gradient kernels of `DepthwiseConv2dNative`
+  ignore the dilation everywhere, so its gradient is always the space-to-batch
+  one (`_depthwise_exact_gradient`).
 * `BatchNormalization`: Keras' BatchNorm whose training step runs as one fused
   kernel (`FusedBatchNormV3` and its gradient) instead of about ten element-wise
   ops; the official implementation used the fused kernel too (`slim.batch_norm`).
@@ -25,11 +28,13 @@ import contextlib
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 PACKAGE = "keras_deeplab"
-_NATIVE_DEPTHWISE = {}  # device type -> whether a dilated DepthwiseConv2dNative runs there
+_NATIVE_DILATION = {}  # (conv kind, device type) -> whether TF runs it dilated there
 _FORCE_NATIVE = threading.local()
+GRADIENT_OPS = ("BackpropInput", "BackpropFilter")
 
 
 def scale_dimension(dim, scale):
@@ -97,51 +102,99 @@ def _tf_padding(layer):
     return layer.padding.upper()
 
 
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that runs dilation as the native dilated TF conv."""
+def _native_op(kind, x, kernel, strides, padding, rate):
+    op = tf.raw_ops.Conv2D if kind == "conv" else tf.raw_ops.DepthwiseConv2dNative
+    return op(input=x, filter=kernel, strides=strides, padding=padding, dilations=[1, *rate, 1])
 
-    def convolution_op(self, inputs, kernel):
-        return tf.nn.conv2d(
-            inputs,
-            tf.cast(kernel, inputs.dtype),
-            strides=[1, *self.strides, 1],
-            padding=_tf_padding(self),
-            dilations=[1, *self.dilation_rate, 1],
+
+def _space_to_batch_op(kind, x, kernel, strides, padding, rate):
+    """The dilated conv as TF's space-to-batch composition (Keras' own path)."""
+    if kind == "conv":
+        return tf.nn.convolution(x, kernel, strides=strides[1:3], padding=padding, dilations=rate)
+    return tf.nn.depthwise_conv2d(x, kernel, strides=strides, padding=padding, dilations=rate)
+
+
+def _probe_dilation(kind):
+    """Whether the native dilated op is right here: its forward (and for `conv` both
+    gradient ops; depthwise gradients never come from the native kernels, see
+    `native_dilation`) against rate-1 ops with the zero-inserted 5x5 kernel, which compute
+    the same function. Raw ops only: `init_scope` pauses gradient tapes."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(1, 9, 9, 2)), tf.float32)
+    small = rng.normal(size=(3, 3, 2, 2 if kind == "conv" else 1))
+    spread = np.zeros((5, 5, *small.shape[2:]))
+    spread[::2, ::2] = small
+    kernel, spread = tf.constant(small, tf.float32), tf.constant(spread, tf.float32)
+    name = "Conv2D" if kind == "conv" else "DepthwiseConv2dNative"
+    options = {"strides": [1, 1, 1, 1], "padding": "SAME"}
+    dilated, plain = {**options, "dilations": [1, 2, 2, 1]}, {**options, "dilations": [1] * 4}
+    op = getattr(tf.raw_ops, name)
+    expected = op(input=x, filter=spread, **plain)
+    pairs = [(op(input=x, filter=kernel, **dilated), expected)]
+    if kind == "conv":
+        dy = tf.constant(rng.normal(size=expected.shape), tf.float32)
+        grad_x, grad_k = (getattr(tf.raw_ops, name + suffix) for suffix in GRADIENT_OPS)
+        pairs.append(
+            (
+                grad_x(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, **dilated),
+                grad_x(input_sizes=tf.shape(x), filter=spread, out_backprop=dy, **plain),
+            )
         )
-
-
-def _probe_dilated_depthwise():
-    x = tf.zeros([1, 5, 5, 1])
-    kernel = tf.zeros([3, 3, 1, 1])
-    with tf.GradientTape() as tape:  # the two gradient kernels have the same restriction
-        tape.watch([x, kernel])
-        y = tf.raw_ops.DepthwiseConv2dNative(
-            input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME", dilations=[1, 2, 2, 1]
+        full = grad_k(input=x, filter_sizes=tf.shape(spread), out_backprop=dy, **plain)
+        pairs.append(
+            (
+                grad_k(input=x, filter_sizes=tf.shape(kernel), out_backprop=dy, **dilated),
+                full[::2, ::2],
+            )
         )
-    tape.gradient(y, [x, kernel])
+    return all(np.allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3) for a, b in pairs)
 
 
-def native_dilated_depthwise():
-    """True when this TF build runs `DepthwiseConv2dNative` with dilation > 1 (and its
-    gradients) on the default device: oneDNN CPU builds do, TF's Eigen CPU kernel
-    (CPUs without AVX-512, where oneDNN is off by default, and macOS) does not.
-    Probed once per device type and cached."""
+def native_dilation(kind="depthwise"):
+    """True when this TF build computes a dilated `Conv2D` (`kind="conv"`: forward and
+    both gradients) or `DepthwiseConv2dNative` (`kind="depthwise"`: forward) natively and
+    correctly on the default device, checked once against the space-to-batch result.
+
+    oneDNN CPU builds do; TF's Eigen CPU kernels (CPUs without AVX-512, where oneDNN is off
+    unless `TF_ENABLE_ONEDNN_OPTS=1`, and macOS) raise on dilated depthwise convs and on
+    the gradients of dilated convs. The gradient kernels of `DepthwiseConv2dNative` ignore
+    the dilation on every CPU build measured (no error, wrong values), so
+    `DepthwiseConv2D` never uses them (see `_depthwise_exact_gradient`)."""
+    if kind not in ("conv", "depthwise"):
+        raise ValueError(f"kind must be 'conv' or 'depthwise'; got {kind!r}.")
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    if device not in _NATIVE_DEPTHWISE:
+    key = (kind, device)
+    if key not in _NATIVE_DILATION:
         with tf.init_scope():
             try:
-                _probe_dilated_depthwise()
-                _NATIVE_DEPTHWISE[device] = True
+                _NATIVE_DILATION[key] = _probe_dilation(kind)
             except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
-                _NATIVE_DEPTHWISE[device] = False
-    return _NATIVE_DEPTHWISE[device]
+                _NATIVE_DILATION[key] = False
+    return _NATIVE_DILATION[key]
+
+
+def _depthwise_exact_gradient(x, kernel, strides, padding, rate):
+    """Native dilated depthwise forward; the gradient of the space-to-batch form (its
+    forward recomputed), because TF's `DepthwiseConv2dNativeBackpropInput/Filter` kernels
+    ignore `dilations` (measured: TF 2.21 CPU, oneDNN on and off)."""
+
+    @tf.custom_gradient
+    def depthwise(x, kernel):
+        def grad(dy):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                y = _space_to_batch_op("depthwise", x, kernel, strides, padding, rate)
+            return tape.gradient(y, [x, kernel], output_gradients=dy)
+
+        return _native_op("depthwise", x, kernel, strides, padding, rate), grad
+
+    return depthwise(x, kernel)
 
 
 @contextlib.contextmanager
 def force_native_dilation():
-    """Trace dilated depthwise convs as the native op whatever this machine runs: for
-    graphs that are converted (TFLite), not executed here."""
+    """Trace dilated convs as the native ops whatever this machine runs: for graphs that
+    are converted (TFLite), not executed here."""
     previous = getattr(_FORCE_NATIVE, "on", False)
     _FORCE_NATIVE.on = True
     try:
@@ -150,36 +203,41 @@ def force_native_dilation():
         _FORCE_NATIVE.on = previous
 
 
+def _dilated(layer):
+    return max(layer.dilation_rate) > 1
+
+
+def _forced():
+    return getattr(_FORCE_NATIVE, "on", False)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that runs dilation as the native dilated TF conv where TF has
+    the kernels (see the module docstring)."""
+
+    def convolution_op(self, inputs, kernel):
+        args = ([1, *self.strides, 1], _tf_padding(self), tuple(self.dilation_rate))
+        kernel = tf.cast(kernel, inputs.dtype)
+        if _dilated(self) and not _forced() and not native_dilation("conv"):
+            return _space_to_batch_op("conv", inputs, kernel, *args)
+        return _native_op("conv", inputs, kernel, *args)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` that runs dilation natively (no space-to-batch)
-    where TF has the kernel (see the module docstring)."""
-
-    def _native(self):
-        return (
-            max(self.dilation_rate) == 1
-            or getattr(_FORCE_NATIVE, "on", False)
-            or native_dilated_depthwise()
-        )
+    where TF has the kernel, with exact gradients (see the module docstring)."""
 
     def call(self, inputs):
+        args = ([1, *self.strides, 1], _tf_padding(self), tuple(self.dilation_rate))
         kernel = tf.cast(self.kernel, inputs.dtype)
-        if self._native():
-            outputs = tf.raw_ops.DepthwiseConv2dNative(
-                input=inputs,
-                filter=kernel,
-                strides=[1, *self.strides, 1],
-                padding=_tf_padding(self),
-                dilations=[1, *self.dilation_rate, 1],
-            )
+        if not _dilated(self) or _forced():
+            outputs = _native_op("depthwise", inputs, kernel, *args)
+        elif native_dilation("depthwise"):
+            outputs = _depthwise_exact_gradient(inputs, kernel, *args)
         else:
-            outputs = tf.nn.depthwise_conv2d(
-                inputs,
-                kernel,
-                strides=[1, *self.strides, 1],
-                padding=_tf_padding(self),
-                dilations=list(self.dilation_rate),
-            )
+            outputs = _space_to_batch_op("depthwise", inputs, kernel, *args)
         if self.use_bias:
             outputs = outputs + tf.cast(self.bias, outputs.dtype)
         if self.activation is not None:
