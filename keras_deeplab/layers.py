@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 PACKAGE = "keras_deeplab"
-_NATIVE_DILATION = {}  # (conv kind, device type) -> whether TF runs it dilated there
+_NATIVE_DILATION = {}  # (conv kind, device type, dtype) -> whether TF runs it dilated there
 _FORCE_NATIVE = threading.local()
 GRADIENT_OPS = ("BackpropInput", "BackpropFilter")
 
@@ -114,17 +114,17 @@ def _space_to_batch_op(kind, x, kernel, strides, padding, rate):
     return tf.nn.depthwise_conv2d(x, kernel, strides=strides, padding=padding, dilations=rate)
 
 
-def _probe_dilation(kind):
+def _probe_dilation(kind, dtype):
     """Whether the native dilated op is right here: its forward (and for `conv` both
     gradient ops; depthwise gradients never come from the native kernels, see
     `native_dilation`) against rate-1 ops with the zero-inserted 5x5 kernel, which compute
     the same function. Raw ops only: `init_scope` pauses gradient tapes."""
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.normal(size=(1, 9, 9, 2)), tf.float32)
+    x = tf.constant(rng.normal(size=(1, 9, 9, 2)), dtype)
     small = rng.normal(size=(3, 3, 2, 2 if kind == "conv" else 1))
     spread = np.zeros((5, 5, *small.shape[2:]))
     spread[::2, ::2] = small
-    kernel, spread = tf.constant(small, tf.float32), tf.constant(spread, tf.float32)
+    kernel, spread = tf.constant(small, dtype), tf.constant(spread, dtype)
     name = "Conv2D" if kind == "conv" else "DepthwiseConv2dNative"
     options = {"strides": [1, 1, 1, 1], "padding": "SAME"}
     dilated, plain = {**options, "dilations": [1, 2, 2, 1]}, {**options, "dilations": [1] * 4}
@@ -132,7 +132,7 @@ def _probe_dilation(kind):
     expected = op(input=x, filter=spread, **plain)
     pairs = [(op(input=x, filter=kernel, **dilated), expected)]
     if kind == "conv":
-        dy = tf.constant(rng.normal(size=expected.shape), tf.float32)
+        dy = tf.constant(rng.normal(size=expected.shape), dtype)
         grad_x, grad_k = (getattr(tf.raw_ops, name + suffix) for suffix in GRADIENT_OPS)
         pairs.append(
             (
@@ -147,13 +147,22 @@ def _probe_dilation(kind):
                 full[::2, ::2],
             )
         )
-    return all(np.allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3) for a, b in pairs)
+    tolerance = 1e-3 if dtype == tf.float32 else 0.1  # a wrong dilation is off by O(1)
+    return all(
+        np.allclose(
+            np.asarray(tf.cast(a, tf.float32)),
+            np.asarray(tf.cast(b, tf.float32)),
+            rtol=tolerance,
+            atol=tolerance,
+        )
+        for a, b in pairs
+    )
 
 
-def native_dilation(kind="depthwise"):
+def native_dilation(kind="depthwise", dtype="float32"):
     """True when this TF build computes a dilated `Conv2D` (`kind="conv"`: forward and
     both gradients) or `DepthwiseConv2dNative` (`kind="depthwise"`: forward) natively and
-    correctly on the default device, checked once against the space-to-batch result.
+    correctly in `dtype` on the default device, checked once per (kind, device, dtype).
 
     oneDNN CPU builds do; TF's Eigen CPU kernels (CPUs without AVX-512, where oneDNN is off
     unless `TF_ENABLE_ONEDNN_OPTS=1`, and macOS) raise on dilated depthwise convs and on
@@ -163,11 +172,12 @@ def native_dilation(kind="depthwise"):
     if kind not in ("conv", "depthwise"):
         raise ValueError(f"kind must be 'conv' or 'depthwise'; got {kind!r}.")
     device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    key = (kind, device)
+    dtype = tf.as_dtype(dtype)
+    key = (kind, device, dtype.name)
     if key not in _NATIVE_DILATION:
         with tf.init_scope():
             try:
-                _NATIVE_DILATION[key] = _probe_dilation(kind)
+                _NATIVE_DILATION[key] = _probe_dilation(kind, dtype)
             except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
                 _NATIVE_DILATION[key] = False
     return _NATIVE_DILATION[key]
@@ -219,7 +229,7 @@ class Conv2D(keras.layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         args = ([1, *self.strides, 1], _tf_padding(self), tuple(self.dilation_rate))
         kernel = tf.cast(kernel, inputs.dtype)
-        if _dilated(self) and not _forced() and not native_dilation("conv"):
+        if _dilated(self) and not _forced() and not native_dilation("conv", inputs.dtype):
             return _space_to_batch_op("conv", inputs, kernel, *args)
         return _native_op("conv", inputs, kernel, *args)
 
@@ -234,7 +244,7 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         kernel = tf.cast(self.kernel, inputs.dtype)
         if not _dilated(self) or _forced():
             outputs = _native_op("depthwise", inputs, kernel, *args)
-        elif native_dilation("depthwise"):
+        elif native_dilation("depthwise", inputs.dtype):
             outputs = _depthwise_exact_gradient(inputs, kernel, *args)
         else:
             outputs = _space_to_batch_op("depthwise", inputs, kernel, *args)

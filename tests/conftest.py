@@ -20,7 +20,11 @@ fixtures (`shared_data`) need no import.
 import os
 from pathlib import Path
 
-import keras
+# As `import keras_deeplab` does (TF's oneDNN kernels also on AVX2-only CPUs), set before
+# `import keras` loads TensorFlow.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+import keras  # noqa: E402
 import numpy as np
 import pytest
 from PIL import Image

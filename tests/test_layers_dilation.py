@@ -26,7 +26,12 @@ def native(request, monkeypatch):
 
 
 def _pretend(monkeypatch, native):
-    answers = {(kind, device): native for kind in KINDS for device in ("CPU", "GPU")}
+    answers = {
+        (kind, device, dtype): native
+        for kind in KINDS
+        for device in ("CPU", "GPU")
+        for dtype in ("float32", "bfloat16", "float16")
+    }
     monkeypatch.setattr(layers, "_NATIVE_DILATION", answers)
 
 
