@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_deeplab import create_model, layers
+from keras_deeplab import layers
 from keras_deeplab.export import to_tflite
 from keras_deeplab.tflite_file import op_counts, op_options
 
@@ -141,11 +141,14 @@ def test_probe_rejects_an_unknown_kind():
 
 def test_tflite_export_keeps_native_dilations_without_the_kernel(monkeypatch, tmp_path):
     _pretend(monkeypatch, False)
-    model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
-    report = to_tflite(model, tmp_path / "m.tflite", input_size=33)  # verified against Keras
+    inputs = keras.Input((17, 17, 3))
+    x = layers.Conv2D(4, 3, padding="same", dilation_rate=2)(inputs)
+    x = layers.DepthwiseConv2D(3, padding="same", dilation_rate=4)(x)
+    model = keras.Model(inputs, layers.Conv2D(3, 1)(x))
+    path = tmp_path / "m.tflite"
+    report = to_tflite(model, path, input_size=17)  # verified against the Keras model
     assert report["passed"]
-    counts = op_counts(tmp_path / "m.tflite")
+    counts = op_counts(path)
     assert "SPACE_TO_BATCH_ND" not in counts and "BATCH_TO_SPACE_ND" not in counts
-    options = op_options(tmp_path / "m.tflite")
-    dilations = {op["dilation"] for op in options if op["op"] == "DEPTHWISE_CONV_2D"}
-    assert {(2, 2), (4, 4)} <= dilations
+    dilations = {(op["op"], op["dilation"]) for op in op_options(path) if "dilation" in op}
+    assert {("CONV_2D", (2, 2)), ("DEPTHWISE_CONV_2D", (4, 4))} <= dilations
