@@ -62,6 +62,7 @@ def test_two_rows_train_score_and_report(tmp_path, monkeypatch):
     assert loaded.model.dtype_policy.name == "float32"  # what was scored
 
 
+@pytest.mark.slow  # 22 s on the AMD host; test_two_rows_train_score_and_report is the CI smoke
 def test_a_row_of_other_settings_is_retrained_not_restored(tmp_path, capsys):
     """The trainer resumes any checkpoint in its directory: a finished row of another recipe
     must not be 'trained' by restoring its final step."""
