@@ -34,7 +34,6 @@ import tensorflow as tf
 PACKAGE = "keras_deeplab"
 _NATIVE_DILATION = {}  # (conv kind, device type, dtype) -> whether TF runs it dilated there
 _FORCE_NATIVE = threading.local()
-GRADIENT_OPS = ("BackpropInput", "BackpropFilter")
 
 
 def scale_dimension(dim, scale):
@@ -133,7 +132,9 @@ def _probe_dilation(kind, dtype):
     pairs = [(op(input=x, filter=kernel, **dilated), expected)]
     if kind == "conv":
         dy = tf.constant(rng.normal(size=expected.shape), dtype)
-        grad_x, grad_k = (getattr(tf.raw_ops, name + suffix) for suffix in GRADIENT_OPS)
+        grad_x, grad_k = (
+            getattr(tf.raw_ops, name + suffix) for suffix in ("BackpropInput", "BackpropFilter")
+        )
         pairs.append(
             (
                 grad_x(input_sizes=tf.shape(x), filter=kernel, out_backprop=dy, **dilated),
@@ -213,6 +214,11 @@ def force_native_dilation():
         _FORCE_NATIVE.on = previous
 
 
+def _conv_args(layer):
+    """`(strides, padding, rate)` of a conv layer, as `_native_op` / `_space_to_batch_op` take them."""
+    return [1, *layer.strides, 1], _tf_padding(layer), tuple(layer.dilation_rate)
+
+
 def _dilated(layer):
     return max(layer.dilation_rate) > 1
 
@@ -227,7 +233,7 @@ class Conv2D(keras.layers.Conv2D):
     the kernels (see the module docstring)."""
 
     def convolution_op(self, inputs, kernel):
-        args = ([1, *self.strides, 1], _tf_padding(self), tuple(self.dilation_rate))
+        args = _conv_args(self)
         kernel = tf.cast(kernel, inputs.dtype)
         if _dilated(self) and not _forced() and not native_dilation("conv", inputs.dtype):
             return _space_to_batch_op("conv", inputs, kernel, *args)
@@ -239,15 +245,16 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` that runs dilation natively (no space-to-batch)
     where TF has the kernel, with exact gradients (see the module docstring)."""
 
-    def call(self, inputs):
-        args = ([1, *self.strides, 1], _tf_padding(self), tuple(self.dilation_rate))
-        kernel = tf.cast(self.kernel, inputs.dtype)
+    def _convolve(self, inputs, kernel):
+        args = _conv_args(self)
         if not _dilated(self) or _forced():
-            outputs = _native_op("depthwise", inputs, kernel, *args)
-        elif native_dilation("depthwise", inputs.dtype):
-            outputs = _depthwise_exact_gradient(inputs, kernel, *args)
-        else:
-            outputs = _space_to_batch_op("depthwise", inputs, kernel, *args)
+            return _native_op("depthwise", inputs, kernel, *args)
+        if native_dilation("depthwise", inputs.dtype):
+            return _depthwise_exact_gradient(inputs, kernel, *args)
+        return _space_to_batch_op("depthwise", inputs, kernel, *args)
+
+    def call(self, inputs):
+        outputs = self._convolve(inputs, tf.cast(self.kernel, inputs.dtype))
         if self.use_bias:
             outputs = outputs + tf.cast(self.bias, outputs.dtype)
         if self.activation is not None:

@@ -65,19 +65,9 @@ class SpaceToBatchDepthwiseConv2D(deeplab_layers.DepthwiseConv2D):
     Inference graphs only (TFLite export keeps the native op: no SPACE_TO_BATCH_ND there).
     """
 
-    def call(self, inputs):
-        outputs = tf.nn.depthwise_conv2d(
-            inputs,
-            tf.cast(self.kernel, inputs.dtype),
-            strides=[1, *self.strides, 1],
-            padding=self.padding.upper(),
-            dilations=list(self.dilation_rate),
-        )
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
-        if self.activation is not None:
-            return self.activation(outputs)
-        return outputs
+    def _convolve(self, inputs, kernel):
+        args = deeplab_layers._conv_args(self)
+        return deeplab_layers._space_to_batch_op("depthwise", inputs, kernel, *args)
 
 
 @keras.saving.register_keras_serializable(package=deeplab_layers.PACKAGE)

@@ -20,11 +20,10 @@ fixtures (`shared_data`) need no import.
 import os
 from pathlib import Path
 
-# As `import keras_deeplab` does (TF's oneDNN kernels also on AVX2-only CPUs), set before
-# `import keras` loads TensorFlow.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+import keras_deeplab  # before keras: its TF settings (oneDNN) apply when TF loads
 
-import keras  # noqa: E402
+# isort: split
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,8 +141,6 @@ def tiny_model(num_classes=3, seed=0, size=33, **kwargs):
     Freshly built models have near-zero logits (unit statistics on tiny activations);
     calibrated ones have logits and an argmax that depend on the image.
     """
-    import keras_deeplab
-
     keras.utils.set_random_seed(seed)
     model = keras_deeplab.create_model(TINY_MODEL, num_classes=num_classes, **kwargs)
     return calibrate_batch_norms(model, random_images(4, size, seed))
