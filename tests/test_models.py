@@ -259,37 +259,31 @@ def _tflite_interpreter(model, size, tmp_path):
     return interpreter
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        lambda: create_model("deeplabv3_mobilenetv2_dm05_os8"),
-        pytest.param(  # suite time: 18 s; the first case covers the dilated convs
-            lambda: keras_deeplab.DeepLabV3Plus(
-                backbone="mobilenetv2_dm05",
-                output_stride=8,
-                atrous_rates=(12, 24, 36),
-                num_classes=3,
-            ),
-            marks=pytest.mark.slow,
-        ),
-    ],
-)
-def test_tflite_os8_uses_native_dilated_convs(build, tmp_path):
-    interpreter = _tflite_interpreter(build(), 65, tmp_path)
+def _check_native_dilated_tflite(interpreter):
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "SPACE_TO_BATCH_ND" not in ops and "BATCH_TO_SPACE_ND" not in ops
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_BILINEAR"} <= ops
 
 
-def test_tflite_equals_keras(tmp_path):
-    # Align-corners resizes and native dilated convs keep their meaning in TFLite.
+def test_tflite_equals_keras_with_native_dilated_convs(tmp_path):
+    # Through Keras' own `model.export`: align-corners resizes and dilated convs stay native
+    # TFLite ops and keep their meaning.
     model = create_model("deeplabv3_mobilenetv2_dm05_os8", num_classes=3)
     interpreter = _tflite_interpreter(model, 65, tmp_path)
+    _check_native_dilated_tflite(interpreter)
     x = np.random.default_rng(7).uniform(0, 255, (1, 65, 65, 3)).astype("float32")
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()
     y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     assert np.max(np.abs(y - model(x))) <= 1e-4
+
+
+@pytest.mark.slow  # suite time: 18 s; the test above covers the dilated convs
+def test_tflite_large_rates_use_native_dilated_convs(tmp_path):
+    model = keras_deeplab.DeepLabV3Plus(
+        backbone="mobilenetv2_dm05", output_stride=8, atrous_rates=(12, 24, 36), num_classes=3
+    )
+    _check_native_dilated_tflite(_tflite_interpreter(model, 65, tmp_path))
 
 
 @pytest.mark.parametrize(
