@@ -173,6 +173,7 @@ def test_caffe_resnet50_forward_matches_keras_applications():
     _compare_with_application(keras.applications.ResNet50, 50)
 
 
+@pytest.mark.slow  # suite time: 8 s; ResNet-50's forward and ResNet-101's weights stay in the default run
 def test_caffe_resnet101_forward_matches_keras_applications():
     _compare_with_application(keras.applications.ResNet101, 101)
 

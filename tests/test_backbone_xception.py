@@ -53,8 +53,16 @@ def test_xception41_71_parameter_counts(depth, total, trainable):
 # ---------------------------------------------------------------- taps
 
 
+# suite time: each ~5 s; the default run keeps one case per depth and per output stride
+_SLOW_TAPS = {(65, 32), (71, 32)}
+
+
 @pytest.mark.parametrize(
-    "depth, output_stride", [(65, 8), (65, 16), (65, 32), (41, 8), (71, 16), (71, 32)]
+    "depth, output_stride",
+    [
+        pytest.param(d, s, marks=pytest.mark.slow) if (d, s) in _SLOW_TAPS else (d, s)
+        for d, s in [(65, 8), (65, 16), (65, 32), (41, 8), (71, 16), (71, 32)]
+    ],
 )
 def test_tap_strides_and_channels(depth, output_stride):
     model = XceptionBackbone(output_stride=output_stride, multi_grid=(1, 2, 4), depth=depth)

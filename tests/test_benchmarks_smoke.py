@@ -168,6 +168,7 @@ def test_benchmarks_find_shared_data_like_the_tests(monkeypatch, tmp_path):
     assert source == "synthetic" and len(images) == 8 and images[0].shape == (33, 33, 3)
 
 
+@pytest.mark.slow  # suite time: 16 s (two Keras models timed end to end)
 def test_peak_fraction_pairs_every_timing_with_a_peak(tmp_path):
     """`benchmarks.peak_fraction`: one fraction per round, each against its own peak read."""
     from benchmarks import peak_fraction

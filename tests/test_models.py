@@ -109,7 +109,9 @@ SIZES = [(65, 97), (129, 129), (96, 128)]
         ("deeplabv3plus_resnet50_beta", {"output_stride": 8}),
         ("deeplabv2_resnet50_aspp_l", {}),
         ("deeplabv1_vgg16_largefov", {}),
-        ("deeplabv3plus_xception65", {"output_stride": 32}),
+        pytest.param(  # suite time: 7 s
+            "deeplabv3plus_xception65", {"output_stride": 32}, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_output_size_equals_input_size(name, kwargs):

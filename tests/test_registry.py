@@ -159,14 +159,12 @@ def test_every_registered_model(name, tmp_path):
     if model.count_params() > ROUND_TRIP_MAX_PARAMS:
         keras.backend.clear_session()
         return  # rebuilt and round-tripped in test_large_models_round_trip_through_keras_files
-    rebuilt = type(model).from_config(model.get_config())
-    assert rebuilt.get_config() == model.get_config()
-    assert rebuilt.count_params() == model.count_params()
     path = tmp_path / f"{name}.keras"
     model.save(path)
-    reloaded = keras.models.load_model(path)  # no custom_objects
+    reloaded = keras.models.load_model(path)  # no custom_objects; rebuilt by from_config
     assert type(reloaded) is type(model)
     assert reloaded.get_config() == model.get_config()
+    assert reloaded.count_params() == model.count_params()
     assert _properties(reloaded) == _properties(model)
     np.testing.assert_array_equal(np.asarray(reloaded(x)), y)
     keras.backend.clear_session()
@@ -307,11 +305,11 @@ def test_optimized_model_keeps_its_properties_and_reloads(tmp_path):
 
 
 def test_backbone_feature_info_is_in_its_config(tmp_path):
-    backbone = keras_deeplab.get_backbone("xception41", output_stride=16)
+    backbone = keras_deeplab.get_backbone("mobilenetv2_dm05", output_stride=16)
     assert backbone.feature_info == [
-        {"name": "stride_4", "stride": 4, "channels": 256},
-        {"name": "stride_8", "stride": 8, "channels": 728},
-        {"name": "final", "stride": 16, "channels": 2048},
+        {"name": "stride_4", "stride": 4, "channels": 72},
+        {"name": "stride_8", "stride": 8, "channels": 96},
+        {"name": "final", "stride": 16, "channels": 160},
     ]
     assert backbone.get_config()["feature_info"] == backbone.feature_info
     backbone.save(tmp_path / "b.keras")

@@ -112,6 +112,7 @@ def test_short_data_is_a_clear_error(tmp_path):
         trainer.fit(_batches)
 
 
+@pytest.mark.slow  # suite time: 15 s; test_training_replicas runs a bfloat16 run in the default suite
 def test_train_from_config_on_shapes_with_bfloat16(tmp_path):
     overrides = [
         "model.name=deeplabv3_mobilenetv2_dm05",
