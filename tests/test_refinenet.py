@@ -123,6 +123,7 @@ def test_chained_residual_pooling_order(order):
         ({"crp_order": "pool"}, "crp_order must be one of"),
         ({"crp_blocks": 0}, "crp_blocks must be a positive integer"),
         ({"dropout": 1.0}, "dropout must be a number in [0, 1)"),
+        ({"width": 0}, "width must be a positive integer"),
     ],
 )
 def test_bad_input(kwargs, message):
@@ -196,6 +197,24 @@ def test_on_mobilenetv2():
     assert model.backbone_name == "mobilenetv2_dm05" and model.output_stride == 32
     assert tuple(model.get_layer("clf_conv").output.shape) == (None, 17, 25, 3)
     assert tuple(model(random_images(1, (65, 97))).shape) == (1, 65, 97, 3)
+
+
+def test_width_scales_adaptation_and_fusion():
+    """`width` (256 released): the deepest path adapts to 2 * width, the others and every
+    fusion conv to width; the cascade's layer names and output stay."""
+    model = create_model(
+        "refinenet_resnet50",
+        backbone="mobilenetv2_dm05",
+        num_classes=3,
+        width=32,
+        input_shape=(65, 65, 3),
+    )
+    assert model.get_layer("p_ims1d2_outl1_dimred").filters == 64
+    assert model.get_layer("p_ims1d2_outl4_dimred").filters == 32
+    assert model.get_layer("mflow_conv_g1_b3_joint_varout_dimred").filters == 32
+    assert model.get_layer("clf_conv").kernel.shape == (3, 3, 32, 3)
+    assert tuple(model(random_images(1, (65, 65))).shape) == (1, 65, 65, 3)
+    assert type(model).from_config(model.get_config()).count_params() == model.count_params()
 
 
 def test_initial_logits_keep_the_feature_scale():

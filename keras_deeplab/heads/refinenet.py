@@ -19,6 +19,9 @@ Four RefineNet blocks run from the stride-32 backbone output down to stride 4:
   each block's output added to the running sum;
 * three output RCUs; after the last block dropout and a 3x3 classifier with bias, at
   stride 4.
+
+`width` (256 released) sets the adaptation and fusion widths (the deepest path takes twice
+it); narrower is not the authors' network, only a cheaper one for a CPU budget.
 """
 
 import keras
@@ -27,10 +30,9 @@ from keras_deeplab.layers import Conv2D, ResizeBilinear
 from keras_deeplab.registry import Head, register_head
 
 CRP_ORDERS = ("pool_conv", "conv_pool")
-# (backbone tap, width after input adaptation), deepest first: the released
-# `input_adapt_dims = [512 256 256 256]`.
-PATHS = (("final", 512), ("stride_16", 256), ("stride_8", 256), ("stride_4", 256))
-FUSION_WIDTH = 256
+# (backbone tap, width after input adaptation in units of `width`), deepest first: the
+# released `input_adapt_dims = [512 256 256 256]` and fusion width 256 at width=256.
+PATHS = (("final", 2), ("stride_16", 1), ("stride_8", 1), ("stride_4", 1))
 
 
 # The PyTorch port's `nn.Conv2d` default (kaiming_uniform, a=sqrt(5)): U(+-1/sqrt(fan_in)).
@@ -79,28 +81,28 @@ def chained_residual_pooling(x, blocks, name, order="pool_conv"):
     return x
 
 
-def refinenet(features, num_classes, dropout=0.5, crp_blocks=4, crp_order="pool_conv"):
+def refinenet(features, num_classes, dropout=0.5, crp_blocks=4, crp_order="pool_conv", width=256):
     """The RefineNet-4 cascade on `features` (taps `final`, `stride_16`, `stride_8`,
     `stride_4`); returns class logits at stride 4 (layer `clf_conv`)."""
     x = None
-    for level, (tap, width) in enumerate(PATHS, start=1):
+    for level, (tap, scale) in enumerate(PATHS, start=1):
         block = f"p_ims1d2_outl{level}"
         y = features[tap]
         if level <= 2 and dropout:  # the released net drops out the 2048/1024-wide taps
             y = keras.layers.Dropout(dropout, name=f"{block}_dropout")(y)
-        y = _conv3x3(y, width, f"{block}_dimred")
+        y = _conv3x3(y, scale * width, f"{block}_dimred")
         y = residual_conv_units(y, 2, f"adapt_stage{level}_b")
         if x is None:
             y = _relu(y, f"mflow_conv_g{level}_relu")
         else:
-            y = _conv3x3(y, FUSION_WIDTH, f"adapt_stage{level}_b2_joint_varout_dimred")
+            y = _conv3x3(y, width, f"adapt_stage{level}_b2_joint_varout_dimred")
             x = ResizeBilinear(name=f"mflow_conv_g{level - 1}_upsample")([x, y])
             y = keras.layers.Add(name=f"mflow_conv_g{level}_sum")([y, x])
             y = _relu(y, f"mflow_conv_g{level}_relu")
         y = chained_residual_pooling(y, crp_blocks, f"mflow_conv_g{level}_pool", crp_order)
         y = residual_conv_units(y, 3, f"mflow_conv_g{level}_b")
         if level < len(PATHS):
-            y = _conv3x3(y, FUSION_WIDTH, f"mflow_conv_g{level}_b3_joint_varout_dimred")
+            y = _conv3x3(y, width, f"mflow_conv_g{level}_b3_joint_varout_dimred")
         x = y
     if dropout:
         x = keras.layers.Dropout(dropout, name="clf_dropout")(x)
@@ -120,6 +122,9 @@ def check_options(args):
             f"crp_order must be one of {CRP_ORDERS} ('pool_conv': the VOC release and the pip "
             f"port; 'conv_pool': the improved residual pooling); got {args['crp_order']!r}."
         )
+    width = args["width"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer (256 released); got {width!r}.")
     rate = args["dropout"]
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
         raise ValueError(f"dropout must be a number in [0, 1) (0.5 released); got {rate!r}.")
@@ -143,10 +148,11 @@ def _build(x, features, args):
         dropout=args["dropout"],
         crp_blocks=args["crp_blocks"],
         crp_order=args["crp_order"],
+        width=args["width"],
     )
 
 
-OPTIONS = {"dropout": 0.5, "crp_blocks": 4, "crp_order": "pool_conv"}
+OPTIONS = {"dropout": 0.5, "crp_blocks": 4, "crp_order": "pool_conv", "width": 256}
 
 register_head(
     Head(
