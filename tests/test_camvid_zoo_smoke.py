@@ -148,3 +148,19 @@ def test_pareto_labels_of_coincident_points_do_not_overlap():
     # The same point: every label gets its own place (a line of its own or the other side).
     assert len(set(offsets)) == len(rows)
     assert offsets[0] == (4.0, 3.0)
+
+
+def test_quick_rows_take_the_narrow_heads_and_the_default_rows_the_named_widths():
+    quick = {row.key: row for row in camvid_zoo.parse_rows(None, quick=True)}
+    default = {row.key: row for row in camvid_zoo.parse_rows(None, quick=False)}
+    assert (
+        quick["refinenet"].options["width"] == 64 and "quick: width=64" in quick["refinenet"].note
+    )
+    assert quick["upernet"].options["fpn_dim"] == 128
+    assert "width" not in default["refinenet"].options
+    assert "fpn_dim" not in default["upernet"].options
+    assert "refinenet_scratch" not in quick and "refinenet_scratch" in default
+    named = camvid_zoo.parse_rows("refinenet_scratch", quick=True)
+    assert named[0].options["width"] == 64
+    with pytest.raises(SystemExit, match="unknown row.*valid rows"):
+        camvid_zoo.parse_rows("refinenet,bogus", quick=False)
