@@ -26,11 +26,10 @@ import sys as _sys
 import warnings as _warnings
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# TF's oneDNN CPU kernels, which TF turns on by itself only on AVX-512 CPUs. On the 2-core
-# AMD EPYC (AVX2) host, 2026-12-01: demo training step 469 -> 307 ms, matmul 126 -> 157
-# GFLOP/s (docs/training.md "CPU kernels"). Takes effect when this package is imported
-# before TensorFlow; `TF_ENABLE_ONEDNN_OPTS=0` keeps TF's Eigen kernels.
-_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TF's oneDNN CPU kernels are left as TF decides (on by itself only on AVX-512 CPUs): on the
+# 2-core AMD EPYC (AVX2) host, oneDNN ran 5x5 and 7x7 convolutions at 360x480 for minutes
+# (SegNet-Basic, VGG fc6), 2026-12-01; docs/training.md "CPU kernels". Only `keras-deeplab
+# demo` (MobileNetV2: 1x1, 3x3 and depthwise convolutions) turns it on.
 
 __version__ = "0.1.0"
 

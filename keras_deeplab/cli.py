@@ -494,6 +494,10 @@ def _cmd_train(args):
 
 
 def _cmd_demo(args):
+    if "tensorflow" not in sys.modules:
+        # oneDNN for the demo's MobileNetV2 on AVX2 CPUs, where TF leaves it off: training
+        # step 469 -> 307 ms on the 2-core AMD EPYC (docs/training.md "CPU kernels").
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     from keras_deeplab.demo import run_demo
 
     try:

@@ -20,7 +20,7 @@ fixtures (`shared_data`) need no import.
 import os
 from pathlib import Path
 
-import keras_deeplab  # before keras: its TF settings (oneDNN) apply when TF loads
+import keras_deeplab  # before keras: its settings (KERAS_BACKEND) apply when Keras loads
 
 # isort: split
 import keras
