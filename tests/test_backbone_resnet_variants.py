@@ -128,6 +128,7 @@ def test_taps(name, output_stride, taps):
     ] + [output_stride]
 
 
+@pytest.mark.slow  # suite time: 10 s; the beta and Caffe ResNets' atrous-equals-strided checks stay
 def test_torchvision_atrous_equals_strided():
     """torchvision's rule keeps OS8/OS16 features equal to the OS32 ones subsampled (same
     weights); the deep layout's first-block dilation does not (it is PSPNet's choice)."""

@@ -88,6 +88,7 @@ def test_finetune_folders(tmp_path):
     assert "trained to step 4" in out
 
 
+@pytest.mark.slow  # suite time: 17 s; MSC and CRF evaluation are tested in test_evaluation_* and test_crf
 def test_evaluate_msc_crf():
     out = run_example(
         "evaluate_msc_crf.py", "--data", "shapes", "--limit", "2", "--scales", "0.75,1"

@@ -245,6 +245,7 @@ def test_refuses_to_overwrite_a_non_empty_directory(exported, tmp_path):
         to_saved_model(model, tmp_path / "file")
 
 
+@pytest.mark.slow  # suite time: 26 s; test_hardening_faults kills a SavedModel write in the default run
 def test_overwrite_replaces_and_interrupted_export_leaves_old_content(tmp_path, monkeypatch):
     model = _model()
     target = tmp_path / "out"

@@ -235,6 +235,7 @@ def test_weights_argument_loads_weights_file(tmp_path):
     np.testing.assert_array_equal(model(x), again(x))
 
 
+@pytest.mark.slow  # suite time: 20 s; to_saved_model's dynamic shapes are tested in test_export_saved_model
 def test_export_with_dynamic_size_equals_keras(tmp_path):
     import tensorflow as tf
 
@@ -267,6 +268,7 @@ def _check_native_dilated_tflite(interpreter):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_BILINEAR"} <= ops
 
 
+@pytest.mark.slow  # suite time: 24 s; to_tflite's native dilations and values are tested in test_export_tflite
 def test_tflite_equals_keras_with_native_dilated_convs(tmp_path):
     # Through Keras' own `model.export`: align-corners resizes and dilated convs stay native
     # TFLite ops and keep their meaning.

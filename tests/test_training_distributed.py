@@ -102,6 +102,7 @@ def _free_ports(count):
             s.close()
 
 
+@pytest.mark.slow  # suite time: 18 s; MirroredStrategy and the SIGKILL resume stay in the default run
 def test_multi_worker_two_local_workers(tmp_path):
     ports = _free_ports(2)
     logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]
