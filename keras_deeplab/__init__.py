@@ -28,8 +28,8 @@ import warnings as _warnings
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TF's oneDNN CPU kernels are left as TF decides (on by itself only on AVX-512 CPUs): on the
 # 2-core AMD EPYC (AVX2) host, oneDNN ran 5x5 and 7x7 convolutions at 360x480 for minutes
-# (SegNet-Basic, VGG fc6), 2026-12-01; docs/training.md "CPU kernels". Only `keras-deeplab
-# demo` (MobileNetV2: 1x1, 3x3 and depthwise convolutions) turns it on.
+# (SegNet-Basic's 7x7 at 64 channels), 2026-12-01; docs/training.md "CPU kernels". Only
+# `keras-deeplab demo` (MobileNetV2: 1x1, 3x3 and depthwise convolutions) turns it on.
 
 __version__ = "0.1.0"
 
