@@ -103,7 +103,8 @@ def _backbone_rows(family, model, note="", quick_options=None, **options):
 
 # --quick on a 2-core AVX2 host (AMD EPYC, float32) trains the full-width heads at 1.6 img/s
 # (UperNet, FPN 256) and 0.5 img/s (RefineNet, width 256; 64M parameters on a 0.7M trunk),
-# 11 img/s for DeepLabV3: narrower heads (5.2 and 5.4 img/s) keep the check under 10 minutes.
+# 11 img/s for DeepLabV3: narrower heads (5.2 and 5.4 img/s) take the largest cost out of the
+# check (which still took over 10 minutes there: docs/camvid_zoo.md, under the settings).
 # The default run keeps the widths of the named models.
 QUICK_UPERNET = {"fpn_dim": 128, "ppm_channels": 128}
 QUICK_REFINENET = {"width": 64}
