@@ -87,17 +87,10 @@ class Row:
 def _backbone_rows(family, model, note="", quick_options=None, **options):
     options = {"backbone": BACKBONE, **options}
     quick_options = quick_options or {}
+    common = {"note": note, "quick_options": quick_options}
     return [
-        Row(family, family, model, options, "google_backbone", True, True, note, quick_options),
-        Row(
-            f"{family}_scratch",
-            family,
-            model,
-            options,
-            "scratch",
-            note=note,
-            quick_options=quick_options,
-        ),
+        Row(family, family, model, options, "google_backbone", quick=True, **common),
+        Row(f"{family}_scratch", family, model, options, "scratch", **common),
     ]
 
 
