@@ -4,8 +4,9 @@ The model is traced at `[1, H, W, 3]`, its variables frozen into constants, save
 variable-free SavedModel with the `serving_default` signature and converted with
 `tf.lite.TFLiteConverter.from_saved_model` (TFLite guide "Post-training quantization",
 https://ai.google.dev/edge/litert/models/post_training_quantization): float32, float16
-weights, dynamic-range int8 weights, or full-integer int8 with a representative dataset. The graph is checked before it is written: dilated convolutions must be native
-dilated CONV_2D / DEPTHWISE_CONV_2D (no SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND) and every
+weights, dynamic-range int8 weights, or full-integer int8 with a representative dataset.
+The graph is checked before it is written: dilated convolutions must be native dilated
+CONV_2D / DEPTHWISE_CONV_2D (no SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND) and every
 RESIZE_BILINEAR must keep `align_corners=True` (the official `core/utils.py:resize_bilinear`).
 The written file is then run in the LiteRT interpreter on sample images next to the Keras
 model (`verify_tflite`).
