@@ -128,7 +128,7 @@ class ServingArchive:
 
     What `keras.export.ExportArchive` writes for these signatures, without its search of the
     model for lookup tables (a segmentation model has none) and its repeated tracing: on
-    Google's MobileNetV2 DeepLab the Keras archive took 31 s to write, this one 13 s
+    Google's MobileNetV2 DeepLab the Keras archive took 31 s to write, this one 11 s
     (AMD EPYC, 2026-12-01).
     """
 
