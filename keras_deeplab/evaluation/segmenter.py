@@ -185,7 +185,7 @@ class Segmenter:
                 f"{model.name!r} returns {outputs!r} (outputs= takes {OUTPUT_KINDS})."
             )
         self._probabilities_out = outputs == "softmax"
-        self._forward = tf.function(self._call_model, reduce_retracing=True)
+        self._forward = tf.function(self._call_model, reduce_retracing=True, autograph=False)
 
     # --- model calls -------------------------------------------------------------------
 

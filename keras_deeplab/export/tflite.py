@@ -100,7 +100,7 @@ def _convert(exported, hw, quantize, representative, int8_io, network=None):
     spec = tf.TensorSpec([1, *hw, exported.channels], tf.float32, name=exported.input_key)
     network = exported.core if network is None else network
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)
     def serve(image):
         return exported.forward(image, network)
 

@@ -495,7 +495,7 @@ class Trainer:
             optimizer.apply(grads, variables)
             return data_loss, decay
 
-        @tf.function
+        @tf.function(autograph=False)
         def train_step(batch, step):
             images, masks = batch
             data_loss, decay = strategy.run(replica_step, args=(images, masks, step))
@@ -508,7 +508,7 @@ class Trainer:
 
         return train_step
 
-    @tf.function
+    @tf.function(autograph=False)
     def _spread_seeds(self):
         """Replica r's dropout seeds = replica 0's + r * 1000003 (replica 0 keeps its stream)."""
         states = self._seed_states
@@ -524,7 +524,7 @@ class Trainer:
 
         self.strategy.run(spread)
 
-    @tf.function
+    @tf.function(autograph=False)
     def _gather_steps(self, step):
         def gather():
             context = tf.distribute.get_replica_context()
@@ -557,7 +557,7 @@ class Trainer:
             masks = centre_crop_like(masks, logits)
             return batch_confusion_matrix(masks, logits, logits.shape[-1], ignore_label)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def eval_step(batch):
             images, masks = batch
             return strategy.reduce(SUM, strategy.run(replica_eval, args=(images, masks)), axis=None)
