@@ -37,8 +37,9 @@ faster one, `keras_deeplab.precision.training_fallback`; scoring always in float
 split; then every row's latency in one pass. Its
 measured time on the 2-core CI machine type, which depends on the host's state, is in
 docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
-Google-initialised rows + SegNet-Basic + U-Net only, UperNet at FPN/PPM width 128 and
-RefineNet at width 64 (`QUICK_UPERNET`, `QUICK_REFINENET`; 3-11x faster on an AVX2 host).
+nine Google-initialised rows only (heads on one trunk; the whole-graph networks trained from
+scratch cost half the check's time on an AVX2 host), UperNet at FPN/PPM width 128 and RefineNet
+at width 64 (`QUICK_UPERNET`, `QUICK_REFINENET`; 3-11x faster on an AVX2 host).
 
 Run: `nice -n 10 python -m benchmarks.camvid_zoo [--quick] [--models a,b] [--steps N]
 [--out DIR]`. Trained runs go to `--out/<row>/` (model.json + model.weights.h5: `keras-deeplab
@@ -97,8 +98,7 @@ def _backbone_rows(family, model, note="", quick_options=None, **options):
 # --quick on a 2-core AVX2 host (AMD EPYC, float32) trains the full-width heads at 1.6 img/s
 # (UperNet, FPN 256) and 0.5 img/s (RefineNet, width 256; 64M parameters on a 0.7M trunk),
 # 11 img/s for DeepLabV3: narrower heads (5.2 and 5.4 img/s) take the largest cost out of the
-# check (which still took over 10 minutes there: docs/camvid_zoo.md, under the settings).
-# The default run keeps the widths of the named models.
+# check (docs/camvid_zoo.md, under the settings). The default run keeps the named widths.
 QUICK_UPERNET = {"fpn_dim": 128, "ppm_channels": 128}
 QUICK_REFINENET = {"width": 64}
 
@@ -134,14 +134,15 @@ ROWS = (
     ),
     *_backbone_rows("parsenet", "parsenet_mobilenetv2", "global context, OS 16"),
     *_backbone_rows("context", "context_mobilenetv2", "basic context module, OS 8"),
-    Row("segnet_basic", "segnet_basic", "segnet_basic", {}, "scratch", quick=True),
+    # Not in --quick: on the AVX2 host SegNet-Basic trains at 0.6 img/s and U-Net at 1.2 (crop
+    # 193, float32), 8 of the 17.6 minutes of the quick run that held them (2026-12-01).
+    Row("segnet_basic", "segnet_basic", "segnet_basic", {}, "scratch"),
     Row(
         "unet_same",
         "unet",
         "unet_same",
         {"base_filters": 32, "batch_norm": True},
         "scratch",
-        quick=True,
         note="same padding, base 32 (paper 64), BatchNorm: CPU budget",
     ),
     Row("fcn8s", "fcn", "fcn8s", {}, "scratch", default=False, note="VGG-16 trunk, opt-in"),

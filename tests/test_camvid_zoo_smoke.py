@@ -160,6 +160,9 @@ def test_quick_rows_take_the_narrow_heads_and_the_default_rows_the_named_widths(
     assert "width" not in default["refinenet"].options
     assert "fpn_dim" not in default["upernet"].options
     assert "refinenet_scratch" not in quick and "refinenet_scratch" in default
+    # --quick: the heads on Google's trunk; the whole-graph scratch networks in the full run.
+    assert sorted(quick) == sorted(r.key for r in camvid_zoo.ROWS if r.init.startswith("google"))
+    assert {"segnet_basic", "unet_same"} <= set(default)
     named = camvid_zoo.parse_rows("refinenet_scratch", quick=True)
     assert named[0].options["width"] == 64
     with pytest.raises(SystemExit, match="unknown row.*valid rows"):
