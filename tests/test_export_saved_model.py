@@ -253,7 +253,7 @@ def test_overwrite_replaces_and_interrupted_export_leaves_old_content(tmp_path, 
     (target / "old.txt").write_text("old")
 
     class Interrupted:
-        def write_out(self, path, verbose=False):
+        def write_out(self, path):
             (Path(path) / "saved_model.pb").write_bytes(b"partial")
             raise KeyboardInterrupt
 

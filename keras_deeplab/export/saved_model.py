@@ -301,7 +301,7 @@ def to_saved_model(
                 from keras_deeplab.optimize import optimize_for_inference
 
                 served = optimize_for_inference(model, dtype_policy=policy)
-            _archive(served, preprocessing_mode, outputs).write_out(str(tmp), verbose=False)
+            _archive(served, preprocessing_mode, outputs).write_out(str(tmp))
             (tmp / LABELS_FILE).write_text(labels_text(labels))
         except (OSError, tf.errors.OpError) as error:
             if not is_disk_full(error):

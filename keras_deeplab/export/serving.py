@@ -136,9 +136,8 @@ class ServingArchive:
         self._model = model
         self._functions = functions
 
-    def write_out(self, path, verbose=False):
-        """Writes the SavedModel to `path` (`verbose` only mirrors ExportArchive's call)."""
-        del verbose
+    def write_out(self, path):
+        """Writes the SavedModel to `path`."""
         root = tf.__internal__.tracking.AutoTrackable()
         root.variables = list(self._model.variables)
         root.trainable_variables = list(self._model.trainable_variables)
