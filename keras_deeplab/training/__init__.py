@@ -30,6 +30,7 @@ from keras_deeplab.training.losses import (
 )
 from keras_deeplab.training.optim import (
     OFFICIAL_LAST_LAYERS,
+    Adam,
     Momentum,
     default_weight_decay,
     gradient_multipliers,
@@ -41,6 +42,7 @@ from keras_deeplab.training.trainer import NonFiniteLossError, Trainer, TrainRes
 
 __all__ = [
     "OFFICIAL_LAST_LAYERS",
+    "Adam",
     "LoadedRun",
     "CheckpointConfig",
     "ConfigError",

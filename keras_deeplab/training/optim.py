@@ -4,6 +4,11 @@
   `accum = momentum * accum + grad; w -= lr * accum`. Unlike `keras.optimizers.SGD`
   (which folds the rate into the velocity) scaling a gradient by m is then exactly
   a learning rate of m * lr, as slim's `multiply_gradients` assumes.
+* `Adam`: `keras.optimizers.Adam` (same arithmetic, variables and config).
+  Both update each variable with TensorFlow's fused kernel (`ResourceApplyMomentum`, the op
+  TF1's optimizer ran; `ResourceApplyAdam`, whose formula Keras's Adam spells out in ~35
+  small ops per variable): a MobileNetV2 DeepLabv3+ training graph falls from ~10,300
+  to ~4,000 ops, which is faster to trace and to run.
 * `default_weight_decay`: 4e-5 for Xception/MobileNetV2 and 1e-4 for the `_beta`
   ResNets (official `train.py` flag and its comment); 5e-4 for the Caffe-layout
   ResNets and VGG-16 (DeepLab v1/v2 `solver.prototxt`).
@@ -16,6 +21,7 @@
 """
 
 import keras
+import tensorflow as tf
 
 from keras_deeplab import _compat
 from keras_deeplab.backbones import resolve_backbone_name
@@ -57,14 +63,72 @@ class Momentum(keras.optimizers.Optimizer):
         self.accumulators = self.add_optimizer_variables(variables, "accumulator")
 
     def update_step(self, gradient, variable, learning_rate):
+        accumulator = self.accumulators[self._get_variable_index(variable)]
         learning_rate = keras.ops.cast(learning_rate, variable.dtype)
         gradient = keras.ops.cast(gradient, variable.dtype)
-        accumulator = self.accumulators[self._get_variable_index(variable)]
+        if _fusable(gradient):
+            tf.raw_ops.ResourceApplyMomentum(
+                var=_handle(variable),
+                accum=_handle(accumulator),
+                lr=learning_rate,
+                grad=gradient,
+                momentum=tf.constant(self.momentum, variable.dtype),
+            )
+            return
         self.assign(accumulator, accumulator * self.momentum + gradient)
         self.assign_sub(variable, learning_rate * accumulator)
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Adam(keras.optimizers.Adam):
+    """`keras.optimizers.Adam` updating each variable with one fused `ResourceApplyAdam`.
+
+    The kernel computes what Keras's `update_step` writes out op by op
+    (`m += (g - m)(1 - b1)`, `v += (g^2 - v)(1 - b2)`,
+    `w -= m lr sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps)`); same slots, names and
+    config, so checkpoints of either load into the other. AMSGrad and sparse gradients take
+    Keras's path.
+
+    Example:
+        `Adam(PolyDecay(5e-3, decay_steps=1900))`
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        if self.amsgrad or not _fusable(gradient):
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        step = keras.ops.cast(self.iterations + 1, dtype)
+        beta_1 = tf.constant(self.beta_1, dtype)
+        beta_2 = tf.constant(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=_handle(variable),
+            m=_handle(self._momentums[index]),
+            v=_handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=keras.ops.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.constant(self.epsilon, dtype),
+            grad=keras.ops.cast(gradient, dtype),
+        )
+
+
+def _fusable(gradient):
+    """A dense gradient on the TensorFlow backend (the fused kernels take no IndexedSlices)."""
+    return keras.backend.backend() == "tensorflow" and not isinstance(gradient, tf.IndexedSlices)
+
+
+def _handle(variable):
+    """The resource handle of a Keras or tf variable (inside a `tf.distribute` update: the
+    replica's component)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value  # the tf.Variable
+    return variable.handle
 
 
 def default_weight_decay(backbone):
@@ -125,7 +189,7 @@ def build_optimizer(optimizer, schedule, compute_dtype="float32"):
     if optimizer.type == "momentum":
         result = Momentum(schedule, momentum=optimizer.momentum)
     elif optimizer.type == "adam":
-        result = keras.optimizers.Adam(schedule)
+        result = Adam(schedule)
     else:
         raise ValueError(f"Unknown optimizer {optimizer.type!r}; use 'momentum' or 'adam'.")
     if compute_dtype == "float16":
