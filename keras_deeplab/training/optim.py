@@ -96,25 +96,40 @@ class Adam(keras.optimizers.Adam):
         `Adam(PolyDecay(5e-3, decay_steps=1900))`
     """
 
+    def apply(self, grads, trainable_variables=None):
+        # Filled by the first variable of each dtype, this step only; an untracked attribute
+        # (tensors are no checkpoint dependency).
+        object.__setattr__(self, "_step_scalars", {})
+        return super().apply(grads, trainable_variables)
+
+    def _scalars(self, dtype, learning_rate):
+        """beta powers, rates and epsilon of this step: computed once per dtype, not once per
+        variable (a tenth of the ops of the training graph otherwise)."""
+        cache = getattr(self, "_step_scalars", {})
+        if dtype not in cache or tf.executing_eagerly():
+            step = keras.ops.cast(self.iterations + 1, dtype)
+            beta_1 = tf.constant(self.beta_1, dtype)
+            beta_2 = tf.constant(self.beta_2, dtype)
+            cache[dtype] = {
+                "beta1_power": tf.pow(beta_1, step),
+                "beta2_power": tf.pow(beta_2, step),
+                "lr": keras.ops.cast(learning_rate, dtype),
+                "beta1": beta_1,
+                "beta2": beta_2,
+                "epsilon": tf.constant(self.epsilon, dtype),
+            }
+        return cache[dtype]
+
     def update_step(self, gradient, variable, learning_rate):
-        dtype = variable.dtype
         if self.amsgrad or not _fusable(gradient):
             return super().update_step(gradient, variable, learning_rate)
         index = self._get_variable_index(variable)
-        step = keras.ops.cast(self.iterations + 1, dtype)
-        beta_1 = tf.constant(self.beta_1, dtype)
-        beta_2 = tf.constant(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=_handle(variable),
             m=_handle(self._momentums[index]),
             v=_handle(self._velocities[index]),
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
-            lr=keras.ops.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.constant(self.epsilon, dtype),
-            grad=keras.ops.cast(gradient, dtype),
+            grad=keras.ops.cast(gradient, variable.dtype),
+            **self._scalars(variable.dtype, learning_rate),
         )
 
 
