@@ -70,10 +70,11 @@ def test_eval_predict_export_from_run(run_dir, tmp_path, capsys):
     argv = ["predict", str(images), "--weights", str(run_dir), "--out", str(tmp_path / "pred")]
     assert main(argv) == 0
     assert (tmp_path / "pred" / "a.png").exists() or list((tmp_path / "pred").glob("a*"))
-    sm = tmp_path / "sm"
-    argv = ["export", "--run", str(run_dir / "ckpt-4"), "--format", "saved_model", "--out", str(sm)]
-    assert main(argv) == 0
-    assert "verified" in capsys.readouterr().out
+    # From a checkpoint of the run (the SavedModel CLI export: tests/test_cli.py).
+    tflite = tmp_path / "run.tflite"
+    argv = ["export", "--run", str(run_dir / "ckpt-4"), "--format", "tflite", "--input-size", "33"]
+    assert main([*argv, "--out", str(tflite)]) == 0
+    assert "verified" in capsys.readouterr().out and tflite.stat().st_size > 0
 
 
 def test_mismatched_classes_are_one_clear_error(run_dir, tmp_path, capsys):
