@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(BIN)/ruff format keras_deeplab tests examples benchmarks export
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
