@@ -387,8 +387,9 @@ def test_largefov_parameter_count_matches_v1_paper():
 
 
 def test_keras_round_trip_cascade_head(tmp_path):
-    # Every registered name (v1, v2, v3, v3+ included) makes this round trip with its defaults
-    # in test_registry.py::test_every_registered_model; the cascade head is an option only.
+    # Registered names make this round trip with their defaults in test_registry.py (one per
+    # architecture and backbone family by default, all under -m slow); the cascade head is an
+    # option only.
     model = create_model("deeplabv3_resnet50_beta", num_classes=3, head="cascade", cascade_blocks=1)
     x = np.random.default_rng(8).uniform(0, 255, (1, 41, 57, 3)).astype("float32")
     model.save(tmp_path / "m.keras")

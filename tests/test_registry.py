@@ -138,12 +138,26 @@ LARGE_SEED_MODELS = {
     if name.startswith(("fcn", "dilation8", "pspnet", "refinenet", "upernet", "unet"))
     and name != "pspnet_mobilenetv2"
 }
+# DeepLab models over 30M parameters that another default test builds in full (official names,
+# parameter counts, weight loading: tests/test_weights_checkpoint.py, test_models.py,
+# test_weights_loading.py) and whose smaller sibling of the same architecture and backbone
+# family runs here by default (suite time: 36 s together).
+LARGE_MODELS_BUILT_ELSEWHERE = {
+    "deeplabv2_resnet101_aspp_l",  # sibling deeplabv2_resnet50_aspp_l
+    "deeplabv3_resnet101_beta",  # deeplabv3_resnet50_beta
+    "deeplabv3_resnet101_beta_cascade",  # deeplabv3_resnet50_beta (the cascade: test_models.py)
+    "deeplabv3plus_resnet101_beta",  # deeplabv3plus_resnet50_beta
+    "deeplabv3plus_xception65",  # deeplabv3plus_xception41
+    "deeplabv3plus_xception71",  # deeplabv3plus_xception41
+}
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(n, marks=pytest.mark.slow) if n in LARGE_SEED_MODELS else n
+        pytest.param(n, marks=pytest.mark.slow)
+        if n in LARGE_SEED_MODELS | LARGE_MODELS_BUILT_ELSEWHERE
+        else n
         for n in sorted(NAMES)
     ],
 )
