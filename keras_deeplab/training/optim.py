@@ -106,11 +106,12 @@ class Adam(keras.optimizers.Adam):
         """beta powers, rates and epsilon of this step: computed once per dtype, not once per
         variable (a tenth of the ops of the training graph otherwise)."""
         cache = getattr(self, "_step_scalars", {})
-        if dtype not in cache or tf.executing_eagerly():
+        key = (tf.compat.v1.get_default_graph(), dtype)  # never a tensor of another graph
+        if key not in cache or tf.executing_eagerly():
             step = keras.ops.cast(self.iterations + 1, dtype)
             beta_1 = tf.constant(self.beta_1, dtype)
             beta_2 = tf.constant(self.beta_2, dtype)
-            cache[dtype] = {
+            cache[key] = {
                 "beta1_power": tf.pow(beta_1, step),
                 "beta2_power": tf.pow(beta_2, step),
                 "lr": keras.ops.cast(learning_rate, dtype),
@@ -118,7 +119,7 @@ class Adam(keras.optimizers.Adam):
                 "beta2": beta_2,
                 "epsilon": tf.constant(self.epsilon, dtype),
             }
-        return cache[dtype]
+        return cache[key]
 
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or not _fusable(gradient):
