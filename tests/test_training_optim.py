@@ -240,3 +240,20 @@ def test_fine_tuned_batch_norm_updates_moving_statistics(tmp_path):
     np.testing.assert_allclose(after, batch_mean, rtol=1e-4, atol=1e-5)
     assert {layer.momentum for layer in batch_norm_layers(model)} == {0.99}
     assert not trainer.sync_batch_norm  # one replica: nothing to synchronise
+
+
+def test_a_keras_adam_checkpoint_restores_into_the_fused_adam(tmp_path):
+    """Runs trained with `keras.optimizers.Adam` (before the fused update) resume: same slots."""
+    weights = [keras.Variable(np.ones((3, 2), "float32"))]
+    old = keras.optimizers.Adam(1e-2)
+    for _ in range(3):
+        old.apply([tf.constant(np.full((3, 2), 0.5, "float32"))], weights)
+    path = tf.train.Checkpoint(optimizer=old, w=weights[0]).save(str(tmp_path / "c"))
+    restored = [keras.Variable(np.zeros((3, 2), "float32"))]
+    new = Adam(1e-2)
+    new.build(restored)
+    tf.train.Checkpoint(optimizer=new, w=restored[0]).restore(path).assert_consumed()
+    assert int(new.iterations.numpy()) == 3
+    for a, b in zip(old.variables, new.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(restored[0].numpy(), weights[0].numpy())
