@@ -1,5 +1,7 @@
 """Tests of the modified aligned Xception backbone (official `core/xception.py`)."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -23,6 +25,18 @@ def _size_at(n, stride):
     return n
 
 
+def _built(depth=65, output_stride=16, multi_grid=None):
+    """One build per argument set for the tests that only read the model (suite time: an
+    Xception-65 build takes ~4 s on the 2-core CI machine). Tests that change weights build
+    their own."""
+    return _build(depth, output_stride, multi_grid)
+
+
+@functools.cache
+def _build(depth, output_stride, multi_grid):
+    return XceptionBackbone(output_stride=output_stride, multi_grid=multi_grid, depth=depth)
+
+
 def _trainable_count(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
@@ -35,7 +49,7 @@ def _depthwise(model, unit, i):
 
 
 def test_xception65_parameter_count_matches_reference():
-    model = XceptionBackbone(depth=65)
+    model = _built(depth=65)
     assert model.count_params() == 38_052_512
     assert _trainable_count(model) == 37_867_312
 
@@ -45,7 +59,7 @@ def test_xception65_parameter_count_matches_reference():
     [(41, 25_035_872, 24_920_560), (71, 40_488_712, 40_289_736)],
 )
 def test_xception41_71_parameter_counts(depth, total, trainable):
-    model = XceptionBackbone(depth=depth)
+    model = _built(depth=depth)
     assert model.count_params() == total
     assert _trainable_count(model) == trainable
 
@@ -65,7 +79,7 @@ _SLOW_TAPS = {(65, 32), (71, 32)}
     ],
 )
 def test_tap_strides_and_channels(depth, output_stride):
-    model = XceptionBackbone(output_stride=output_stride, multi_grid=(1, 2, 4), depth=depth)
+    model = _built(depth, output_stride, (1, 2, 4))
     expected_strides = {"stride_4": 4, "final": output_stride}
     expected_channels = {"stride_4": 256, "final": 2048}
     if output_stride > 8:
@@ -92,7 +106,7 @@ def test_final_size_is_ceil_of_size_over_stride():
 
 
 def test_stride_4_tap_is_pre_activation_pointwise_bn_output():
-    model = XceptionBackbone(output_stride=16, depth=65)
+    model = _built(depth=65, output_stride=16)
     layer = model.get_layer(
         "entry_flow_block2_unit_1_xception_module_separable_conv2_pointwise_BatchNorm"
     )
@@ -109,7 +123,7 @@ def test_stride_4_tap_is_pre_activation_pointwise_bn_output():
 
 
 def test_xception71_stride_4_tap_is_block3():
-    model = XceptionBackbone(output_stride=32, depth=71)
+    model = _built(depth=71, output_stride=32)
     name = "entry_flow_block3_unit_1_xception_module_separable_conv2_pointwise_BatchNorm"
     assert model.output["stride_4"] is model.get_layer(name).output
     name8 = "entry_flow_block5_unit_1_xception_module_separable_conv2_pointwise_BatchNorm"
@@ -127,7 +141,7 @@ def _rates_and_strides(model, unit):
 
 
 def test_dilation_rates_output_stride_16_multi_grid():
-    model = XceptionBackbone(output_stride=16, multi_grid=(1, 2, 4), depth=65)
+    model = _built(65, 16, (1, 2, 4))
     assert _rates_and_strides(model, "entry_flow_block3_unit_1") == ([1, 1, 1], [1, 1, 2])
     assert _rates_and_strides(model, "middle_flow_block1_unit_16") == ([1, 1, 1], [1, 1, 1])
     assert _rates_and_strides(model, "exit_flow_block1_unit_1") == ([1, 1, 1], [1, 1, 1])
@@ -136,7 +150,7 @@ def test_dilation_rates_output_stride_16_multi_grid():
 
 
 def test_dilation_rates_output_stride_8_multi_grid():
-    model = XceptionBackbone(output_stride=8, multi_grid=(1, 2, 4), depth=65)
+    model = _built(65, 8, (1, 2, 4))
     assert _rates_and_strides(model, "entry_flow_block2_unit_1") == ([1, 1, 1], [1, 1, 2])
     assert _rates_and_strides(model, "entry_flow_block3_unit_1") == ([1, 1, 1], [1, 1, 1])
     for u in (1, 16):
@@ -149,10 +163,10 @@ def test_dilation_rates_output_stride_8_multi_grid():
 
 
 def test_dilation_rates_output_stride_32_and_default_multi_grid():
-    model = XceptionBackbone(output_stride=32, multi_grid=(1, 2, 4), depth=65)
+    model = _built(65, 32, (1, 2, 4))
     assert _rates_and_strides(model, "exit_flow_block1_unit_1") == ([1, 1, 1], [1, 1, 2])
     assert _rates_and_strides(model, "exit_flow_block2_unit_1") == ([1, 2, 4], [1, 1, 1])
-    model = XceptionBackbone(output_stride=16, depth=41)
+    model = _built(depth=41, output_stride=16)
     assert _rates_and_strides(model, "exit_flow_block2_unit_1") == ([2, 2, 2], [1, 1, 1])
 
 
@@ -160,7 +174,7 @@ def test_dilation_rates_output_stride_32_and_default_multi_grid():
 
 
 def test_strided_convs_use_fixed_padding_then_valid():
-    model = XceptionBackbone(output_stride=32, depth=65)
+    model = _built(depth=65, output_stride=32)
     stem_pad = model.get_layer("entry_flow_conv1_1_pad")
     assert stem_pad.padding == ((1, 1), (1, 1))
     assert model.get_layer("entry_flow_conv1_1").input is stem_pad.output
@@ -195,7 +209,7 @@ def test_stem_fixed_padding_alignment_on_even_input():
 
 
 def test_module_activation_placement_and_skips():
-    model = XceptionBackbone(output_stride=16, depth=65)
+    model = _built(depth=65, output_stride=16)
 
     def get(name):
         return model.get_layer(name)
@@ -244,7 +258,7 @@ def test_module_activation_placement_and_skips():
 
 @pytest.mark.parametrize("depth, middle_units", [(41, 8), (65, 16)])
 def test_names_units_and_batchnorm_settings(depth, middle_units):
-    model = XceptionBackbone(depth=depth)
+    model = _built(depth=depth)
     names = {lyr.name for lyr in model.layers}
     for name in (
         "entry_flow_conv1_1",
@@ -274,14 +288,14 @@ def test_names_units_and_batchnorm_settings(depth, middle_units):
 
 
 def test_xception71_entry_flow_strides():
-    model = XceptionBackbone(output_stride=16, depth=71)
+    model = _built(depth=71, output_stride=16)
     strides = [_rates_and_strides(model, f"entry_flow_block{b}_unit_1")[1][2] for b in range(1, 6)]
     assert strides == [2, 1, 2, 1, 2]
     assert model.get_layer("entry_flow_block4_unit_1_xception_module_shortcut").filters == 728
 
 
 def test_config_round_trip():
-    model = XceptionBackbone(output_stride=8, depth=41)
+    model = _built(depth=41, output_stride=8)
     # The config holds the arguments (a Backbone rebuilds its graph), not the layer graph.
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert type(clone) is type(model) and clone.get_config() == model.get_config()
