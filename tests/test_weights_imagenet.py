@@ -65,8 +65,9 @@ def _reference(app, name):
 
 def _assert_same_final(app, backbone, name, size):
     x = np.random.default_rng(1).normal(size=(1, *size, 3)).astype("float32")
-    ref = _reference(app, name).predict(x, verbose=0)
-    ours = backbone.predict(x, verbose=0)["final"]
+    # Eager calls: `predict` would trace both networks for one batch (suite time).
+    ref = np.asarray(_reference(app, name)(x, training=False))
+    ours = np.asarray(backbone(x, training=False)["final"])
     assert ours.shape == ref.shape
     assert np.abs(ref).max() > 0.1  # a real signal, not zeros
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
@@ -121,10 +122,8 @@ def test_vgg16_every_conv_lands_and_block1_outputs_equal(tmp_path):
         ):
             assert np.array_equal(ref, ours), layer.name
     x = np.random.default_rng(2).normal(size=(1, 65, 65, 3)).astype("float32")
-    ref = keras.Model(app.input, app.get_layer("block1_conv2").output).predict(x, verbose=0)
-    ours = keras.Model(backbone.input, backbone.get_layer("block1_conv2").output).predict(
-        x, verbose=0
-    )
+    ref = np.asarray(keras.Model(app.input, app.get_layer("block1_conv2").output)(x))
+    ours = np.asarray(keras.Model(backbone.input, backbone.get_layer("block1_conv2").output)(x))
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
 
 
