@@ -105,7 +105,7 @@ def test_conv_kernel_equals_numpy_nchw_conv(stride, dilation):
     )
     assign(layer, [conv_kernel(w), b])
     expected = conv_nchw(x, w, b, stride=stride, dilation=dilation)
-    np.testing.assert_allclose(model.predict(nhwc(x), verbose=0), nhwc(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), nhwc(expected), atol=1e-5)
 
 
 def test_conv_kernel_is_not_a_plain_reshape():
@@ -113,7 +113,7 @@ def test_conv_kernel_is_not_a_plain_reshape():
     x, w = randn(1, 3, 9, 9), randn(4, 3, 3, 3)
     model, layer = keras_layer(keras.layers.Conv2D(4, 3, use_bias=False), 3)
     assign(layer, [w.reshape(3, 3, 3, 4)])
-    wrong = model.predict(nhwc(x), verbose=0)
+    wrong = np.asarray(model(nhwc(x)))
     assert np.max(np.abs(wrong - nhwc(conv_nchw(x, w)))) > 1e-2
 
 
@@ -131,7 +131,7 @@ def test_depthwise_kernel_equals_numpy_grouped_conv(multiplier):
     kernel = depthwise_kernel(w) if multiplier == 1 else depthwise_kernel_m(w, multiplier)
     assign(layer, [kernel, b])
     expected = conv_nchw(x, w, b, stride=2, groups=channels)
-    np.testing.assert_allclose(model.predict(nhwc(x), verbose=0), nhwc(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), nhwc(expected), atol=1e-5)
 
 
 def test_depthwise_kernel_rejects_a_grouped_weight():
@@ -144,7 +144,7 @@ def test_conv_transpose_kernel_equals_numpy_transposed_conv():
     model, layer = keras_layer(keras.layers.Conv2DTranspose(4, 4, strides=2), 3)
     assign(layer, [conv_transpose_kernel(w), b])
     expected = conv_transpose_nchw(x, w, b, stride=2)
-    np.testing.assert_allclose(model.predict(nhwc(x), verbose=0), nhwc(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), nhwc(expected), atol=1e-5)
 
 
 def test_dense_kernel_equals_torch_linear():
@@ -153,7 +153,7 @@ def test_dense_kernel_equals_torch_linear():
     layer = keras.layers.Dense(3)
     model = keras.Model(inputs, layer(inputs))
     assign(layer, [dense_kernel(w), b])
-    np.testing.assert_allclose(model.predict(x, verbose=0), x @ w.T + b, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(x)), x @ w.T + b, atol=1e-5)
 
 
 def test_rank_errors_name_the_layout():
@@ -186,7 +186,7 @@ def test_copy_weights_batch_norm_matches_torch_formula():
     c = (None, slice(None), None, None)
     expected = (y - state["bn.running_mean"][c]) / np.sqrt(state["bn.running_var"][c] + 1e-5)
     expected = expected * state["bn.weight"][c] + state["bn.bias"][c]
-    np.testing.assert_allclose(model.predict(nhwc(x), verbose=0), nhwc(expected), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), nhwc(expected), atol=1e-5)
 
 
 def test_batch_norm_epsilon_mismatch_is_an_error():
@@ -342,7 +342,7 @@ def keras_check(case, npz):
     x = keras.Input((None, None, 3))
     model = keras.Model(x, keras.layers.Conv2D(4, 3, name="conv")(x))
     copy_weights(model, state, {"conv": "conv"})
-    outputs = [model.predict(x, verbose=0) for x in inputs]
+    outputs = [np.asarray(model(x)) for x in inputs]
     if case == "bad":
         outputs[1] = outputs[1] + 0.01 * max(1.0, float(np.abs(references[1]).max()))
     return {**compare(outputs, references, inputs), "reference": meta["reference"]}
