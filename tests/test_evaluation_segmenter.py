@@ -231,3 +231,22 @@ def test_msc_model():
 
 def test_official_scales():
     assert OFFICIAL_EVAL_SCALES == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def test_the_inference_rewrite_runs_once_at_first_use(monkeypatch):
+    """Constructing a Segmenter is cheap (e.g. to read `output_stride`); the rewrite
+    (`optimize_for_inference`, which copies the weights) runs once, at the first prediction."""
+    from keras_deeplab.evaluation import segmenter as module
+
+    calls = []
+    rewrite = module.optimize_for_inference
+    monkeypatch.setattr(
+        module, "optimize_for_inference", lambda *a, **k: calls.append(1) or rewrite(*a, **k)
+    )
+    model = toy_model()
+    seg = Segmenter(model, output_stride=4)
+    assert calls == []
+    first = seg.predict([smooth_image(21, 26)])[0]
+    second = seg.predict([smooth_image(21, 26)])[0]
+    assert calls == [1] and seg.inference_model is not model
+    np.testing.assert_array_equal(first, second)

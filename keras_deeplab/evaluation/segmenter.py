@@ -103,8 +103,8 @@ class Segmenter:
             Reduced precision needs a functional Keras model (every keras_deeplab model).
         optimize: run the model through `optimize_for_inference` (BN folding, space-to-batch
             for large dilation rates; labels equal up to float rounding). The rewrite copies
-            the weights when the Segmenter is built: build a new Segmenter after changing
-            them. False runs `model` as given (float32 only). Models that are not functional
+            the weights when the Segmenter first runs (or `inference_model` is first read):
+            build a new Segmenter after changing them. False runs `model` as given (float32 only). Models that are not functional
             Keras models run as given.
 
     Example:
@@ -132,7 +132,8 @@ class Segmenter:
         self.model = model
         self.precision = resolve_precision(precision)
         self.optimize = bool(optimize)
-        self.inference_model = self._inference_model(model)
+        self._inference = None
+        self._policy = self._check_inference(model)  # bad settings fail here, not at first use
         self.scales = tuple(float(s) for s in np.atleast_1d(scales))
         if not self.scales or any(not s > 0 for s in self.scales):
             raise ValueError(f"scales must be positive numbers; got {scales!r}.")
@@ -189,8 +190,8 @@ class Segmenter:
 
     # --- model calls -------------------------------------------------------------------
 
-    def _inference_model(self, model):
-        """`model` rewritten for inference in `self.precision` (or `model` itself)."""
+    def _check_inference(self, model):
+        """The dtype policy `inference_model` will use; raises for settings it cannot serve."""
         policy = inference_policy(model, self.precision)
         rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
         if policy is not None and (not self.optimize or not rewritable):
@@ -200,13 +201,24 @@ class Segmenter:
                 f"{policy!r}, which needs optimize=True and a functional Keras model "
                 f"({reason}); use precision='float32' with a float32 model."
             )
-        if not self.optimize or not rewritable:
-            return model
-        if not model.built:
+        if self.optimize and rewritable and not model.built:
             raise ValueError(
                 f"model {model.name!r} is not built; call it once or pass a built model."
             )
-        return optimize_for_inference(model, dtype_policy=policy)
+        return policy
+
+    @property
+    def inference_model(self):
+        """The model that runs: `model` rewritten for inference in `self.precision` (or
+        `model` itself). Built on first use, so constructing a Segmenter is cheap."""
+        if self._inference is None:
+            model = self.model
+            rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
+            if not self.optimize or not rewritable:
+                self._inference = model
+            else:
+                self._inference = optimize_for_inference(model, dtype_policy=self._policy)
+        return self._inference
 
     def _call_model(self, x):
         y = self.inference_model(x, training=False)
@@ -216,6 +228,7 @@ class Segmenter:
 
     def _run_batch(self, batch):
         """Runs one batch [B, h, w, 3] (padded) and returns float32 logits [B, h, w, C]."""
+        self.inference_model  # noqa: B018 -- built eagerly here, never inside the traced call
         out = self._forward(tf.constant(batch, tf.float32)).numpy()
         if self._probabilities_out:
             out = np.log(np.maximum(out, _LOG_FLOOR))
