@@ -38,14 +38,16 @@ def test_convert_from_tflite(tmp_path, capsys):
 
 
 def test_convert_from_tf_checkpoint(tmp_path, capsys):
-    source = keras_deeplab.create_model("deeplabv3_mobilenetv2", num_classes=19)
+    source = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05", num_classes=19)
     randomize_weights(source)
     prefix, _ = write_model_checkpoint(str(tmp_path / "ckpt" / "model.ckpt"), source)
     out = tmp_path / "city.weights.h5"
-    argv = ["convert", "--from-tf-checkpoint", prefix, "--model", "deeplabv3_mobilenetv2"]
+    argv = ["convert", "--from-tf-checkpoint", prefix, "--model", "deeplabv3_mobilenetv2_dm05"]
     assert main(argv + ["--num-classes", "19", "--out", str(out)]) == 0
-    assert "deeplabv3_mobilenetv2" in capsys.readouterr().out
-    loaded = keras_deeplab.create_model("deeplabv3_mobilenetv2", num_classes=19, weights=str(out))
+    assert "deeplabv3_mobilenetv2_dm05" in capsys.readouterr().out
+    loaded = keras_deeplab.create_model(
+        "deeplabv3_mobilenetv2_dm05", num_classes=19, weights=str(out)
+    )
     x = np.random.default_rng(0).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
     np.testing.assert_array_equal(source(x), loaded(x))
     # The wrong class count is one clear error on stderr, exit code 2, nothing written.

@@ -69,6 +69,11 @@ def _window_starts(length, window, overlap):
     return [i * (length - window) // (count - 1) for i in range(count)]
 
 
+def _rewritable(model):
+    """Whether `optimize_for_inference` can rewrite `model` (a functional Keras model)."""
+    return hasattr(model, "with_inference_options") or _compat.is_functional(model)
+
+
 class Segmenter:
     """Runs a DeepLab model on images of any size and returns label maps or probabilities.
 
@@ -104,8 +109,8 @@ class Segmenter:
         optimize: run the model through `optimize_for_inference` (BN folding, space-to-batch
             for large dilation rates; labels equal up to float rounding). The rewrite copies
             the weights when the Segmenter first runs (or `inference_model` is first read):
-            build a new Segmenter after changing them. False runs `model` as given (float32 only). Models that are not functional
-            Keras models run as given.
+            build a new Segmenter after changing them. False runs `model` as given (float32
+            only). Models that are not functional Keras models run as given.
 
     Example:
         >>> seg = Segmenter(model, scales=OFFICIAL_EVAL_SCALES, flip=True)
@@ -193,7 +198,7 @@ class Segmenter:
     def _check_inference(self, model):
         """The dtype policy `inference_model` will use; raises for settings it cannot serve."""
         policy = inference_policy(model, self.precision)
-        rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
+        rewritable = _rewritable(model)
         if policy is not None and (not self.optimize or not rewritable):
             reason = "optimize=False" if rewritable else f"{type(model).__name__} is not functional"
             raise ValueError(
@@ -212,12 +217,10 @@ class Segmenter:
         """The model that runs: `model` rewritten for inference in `self.precision` (or
         `model` itself). Built on first use, so constructing a Segmenter is cheap."""
         if self._inference is None:
-            model = self.model
-            rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
-            if not self.optimize or not rewritable:
-                self._inference = model
+            if not self.optimize or not _rewritable(self.model):
+                self._inference = self.model
             else:
-                self._inference = optimize_for_inference(model, dtype_policy=self._policy)
+                self._inference = optimize_for_inference(self.model, dtype_policy=self._policy)
         return self._inference
 
     def _call_model(self, x):
