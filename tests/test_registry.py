@@ -427,15 +427,15 @@ _CHILD = """
 import sys
 import numpy as np
 import keras
-{import_package}
+import keras_deeplab
 model = keras.models.load_model(sys.argv[1])
 print(type(model).__name__, np.max(np.abs(np.asarray(model(np.load(sys.argv[2]))) - np.load(sys.argv[3]))))
 print(model.get_config() == __import__("json").load(open(sys.argv[4])))
 """
 
 
-def _child(import_package, *args):
-    code = textwrap.dedent(_CHILD.format(import_package=import_package))
+def _child(*args):
+    code = textwrap.dedent(_CHILD)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
@@ -456,7 +456,7 @@ def test_keras_file_loads_in_a_fresh_interpreter(tmp_path, monkeypatch):
     np.save(paths[2], np.asarray(model(x)))
     paths[3].write_text(json.dumps(model.get_config()))
 
-    loaded = _child("import keras_deeplab", *paths)
+    loaded = _child(*paths)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split() == ["SegmentationModel", "0.0", "True"]
 
