@@ -27,6 +27,8 @@ from pathlib import Path
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
+import gc
+
 import keras_deeplab  # before keras: its settings (KERAS_BACKEND) apply when Keras loads
 
 # isort: split
@@ -36,6 +38,14 @@ import pytest
 from PIL import Image
 
 from keras_deeplab._shared_data import shared_data_dir as _locate_shared_data
+
+# Building Keras models allocates hundreds of thousands of small objects: with the default
+# thresholds the cyclic collector ran through TensorFlow's and Keras' module objects again and
+# again. Frozen imports and rarer collections took ~10% off model building (six builds of
+# DeepLabV3+ MobileNetV2 / ResNet-50, 11.9 -> 10.5 s and 10.9 -> 9.9 s, AMD EPYC).
+gc.collect()
+gc.freeze()
+gc.set_threshold(50_000, 20, 20)
 
 # The smallest registered model (MobileNetV2 x0.5, output stride 8); fast at 33-65 px.
 TINY_MODEL = "deeplabv3_mobilenetv2_dm05_os8"
