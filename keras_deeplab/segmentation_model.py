@@ -478,14 +478,20 @@ class SegmentationModel(keras.Model):
         )
 
     def count_macs(self, input_size, depthwise_only=False):
-        """Multiply-adds for one image of `input_size` (height, width): the same model built
-        at that fixed size, counted by `keras_deeplab.macs` (`depthwise_only`: those of the
-        depthwise convolutions)."""
-        from keras_deeplab.macs import graph_macs
+        """Multiply-adds for one image of `input_size` (height, width), counted by
+        `keras_deeplab.macs` on this model's graph run at that size (`depthwise_only`: those
+        of the depthwise convolutions). A model of a fixed input size is built again at the
+        other size (heads may depend on the static size: e.g. DeepLab's image pooling)."""
+        from keras_deeplab.macs import graph_macs, symbolic_macs
 
+        input_size = tuple(input_size)
         channels = self.get_config()["input_shape"][-1]
         config = {**self.get_config(), "input_shape": [*input_size, channels]}
         config.pop("inference", None)  # the rewrites move no multiply-add
+        if all(d in (None, s) for d, s in zip(self.input_shape[1:3], input_size, strict=True)):
+            arguments = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
+            resolve_arguments(arguments.pop("architecture"), arguments)  # the size checks
+            return symbolic_macs(self, input_size, depthwise_only)
         return graph_macs(type(self).from_config(config), depthwise_only)
 
 

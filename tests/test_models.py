@@ -365,6 +365,34 @@ def test_macs_close_to_official_model_zoo(name):
     assert 0.98 * OFFICIAL_MADDS[name] <= macs <= OFFICIAL_MADDS[name]
 
 
+@pytest.mark.parametrize(
+    "name",
+    # one per head family with shape-dependent layers: image pooling, pyramid pooling, the
+    # decoder's low-level path, SegNet's unpooling, valid U-Net, ParseNet's global context
+    ["deeplabv3plus_mobilenetv2", "pspnet_mobilenetv2", "segnet_basic", "unet"],
+)
+def test_macs_of_the_graph_run_at_a_size_equal_a_rebuild_at_that_size(name):
+    """`count_macs` runs the model's own graph on a symbolic input of the size; building the
+    model again at that fixed size (the earlier method) counts the same multiply-adds."""
+    from keras_deeplab.macs import graph_macs
+    from keras_deeplab.optimize import optimize_for_inference
+
+    model = create_model(name, num_classes=5)
+    config = model.get_config()
+    size = (188, 204) if name == "unet" else (65, 97)
+    channels = config["input_shape"][-1]
+    fixed = type(model).from_config({**config, "input_shape": [*size, channels]})
+    for depthwise_only in (False, True):
+        expected = graph_macs(fixed, depthwise_only)
+        assert keras_deeplab.count_macs(model, size, depthwise_only) == expected
+    assert expected > 0 or "mobilenet" not in name
+    if "mobilenet" in name:  # the inference rewrites (BN folded, space-to-batch) move none
+        optimized = optimize_for_inference(model)
+        assert keras_deeplab.count_macs(optimized, size, True) == expected
+    # a model of a fixed size counted at another size is rebuilt at that size
+    assert keras_deeplab.count_macs(fixed, (size[0] + 32, size[1])) > graph_macs(fixed)
+
+
 @pytest.mark.slow
 def test_macs_xception65_close_to_official_model_zoo():
     macs = keras_deeplab.count_macs(create_model("deeplabv3plus_xception65"), (513, 513))
