@@ -116,9 +116,10 @@ def count_macs(model, input_size=(513, 513), depthwise_only=False):
     # keras_deeplab models (SegmentationModel, MultiScaleInputs) describe their own cost.
     if hasattr(model, "count_macs"):
         return model.count_macs((height, width), depthwise_only=depthwise_only)
-    dims = [t.shape[1:3] for t in keras.tree.flatten(model.input)] if model.built else []
-    if _compat.is_functional(model) and len(dims) == 1 and tuple(dims[0]) == (None, None):
-        return symbolic_macs(model, (height, width), depthwise_only)
+    if _compat.is_functional(model):
+        dims = [tuple(t.shape[1:3]) for t in model.inputs]
+        if dims == [(None, None)]:
+            return symbolic_macs(model, (height, width), depthwise_only)
     config = _fixed_size_config(model.get_config(), height, width)
     fixed = model.__class__.from_config(config)
     return graph_macs(fixed, depthwise_only)
