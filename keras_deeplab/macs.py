@@ -63,6 +63,15 @@ def _call_macs(layer, in_shape, out_shape, depthwise_only=False):
     return spatial * in_shape[-1] * out_shape[-1]  # Dense
 
 
+def graph_takes_size(model, input_size):
+    """Whether `model`'s own graph takes one image of `input_size` (height, width) as it is:
+    a functional model with one input whose height and width are dynamic or that size."""
+    if not _compat.is_functional(model) or len(model.inputs) != 1:
+        return False
+    dims = model.inputs[0].shape[1:3]
+    return all(d in (None, s) for d, s in zip(dims, input_size, strict=True))
+
+
 def symbolic_macs(model, input_size, depthwise_only=False):
     """Multiply-adds of a functional `model` for one image of `input_size` (height, width),
     from the static shapes of its own graph run on a symbolic input of that size: no layer is
@@ -106,7 +115,7 @@ def graph_macs(model, depthwise_only=False):
 def count_macs(model, input_size=(513, 513), depthwise_only=False):
     """Multiply-adds of `model` for one image of `input_size` (height, width).
 
-    A functional model of dynamic size (`None` height/width) runs its own graph on a
+    A functional model that takes that size (`graph_takes_size`) runs its own graph on a
     symbolic input of that size (`symbolic_macs`: nothing is built again, ~30x faster than
     a rebuild, same counts over every registered model); other models are rebuilt from their
     config at that fixed size (their weights are not touched). `depthwise_only`: count only
@@ -120,10 +129,8 @@ def count_macs(model, input_size=(513, 513), depthwise_only=False):
     # keras_deeplab models (SegmentationModel, MultiScaleInputs) describe their own cost.
     if hasattr(model, "count_macs"):
         return model.count_macs((height, width), depthwise_only=depthwise_only)
-    if _compat.is_functional(model):
-        dims = [tuple(t.shape[1:3]) for t in model.inputs]
-        if dims == [(None, None)]:
-            return symbolic_macs(model, (height, width), depthwise_only)
+    if graph_takes_size(model, (height, width)):
+        return symbolic_macs(model, (height, width), depthwise_only)
     config = _fixed_size_config(model.get_config(), height, width)
     fixed = model.__class__.from_config(config)
     return graph_macs(fixed, depthwise_only)
@@ -135,4 +142,4 @@ def count_params(model):
     return model.count_params(), trainable
 
 
-__all__ = ["count_macs", "count_params", "graph_macs", "symbolic_macs"]
+__all__ = ["count_macs", "count_params", "graph_macs", "graph_takes_size", "symbolic_macs"]

@@ -482,13 +482,13 @@ class SegmentationModel(keras.Model):
         `keras_deeplab.macs` on this model's graph run at that size (`depthwise_only`: those
         of the depthwise convolutions). A model of a fixed input size is built again at the
         other size (heads may depend on the static size: e.g. DeepLab's image pooling)."""
-        from keras_deeplab.macs import graph_macs, symbolic_macs
+        from keras_deeplab.macs import graph_macs, graph_takes_size, symbolic_macs
 
         input_size = tuple(input_size)
-        channels = self.get_config()["input_shape"][-1]
-        config = {**self.get_config(), "input_shape": [*input_size, channels]}
+        config = self.get_config()
+        config["input_shape"] = [*input_size, config["input_shape"][-1]]
         config.pop("inference", None)  # the rewrites move no multiply-add
-        if all(d in (None, s) for d, s in zip(self.input_shape[1:3], input_size, strict=True)):
+        if graph_takes_size(self, input_size):
             arguments = {k: v for k, v in config.items() if k not in ("name", "trainable", "dtype")}
             resolve_arguments(arguments.pop("architecture"), arguments)  # the size checks
             return symbolic_macs(self, input_size, depthwise_only)
