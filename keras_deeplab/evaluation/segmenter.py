@@ -69,11 +69,6 @@ def _window_starts(length, window, overlap):
     return [i * (length - window) // (count - 1) for i in range(count)]
 
 
-def _rewritable(model):
-    """Whether `optimize_for_inference` can rewrite `model` (a functional Keras model)."""
-    return hasattr(model, "with_inference_options") or _compat.is_functional(model)
-
-
 class Segmenter:
     """Runs a DeepLab model on images of any size and returns label maps or probabilities.
 
@@ -137,8 +132,10 @@ class Segmenter:
         self.model = model
         self.precision = resolve_precision(precision)
         self.optimize = bool(optimize)
-        self._inference = None
-        self._policy = self._check_inference(model)  # bad settings fail here, not at first use
+        rewritable = hasattr(model, "with_inference_options") or _compat.is_functional(model)
+        self._rewrite = self.optimize and rewritable
+        self._policy = self._check_inference(model, rewritable)  # bad settings fail here
+        self._inference = None if self._rewrite else model  # rewritten at first use
         self.scales = tuple(float(s) for s in np.atleast_1d(scales))
         if not self.scales or any(not s > 0 for s in self.scales):
             raise ValueError(f"scales must be positive numbers; got {scales!r}.")
@@ -195,18 +192,17 @@ class Segmenter:
 
     # --- model calls -------------------------------------------------------------------
 
-    def _check_inference(self, model):
+    def _check_inference(self, model, rewritable):
         """The dtype policy `inference_model` will use; raises for settings it cannot serve."""
         policy = inference_policy(model, self.precision)
-        rewritable = _rewritable(model)
-        if policy is not None and (not self.optimize or not rewritable):
+        if policy is not None and not self._rewrite:
             reason = "optimize=False" if rewritable else f"{type(model).__name__} is not functional"
             raise ValueError(
                 f"precision={self.precision!r} rebuilds the model under the dtype policy "
                 f"{policy!r}, which needs optimize=True and a functional Keras model "
                 f"({reason}); use precision='float32' with a float32 model."
             )
-        if self.optimize and rewritable and not model.built:
+        if self._rewrite and not model.built:
             raise ValueError(
                 f"model {model.name!r} is not built; call it once or pass a built model."
             )
@@ -217,10 +213,7 @@ class Segmenter:
         """The model that runs: `model` rewritten for inference in `self.precision` (or
         `model` itself). Built on first use, so constructing a Segmenter is cheap."""
         if self._inference is None:
-            if not self.optimize or not _rewritable(self.model):
-                self._inference = self.model
-            else:
-                self._inference = optimize_for_inference(self.model, dtype_policy=self._policy)
+            self._inference = optimize_for_inference(self.model, dtype_policy=self._policy)
         return self._inference
 
     def _call_model(self, x):
