@@ -716,7 +716,7 @@ def build_parser():
     train.set_defaults(func=_cmd_train)
 
     demo = sub.add_parser(
-        "demo", help="train on synthetic shapes, evaluate, export (CPU, ~5 min)", **common
+        "demo", help="train on synthetic shapes, evaluate, export (2 CPU cores: 6-17 min)", **common
     )
     demo.add_argument("--out", default="artifacts/demo", help="output folder")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo run")

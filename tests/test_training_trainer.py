@@ -112,6 +112,43 @@ def test_short_data_is_a_clear_error(tmp_path):
         trainer.fit(_batches)
 
 
+class _Terminal:
+    """A stdout that says it is a terminal (Keras then redraws its bar in place)."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def _fit_output(tmp_path, capsys, monkeypatch, verbose, terminal):
+    out = _Terminal()
+    if terminal:
+        monkeypatch.setattr("sys.stdout", out)
+    trainer = Trainer(micro_model, config(tmp_path, train={"steps": 6, "verbose": verbose}))
+    trainer.fit(_batches)
+    return "".join(out.parts) if terminal else capsys.readouterr().out
+
+
+def test_progress_is_one_line_per_epoch_unless_on_a_terminal(tmp_path, capsys, monkeypatch):
+    logged = _fit_output(tmp_path / "log", capsys, monkeypatch, verbose=1, terminal=False)
+    assert "\r" not in logged and "\b" not in logged and "\x1b" not in logged
+    lines = logged.splitlines()
+    assert [line for line in lines if line.startswith("Epoch")] == ["Epoch 1/2", "Epoch 2/2"]
+    assert sum(line.startswith("3/3 - ") for line in lines) == 2, logged
+    live = _fit_output(tmp_path / "tty", capsys, monkeypatch, verbose=1, terminal=True)
+    assert "\r" in live and "\x1b[1m" in live  # the live bar, redrawn in place
+    asked = _fit_output(tmp_path / "two", capsys, monkeypatch, verbose=2, terminal=True)
+    assert "\r" not in asked and asked.count("3/3 - ") == 2
+
+
 @pytest.mark.slow  # suite time: 15 s; test_training_replicas runs a bfloat16 run in the default suite
 def test_train_from_config_on_shapes_with_bfloat16(tmp_path):
     overrides = [

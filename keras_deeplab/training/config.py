@@ -213,7 +213,8 @@ class TrainLoopConfig:
         eval_every_epochs: evaluate every n epochs (and at the end).
         summary_every_steps: TensorBoard scalar period.
         num_summary_images: images in the overlay summaries.
-        verbose: 1 shows a progress bar per epoch, 0 is silent.
+        verbose: 1 shows a progress bar per epoch (one line per epoch where standard output
+            is not a terminal, e.g. a log file), 2 one line per epoch, 0 is silent.
     """
 
     steps: int = 30000
@@ -231,7 +232,7 @@ class TrainLoopConfig:
     eval_every_epochs: int = 1
     summary_every_steps: int = 10
     num_summary_images: int = 4
-    verbose: int = 1
+    verbose: Literal[0, 1, 2] = 1
 
 
 @dataclasses.dataclass
