@@ -812,8 +812,10 @@ class Trainer:
                         )
                     self._check_finite()
                     last_loss = float(losses[-1])
-                    if step % steps_per_epoch and step < total:
-                        continue
+                    if step % steps_per_epoch:
+                        if step < total:
+                            continue
+                        progbar.update(done + ran, finalize=True)  # the run ends mid-epoch
                     record = {
                         "epoch": epoch + 1,
                         "step": step,
