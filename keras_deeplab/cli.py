@@ -420,12 +420,11 @@ def _cmd_predict(args):
     model, _ = _load_model(args)
     _state_precision(args)
     segmenter = _segmenter(args, model)
-    from tqdm import tqdm
-
+    from keras_deeplab._progress import progress
     from keras_deeplab.evaluation.evaluate import save_prediction
 
     names = output_names(list(images))
-    for path, image in tqdm(images.items(), desc="predicting", unit="img"):
+    for path, image in progress(images.items(), desc="predicting", unit="img"):
         (labels,) = segmenter.predict([image])
         save_prediction(image, labels, args.out, names[path])
     skipped = len(files) - len(images)

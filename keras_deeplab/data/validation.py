@@ -221,7 +221,7 @@ def validate(
     Example:
         >>> data = validate(paired_folders("images", "masks", 3), skip_bad=True)  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from keras_deeplab._progress import progress as progress_bar
 
     if data.files is None:
         return _validate_dataset(data, skip_bad=skip_bad, progress=progress)
@@ -244,7 +244,7 @@ def validate(
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = list(
-            tqdm(
+            progress_bar(
                 pool.map(check, data.files),
                 total=len(data.files),
                 desc=f"validating {data.name}",
@@ -314,11 +314,11 @@ def _examples(data):
 
 
 def _validate_dataset(data, skip_bad, progress):
-    from tqdm.auto import tqdm
+    from keras_deeplab._progress import progress as progress_bar
 
     bad = []
     index = -1
-    examples = tqdm(
+    examples = progress_bar(
         _examples(data),
         total=data.num_examples,
         desc=f"validating {data.name}",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from keras_deeplab._json import jsonable
+from keras_deeplab._progress import progress as progress_bar
 from keras_deeplab.data.palette import overlay, voc_palette
 from keras_deeplab.evaluation.metrics import ConfusionMatrix
 
@@ -25,7 +25,7 @@ def evaluate(segmenter, data, limit=None, progress=True):
     matrix = ConfusionMatrix(data.num_classes, ignore_label=data.ignore_label)
     total = data.num_examples if limit is None else min(limit, data.num_examples or limit)
     dataset = data.dataset if limit is None else data.dataset.take(limit)
-    for image, mask in tqdm(
+    for image, mask in progress_bar(
         dataset.as_numpy_iterator(),
         total=total,
         disable=not progress,

@@ -44,7 +44,6 @@ Several replicas (issue 18):
 import dataclasses
 import inspect
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -54,6 +53,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab._progress import keras_bar_mode
 from keras_deeplab.evaluation.metrics import ConfusionMatrix, batch_confusion_matrix
 from keras_deeplab.precision import (
     describe_choice,
@@ -175,17 +175,6 @@ def build_with_policy(model_fn, policy):
 def epoch_seed(seed, epoch):
     """Data seed of `epoch` (deterministic, distinct per epoch and base seed)."""
     return int((int(seed) * 1_000_003 + int(epoch)) % (2**31 - 1))
-
-
-def _bar_mode(verbose):
-    """Keras `Progbar` verbosity: a live bar (1) only on a terminal, else one line per epoch.
-
-    Keras redraws its bar on any POSIX system, which fills a log file with a redraw every
-    0.05 s (about 400 KB for the demo); `train.verbose=2` asks for the epoch lines anywhere.
-    """
-    if verbose == 1 and not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()):
-        return 2
-    return verbose
 
 
 def _shard_by_data(dataset):
@@ -777,7 +766,7 @@ class Trainer:
                     if verbose:
                         print(f"Epoch {epoch + 1}/{math.ceil(total / steps_per_epoch)}")
                     progbar = keras.utils.Progbar(
-                        steps_per_epoch, verbose=_bar_mode(verbose), stateful_metrics=["lr"]
+                        steps_per_epoch, verbose=keras_bar_mode(verbose), stateful_metrics=["lr"]
                     )
                     if done:
                         progbar.update(done)
