@@ -45,9 +45,7 @@ def _layer_macs(layer, depthwise_only=False, graph=None):
 
 
 def _call_macs(layer, in_shape, out_shape, depthwise_only=False):
-    """Multiply-adds of one call of `layer` from its input and output shapes."""
-    if not isinstance(layer, COUNTED_LAYERS):
-        return 0
+    """Multiply-adds of one call of `layer` (one of `COUNTED_LAYERS`) from its shapes."""
     spatial = math.prod(out_shape[1:-1])
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return spatial * math.prod(layer.kernel_size) * out_shape[-1]

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from keras_deeplab._progress import progress as progress_bar
 from keras_deeplab.data.contract import MAX_LISTED, DataError, short
 from keras_deeplab.data.decode import (
     PIL_IMAGE_EXTENSIONS,
@@ -221,8 +222,6 @@ def validate(
     Example:
         >>> data = validate(paired_folders("images", "masks", 3), skip_bad=True)  # doctest: +SKIP
     """
-    from keras_deeplab._progress import progress as progress_bar
-
     if data.files is None:
         return _validate_dataset(data, skip_bad=skip_bad, progress=progress)
     lut = data.label_lut if data.label_lut is not None else np.arange(256, dtype=np.uint8)
@@ -314,8 +313,6 @@ def _examples(data):
 
 
 def _validate_dataset(data, skip_bad, progress):
-    from keras_deeplab._progress import progress as progress_bar
-
     bad = []
     index = -1
     examples = progress_bar(
