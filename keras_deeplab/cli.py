@@ -599,8 +599,9 @@ def _add_precision_argument(parser):
         "--precision",
         choices=PRECISION_CHOICES,
         default="float32",
-        help="inference precision; auto = bfloat16 on CPUs with AMX and recent GPUs, float16 "
-        "on older GPUs, float32 otherwise (the choice is printed and recorded)",
+        help="inference precision; auto = bfloat16 on CPUs with AMX, AMD CPUs with AVX512-BF16 "
+        "and recent GPUs, float16 on older GPUs, float32 otherwise (the choice is printed and "
+        "recorded)",
     )
 
 
@@ -709,7 +710,8 @@ def build_parser():
         choices=("auto", "float32", "bfloat16", "float16"),
         default=None,
         help="compute precision (train.precision; default: the config's, float32): auto picks "
-        "bfloat16 on AMX CPUs and GPUs of compute capability >= 8.0; float32 master weights "
+        "bfloat16 on AMX CPUs, AMD CPUs with AVX512-BF16 and GPUs of compute capability >= 8.0; "
+        "float32 master weights "
         "and loss; float16 (loss-scaled) needs a GPU",
     )
     train.set_defaults(func=_cmd_train)

@@ -11,10 +11,11 @@ from pathlib import Path
 
 DEMO_RECIPE = "shapes_demo"
 # train.precision of the demo (the user's overrides come after). "auto": bfloat16 on GPUs of
-# compute capability >= 8.0 (float16 on older ones); float32 on CPUs, including AMX ones, where
-# this MobileNetV2 model's depthwise convolutions have no AMX kernel and bfloat16 training is
-# slower (`keras_deeplab.precision.training_fallback`; measured back to back on the idle
-# 2-core AMX Xeon, 2026-11-30, two runs each: bf16 0.38 and 0.45 s/step, fp32 0.28 and 0.32).
+# compute capability >= 8.0 (float16 on older ones); float32 on CPUs, including AMX and AMD
+# AVX512-BF16 ones, where this MobileNetV2 model's depthwise convolutions make bfloat16 training
+# no faster (`keras_deeplab.precision.training_fallback`; measured back to back on the idle
+# 2-core AMX Xeon, 2026-11-30, two runs each: bf16 0.38 and 0.45 s/step, fp32 0.28 and 0.32;
+# on the 2-core Zen 4 EPYC, 2026-12-02, one 128-step run each: bf16 213 ms/step, fp32 202).
 DEMO_PRECISION = "auto"
 OUTPUTS = (
     "overlays.png",

@@ -3,20 +3,23 @@
 API (used by the inference paths and by training's `train.precision`):
 
 * `PRECISIONS = ("auto", "float32", "bfloat16", "float16")`: the allowed values.
-* `native_precision()` -> `"bfloat16"` on a CPU with AMX (`amx_bf16` in /proc/cpuinfo) or
-  a GPU of compute capability >= 8.0, `"float16"` on older GPUs, `"float32"` otherwise.
-  A capability check (CPU flags, `tf.config.experimental.get_device_details`), never a
-  timing. `native_reason()` says why, e.g. `"CPU has amx_bf16"`.
+* `native_precision()` -> `"bfloat16"` on a CPU with AMX (`amx_bf16` in /proc/cpuinfo), on
+  an AMD CPU with `avx512_bf16` (Zen 4 and later) or on a GPU of compute capability >= 8.0,
+  `"float16"` on older GPUs, `"float32"` otherwise (Intel CPUs with `avx512_bf16` but no AMX
+  included: bfloat16 measured slower there). A capability check (CPU vendor and flags,
+  `tf.config.experimental.get_device_details`), never a timing. `native_reason()` says why,
+  e.g. `"CPU has amx_bf16"`.
 * `resolve_precision(precision, purpose="inference")` -> the concrete precision
   (`"float32"`, `"bfloat16"` or `"float16"`). `"auto"` -> `native_precision()`. Errors: an
   unknown value (lists the allowed ones); `"float16"` without a GPU (suggests bfloat16).
   `"bfloat16"` without native support works and warns once per process that it is slower.
 * `training_fallback(model)` -> None, or why `"auto"` trains this built model in float32
-  although the CPU has AMX: its depthwise convolutions have no AMX kernel (oneDNN runs them
-  and both their gradients as `jit_dw:avx512_core_bf16`), and where they hold 3% or more of
-  the multiply-adds (`depthwise_share(model)`, `DEPTHWISE_SHARE_LIMIT`) a training step is
-  slower in bfloat16 (the measurements: docs/training.md, "Precision"). A check of the
-  model's structure, never a timing; GPUs never fall back.
+  although the CPU runs bfloat16 natively: its depthwise convolutions have no AMX kernel
+  (oneDNN runs them and both their gradients as `jit_dw:avx512_core_bf16`, also on AMD's
+  AVX512-BF16), and where they hold 3% or more of the multiply-adds (`depthwise_share(model)`,
+  `DEPTHWISE_SHARE_LIMIT`) a training step is no faster in bfloat16 (the measurements:
+  docs/training.md, "Precision"). A check of the model's structure, never a timing; GPUs
+  never fall back.
 * `describe_choice(precision, purpose="inference")` -> one line for CLI output and
   reports, e.g. `"precision auto -> bfloat16 (CPU has amx_bf16)"`.
 * `dtype_policy(precision)` -> the Keras dtype policy name: `"mixed_bfloat16"`,
@@ -36,7 +39,7 @@ Example:
 ```python
 from keras_deeplab.precision import describe_choice, dtype_policy, resolve_precision
 
-precision = resolve_precision("auto")  # "bfloat16" on an AMX Xeon, "float32" elsewhere
+precision = resolve_precision("auto")  # "bfloat16" on an AMX Xeon or a Zen 4 EPYC
 policy = dtype_policy(precision)  # "mixed_bfloat16" or None
 print(describe_choice("auto"))  # precision auto -> bfloat16 (CPU has amx_bf16)
 ```
@@ -51,15 +54,23 @@ PURPOSES = ("inference", "training")
 BF16_GPU_CAPABILITY = (8, 0)
 _POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 _warned = set()
+# AMD CPUs with avx512_bf16 (Zen 4 and later) run bfloat16 dot products at twice the float32
+# FMA rate; on the 2-core EPYC of 2026-12-02 the optimised bf16 inference graph ran at
+# 0.51-0.54x of float32's latency (docs/benchmarks.md, "Precision"). The Intel Xeons with
+# avx512_bf16 but no AMX measured here ran it mostly slower (0.61-1.57x speed).
+AMD = "vendor:AuthenticAMD"
 
 
 @functools.lru_cache(maxsize=1)
 def _hardware():
-    """`(cpu_flags, gpus)`: the set of /proc/cpuinfo flags and `[(name, (major, minor))]`."""
+    """`(cpu_features, gpus)`: the /proc/cpuinfo flags plus `"vendor:<vendor_id>"` (e.g.
+    `"vendor:AuthenticAMD"`), and `[(name, (major, minor))]`."""
     flags = set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
+                if line.startswith("vendor_id"):
+                    flags.add("vendor:" + line.split(":", 1)[1].strip())
                 if line.startswith("flags"):
                     flags.update(line.split(":", 1)[1].split())
                     break
@@ -89,6 +100,8 @@ def _native():
         return "float16", label
     if "amx_bf16" in flags:
         return "bfloat16", "CPU has amx_bf16"
+    if "avx512_bf16" in flags and AMD in flags:
+        return "bfloat16", "AMD CPU with avx512_bf16"
     if "avx512_bf16" in flags:
         return "float32", "CPU has avx512_bf16 but no AMX: bfloat16 is not faster there"
     return "float32", "CPU without a bfloat16 unit (no amx_bf16)"
@@ -117,7 +130,8 @@ def _check(precision, purpose):
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(
             f"precision={precision!r} is not allowed; use one of {', '.join(PRECISIONS)} "
-            f"('auto' picks bfloat16 on AMX CPUs and recent GPUs, float32 otherwise)."
+            f"('auto' picks bfloat16 on AMX CPUs, AMD CPUs with AVX512-BF16 and recent GPUs, "
+            f"float32 otherwise)."
         )
     return precision
 
@@ -143,8 +157,8 @@ def resolve_precision(precision, purpose="inference"):
     if precision == "float16" and not gpus:
         raise ValueError(
             f"precision='float16' for {purpose} needs a GPU and none is visible: CPUs have "
-            f"no fast float16 path. Use precision='bfloat16' (native on CPUs with AMX) or "
-            f"'auto'."
+            f"no fast float16 path. Use precision='bfloat16' (native on CPUs with AMX or AMD's "
+            f"AVX512-BF16) or 'auto'."
         )
     if precision == "bfloat16" and native_precision() != "bfloat16":
         key = ("bfloat16", purpose)
@@ -217,14 +231,15 @@ def _has_depthwise(model):
 def training_fallback(model):
     """Why `train.precision="auto"` trains `model` in float32 on this machine, or None.
 
-    On a CPU whose native precision is bfloat16 (AMX), a model whose depthwise convolutions
-    hold `DEPTHWISE_SHARE_LIMIT` (3%) or more of its multiply-adds trains in float32: AMX has
-    no depthwise kernel (see the module docstring), and such light models are slower in
-    bfloat16; heavier heads on the same trunk (PSPNet, UperNet, RefineNet on MobileNetV2) are
-    faster in bfloat16 and keep it (DeepLabV3+ Xception65, 1.5%, measured about equal).
-    Inference is not affected (the optimised bf16 inference graph of DeepLabV3 MobileNetV2 ran
-    at 0.79x of its float32 latency at 513 px on the same machine). Always None on GPUs and on
-    CPUs without AMX.
+    On a CPU whose native precision is bfloat16 (AMX, or AMD's AVX512-BF16), a model whose
+    depthwise convolutions hold `DEPTHWISE_SHARE_LIMIT` (3%) or more of its multiply-adds
+    trains in float32: AMX has no depthwise kernel (see the module docstring), and such light
+    models are slower in bfloat16 there and no faster on AMD's AVX512-BF16 (DeepLabV3+
+    MobileNetV2 at crop 513: 1.02x); heavier heads on the same trunk (PSPNet, UperNet,
+    RefineNet on MobileNetV2) are faster in bfloat16 and keep it (DeepLabV3+ Xception65, 1.5%,
+    measured about equal on AMX). Inference is not affected (the optimised bf16 inference graph
+    of DeepLabV3 MobileNetV2 ran at 0.79x of its float32 latency at 513 px on the AMX machine,
+    0.54x on the AMD one). Always None on GPUs and on CPUs without native bfloat16.
 
     Example:
         >>> training_fallback(keras_deeplab.create_model("deeplabv3_mobilenetv2"))  # AMX CPU
@@ -238,7 +253,9 @@ def training_fallback(model):
     except Exception:  # a model that cannot be rebuilt at a fixed size: any depthwise layer
         share = float(_has_depthwise(model))
     if share >= DEPTHWISE_SHARE_LIMIT:
-        return f"its depthwise convolutions ({share:.1%} of its multiply-adds) have no AMX kernel"
+        flags, _ = _hardware()
+        why = "have no AMX kernel" if "amx_bf16" in flags else "train no faster in bfloat16 here"
+        return f"its depthwise convolutions ({share:.1%} of its multiply-adds) {why}"
     return None
 
 

@@ -14,7 +14,9 @@ from keras_deeplab.evaluation import Segmenter
 from keras_deeplab.evaluation.segmenter import verify_precision
 
 AMX = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-AVX512_BF16 = frozenset({"avx512f", "avx512_bf16"})
+AVX512_BF16 = frozenset({"avx512f", "avx512_bf16", "vendor:GenuineIntel"})  # no AMX
+ZEN4 = frozenset({"avx512f", "avx512_bf16", "vendor:AuthenticAMD"})
+ZEN3 = frozenset({"avx2", "fma", "vendor:AuthenticAMD"})
 PLAIN = frozenset({"avx2", "fma"})
 
 
@@ -34,6 +36,8 @@ def hardware(monkeypatch):
     [
         (AMX, (), "bfloat16"),
         (AVX512_BF16, (), "float32"),
+        (ZEN4, (), "bfloat16"),
+        (ZEN3, (), "float32"),
         (PLAIN, (), "float32"),
         (PLAIN, (("A100", (8, 0)),), "bfloat16"),
         (PLAIN, (("T4", (7, 5)),), "float16"),
@@ -61,6 +65,10 @@ def test_describe_choice_and_dtype_policy(hardware):
     hardware(PLAIN)
     assert precision.dtype_policy("auto") is None
     assert precision.describe_choice("auto").startswith("precision auto -> float32 (CPU without")
+    hardware(ZEN4)
+    assert (
+        precision.describe_choice("auto") == "precision auto -> bfloat16 (AMD CPU with avx512_bf16)"
+    )
 
 
 def test_unknown_precision_lists_the_allowed_values(hardware):
@@ -365,6 +373,11 @@ def test_training_fallback_is_a_check_of_the_models_layers(hardware):
     assert precision.training_fallback(depthwise) is None
     hardware(AVX512_BF16)
     assert precision.training_fallback(depthwise) is None
+    hardware(ZEN4)  # AMD's AVX512-BF16 has a depthwise kernel, no faster than float32's
+    assert "(100.0% of its multiply-adds) train no faster in bfloat16 here" in (
+        precision.training_fallback(depthwise)
+    )
+    assert precision.training_fallback(heavy_head) is None
 
 
 def test_the_fallback_splits_the_zoo_heads_on_one_trunk():

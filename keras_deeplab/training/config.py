@@ -194,10 +194,10 @@ class TrainLoopConfig:
         batch_norm_momentum: BN moving-average momentum during training (None: the
             model's, officially 0.9997 / 0.997; use ~0.9 for runs of a few thousand steps).
         precision: `"float32"` (default), `"bfloat16"`, `"float16"` or `"auto"` (bfloat16 on
-            AMX CPUs and GPUs of compute capability >= 8.0, float16 on older GPUs, float32
-            otherwise; on an AMX CPU a model whose depthwise convolutions hold 3% or more of
-            its multiply-adds trains in float32, since AMX has no depthwise kernel:
-            `keras_deeplab.precision.training_fallback`).
+            AMX CPUs, AMD CPUs with AVX512-BF16 and GPUs of compute capability >= 8.0, float16
+            on older GPUs, float32 otherwise; on such a CPU a model whose depthwise
+            convolutions hold 3% or more of its multiply-adds trains in float32, since they
+            are no faster in bfloat16 there: `keras_deeplab.precision.training_fallback`).
             Reduced precision computes under a Keras
             mixed policy: float32 master weights and a float32 loss; float16 adds dynamic
             loss scaling. float16 on a machine without a GPU is an error (use bfloat16).

@@ -328,7 +328,7 @@ class Trainer:
                 reason = None
                 if requested == "auto" and self.precision == "bfloat16":
                     reason = training_fallback(self.model)
-                if reason:  # an AMX CPU that would not run this model's training natively
+                if reason:  # a bf16 CPU on which this model's training is no faster in bf16
                     self.precision = "float32"
                     self.precision_choice = (
                         f"precision auto -> float32 ({native_reason()}, but {reason})"
