@@ -101,6 +101,23 @@ def test_evaluation_and_tensorboard_summaries(tmp_path):
     assert (tmp_path / "config.yaml").is_file()
 
 
+def test_epoch_iterators_run_without_the_autotune_thread(tmp_path):
+    """Per-epoch iterators: their deletion must not wait out tf.data's autotune period."""
+    trainer = Trainer(micro_model, config(tmp_path, train={"steps": 3}))
+    seen = []
+
+    def data(seed):
+        dataset = _batches(seed)
+        assert dataset.options().autotune.enabled is not False  # the user's dataset as given
+        seen.append(dataset)
+        return dataset
+
+    batches = trainer._batches(lambda seed, skip: data(seed), False, epoch_seed(0, 0), 0, 3)
+    assert batches.options().autotune.enabled is False
+    assert len(list(batches)) == 3 and len(seen) == 1
+    trainer.fit(data, eval_data=random_batches(9, num_batches=1))  # the whole loop still runs
+
+
 def test_epoch_seeds_differ_and_are_stable():
     seeds = [epoch_seed(0, e) for e in range(3)] + [epoch_seed(1, 0)]
     assert len(set(seeds)) == 4 and epoch_seed(0, 2) == seeds[2]
