@@ -15,11 +15,11 @@ API (used by the inference paths and by training's `train.precision`):
   `"bfloat16"` without native support works and warns once per process that it is slower.
 * `training_fallback(model)` -> None, or why `"auto"` trains this built model in float32
   although the CPU runs bfloat16 natively: its depthwise convolutions have no AMX kernel
-  (oneDNN runs them and both their gradients as `jit_dw:avx512_core_bf16`, also on AMD's
-  AVX512-BF16), and where they hold 3% or more of the multiply-adds (`depthwise_share(model)`,
-  `DEPTHWISE_SHARE_LIMIT`) a training step is no faster in bfloat16 (the measurements:
-  docs/training.md, "Precision"). A check of the model's structure, never a timing; GPUs
-  never fall back.
+  (oneDNN runs them and both their gradients on AVX512-BF16 kernels, `jit_dw` /
+  `brdgmm_dw:avx512_core_bf16`, on AMX and AMD CPUs alike), and where they hold 3% or more
+  of the multiply-adds (`depthwise_share(model)`, `DEPTHWISE_SHARE_LIMIT`) a training step
+  is no faster in bfloat16 (the measurements: docs/training.md, "Precision"). A check of the
+  model's structure, never a timing; GPUs never fall back.
 * `describe_choice(precision, purpose="inference")` -> one line for CLI output and
   reports, e.g. `"precision auto -> bfloat16 (CPU has amx_bf16)"`.
 * `dtype_policy(precision)` -> the Keras dtype policy name: `"mixed_bfloat16"`,
