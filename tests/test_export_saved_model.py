@@ -145,13 +145,27 @@ def test_the_network_is_stored_once_for_all_three_signatures(exported):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D)
     ]
     library = _meta_graph(path).graph_def.library.function
-    conv_ops = [
-        node
-        for function in library
-        for node in function.node_def
-        if node.op in ("Conv2D", "DepthwiseConv2dNative")
+
+    def conv_ops(gradients):
+        return [
+            node
+            for function in library
+            if ("internal_grad_fn" in function.signature.name) == gradients
+            for node in function.node_def
+            if node.op in ("Conv2D", "DepthwiseConv2dNative")
+        ]
+
+    assert len(conv_layers) > 30 and len(conv_ops(gradients=False)) == len(conv_layers)
+    # Where TF runs dilated depthwise convs natively (oneDNN builds), each one carries its
+    # exact gradient (`keras_deeplab.layers._depthwise_exact_gradient`), saved once per layer
+    # so that fine-tuning the loaded SavedModel gets the right gradients.
+    dilated = [
+        layer
+        for layer in conv_layers
+        if isinstance(layer, keras.layers.DepthwiseConv2D) and max(layer.dilation_rate) > 1
     ]
-    assert len(conv_layers) > 30 and len(conv_ops) == len(conv_layers)
+    native = keras_deeplab.layers.native_dilation("depthwise")
+    assert dilated and len(conv_ops(gradients=True)) == (len(dilated) if native else 0)
 
 
 def test_dynamic_sizes_equal_keras(exported):
