@@ -711,8 +711,7 @@ def build_parser():
         default=None,
         help="compute precision (train.precision; default: the config's, float32): auto picks "
         "bfloat16 on AMX CPUs, AMD CPUs with AVX512-BF16 and GPUs of compute capability >= 8.0; "
-        "float32 master weights "
-        "and loss; float16 (loss-scaled) needs a GPU",
+        "float32 master weights and loss; float16 (loss-scaled) needs a GPU",
     )
     train.set_defaults(func=_cmd_train)
 

@@ -653,14 +653,18 @@ class Trainer:
 
     def _batches(self, dataset_fn, shardable, seed, done, count):
         """This epoch's `count` batches, distributed over the replicas."""
+
+        def epoch_data(*shard):
+            return without_autotune_thread(dataset_fn(seed, done, *shard).take(count))
+
         if self.replicas == 1 and not self.multi_worker:
-            return without_autotune_thread(dataset_fn(seed, done).take(count))
+            return epoch_data()
         batch = self.config.train.batch_size
         if shardable and batch % self.replicas == 0:
 
             def pipeline(context):
                 shard = (context.num_input_pipelines, context.input_pipeline_id)
-                data = without_autotune_thread(dataset_fn(seed, done, shard).take(count))
+                data = epoch_data(shard)
                 local = self.replicas // context.num_input_pipelines
                 if local > 1:  # this worker's share -> one batch per local replica
                     per_replica = context.get_per_replica_batch_size(batch)
@@ -676,9 +680,7 @@ class Trainer:
                 "its part. keras_deeplab.data.train_pipeline shards before decoding.",
                 stacklevel=3,
             )
-        return self.strategy.experimental_distribute_dataset(
-            _shard_by_data(without_autotune_thread(dataset_fn(seed, done).take(count)))
-        )
+        return self.strategy.experimental_distribute_dataset(_shard_by_data(epoch_data()))
 
     def _check_finite(self):
         """Raises `NonFiniteLossError` if a step recorded a NaN/Inf loss (one host read)."""
