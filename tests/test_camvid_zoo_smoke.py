@@ -157,7 +157,7 @@ def test_quick_rows_take_the_narrow_heads_and_the_default_rows_the_named_widths(
         quick["refinenet"].options["width"] == 64 and "quick: width=64" in quick["refinenet"].note
     )
     assert quick["upernet"].options["fpn_dim"] == 128
-    assert "width" not in default["refinenet"].options
+    assert default["refinenet"].options["width"] == camvid_zoo.ZOO_REFINENET_WIDTH == 128
     assert "fpn_dim" not in default["upernet"].options
     assert "refinenet_scratch" not in quick and "refinenet_scratch" in default
     # --quick: the heads on Google's trunk; the whole-graph scratch networks in the full run.
