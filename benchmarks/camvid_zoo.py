@@ -31,11 +31,11 @@ per-channel scales.
 
 Default (full) run: crop 225x225, batch 8, 400 steps (8.7 epochs), momentum SGD 0.9, LR 0.007
 poly 0.9 after a 40-step linear warm-up from LR/10, weight decay 4e-5, scale 0.75-1.5 + flip,
-`train.precision=auto` (on an AMX CPU: float32 for the light heads, whose depthwise convolutions
-hold >= 3% of the multiply-adds, bfloat16 mixed precision for the others; each measured the
-faster one, `keras_deeplab.precision.training_fallback`; scoring always in float32), full val
-split; then every row's latency in one pass. Its
-measured time on the 2-core CI machine type, which depends on the host's state, is in
+`train.precision=auto` (on an AMX CPU or an AMD CPU with AVX512-BF16: float32 for the light
+heads, whose depthwise convolutions hold >= 3% of the multiply-adds, bfloat16 mixed precision
+for the others; each measured the faster one, `keras_deeplab.precision.training_fallback`;
+scoring always in float32), full val split, RefineNet at width 128 (released 256:
+`ZOO_REFINENET_WIDTH`); then every row's latency in one pass. Its measured time on the 2-core CI machine type, which depends on the host's state, is in
 docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
 nine Google-initialised rows only (heads on one trunk; the whole-graph networks trained from
 scratch cost half the check's time on an AVX2 host), UperNet at FPN/PPM width 128 and RefineNet
