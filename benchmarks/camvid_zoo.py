@@ -35,8 +35,8 @@ poly 0.9 after a 40-step linear warm-up from LR/10, weight decay 4e-5, scale 0.7
 heads, whose depthwise convolutions hold >= 3% of the multiply-adds, bfloat16 mixed precision
 for the others; each measured the faster one, `keras_deeplab.precision.training_fallback`;
 scoring always in float32), full val split, RefineNet at width 128 (released 256:
-`ZOO_REFINENET_WIDTH`); then every row's latency in one pass. Its measured time on the 2-core CI machine type, which depends on the host's state, is in
-docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
+`ZOO_REFINENET_WIDTH`); then every row's latency in one pass. Its measured time on the
+2-core CI machine type, which depends on the host's state, is in docs/camvid_zoo.md, "Budget". `--quick`: 40 steps at crop 193 batch 4, 24 val images, the
 nine Google-initialised rows only (heads on one trunk; the whole-graph networks trained from
 scratch cost half the check's time on an AVX2 host), UperNet at FPN/PPM width 128 and RefineNet
 at width 64 (`QUICK_UPERNET`, `QUICK_REFINENET`; 3-11x faster on an AVX2 host).
@@ -103,8 +103,9 @@ def _backbone_rows(family, model, note="", quick_options=None, **options):
 QUICK_UPERNET = {"fpn_dim": 128, "ppm_channels": 128}
 QUICK_REFINENET = {"width": 64}
 # The full run's RefineNet: the released width (256; 512 on the deepest path) makes a 64M-parameter,
-# 137-GMAC head on this 0.7M trunk (taps of 72-288 channels) and 2.6 img/s in bfloat16 on a Zen 5
-# EPYC (family 26), 40 of the run's ~120 minutes for its two rows; width 128 (16.9M) trains at 8.4 img/s.
+# 137-GMAC head on this 0.7M trunk (taps of 72-288 channels): 2.6 img/s in bfloat16 on a Zen 5
+# EPYC (family 26), about 40 minutes for its two rows at 400 steps. Width 128 (16.9M) trains at
+# 8.4 img/s there (the whole default run took 83.6 minutes, docs/camvid_zoo.md).
 ZOO_REFINENET_WIDTH = 128
 
 

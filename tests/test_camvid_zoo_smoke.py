@@ -150,7 +150,7 @@ def test_pareto_labels_of_coincident_points_do_not_overlap():
     assert offsets[0] == (4.0, 3.0)
 
 
-def test_quick_rows_take_the_narrow_heads_and_the_default_rows_the_named_widths():
+def test_quick_rows_take_the_narrow_heads_and_the_default_rows_the_full_run_widths():
     quick = {row.key: row for row in camvid_zoo.parse_rows(None, quick=True)}
     default = {row.key: row for row in camvid_zoo.parse_rows(None, quick=False)}
     assert (
