@@ -56,6 +56,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -458,7 +459,9 @@ def tflite_latency(model, size, runs, path):
     from keras_deeplab.export.interpreter import measure_latency
     from keras_deeplab.tflite_file import open_interpreter
 
-    to_tflite(model, path, input_size=size, verify=False)
+    with warnings.catch_warnings():  # latency only: the 360x480 of the other columns
+        warnings.filterwarnings("ignore", message=r"input_size .* is not k \* output_stride")
+        to_tflite(model, path, input_size=size, verify=False)
     interpreter = open_interpreter(path, num_threads=2)
     interpreter.allocate_tensors()
     return measure_latency(interpreter, runs=runs, warmup=2)["median_ms"]

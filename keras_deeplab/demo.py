@@ -68,6 +68,15 @@ def _check_is_run_dir(run):
         )
 
 
+def _pad_to(image, size):
+    """`image` [h, w, 3] padded bottom/right with the mean pixel to `size` (as Segmenter)."""
+    import numpy as np
+
+    (h, w), (height, width) = image.shape[:2], size
+    padding = ((0, height - h), (0, width - w), (0, 0))
+    return np.pad(image.astype("float32"), padding, constant_values=127.5)
+
+
 def demo_recipe():
     """Path of the shipped demo recipe (inside the installed package)."""
     from keras_deeplab.configs import recipe_path
@@ -87,6 +96,8 @@ def run_demo(out, resume=False, overrides=()):
     from PIL import Image
 
     from keras_deeplab.data import shapes
+    from keras_deeplab.data.augment import padded_size
+    from keras_deeplab.evaluation import Segmenter
     from keras_deeplab.export import to_saved_model, to_tflite
     from keras_deeplab.optimize import with_dtype_policy
     from keras_deeplab.precision import model_precision
@@ -111,8 +122,9 @@ def run_demo(out, resume=False, overrides=()):
     model = result.model
     miou = result.metrics["miou"] if result.metrics else float("nan")
     print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
+    settings = load_config(config, overrides)
     if result.history:
-        loss = load_config(config, overrides).loss
+        loss = settings.loss
         label = "training loss"
         if loss.top_k_percent_pixels < 1:
             label += (
@@ -123,10 +135,14 @@ def run_demo(out, resume=False, overrides=()):
 
     if model_precision(model) != "float32":  # trained in bf16/fp16: infer and export in fp32
         model = with_dtype_policy(model, "float32")
-    val = shapes("val", num_examples=8)
+    shape_options = {**settings.data.options, **settings.data.eval_options}
+    val = shapes("val", num_examples=8, image_size=shape_options.get("image_size", 96))
     images, masks = zip(*val.dataset.as_numpy_iterator(), strict=True)
     images, masks = np.stack(images), np.stack(masks)
-    predictions = model.predict(images.astype("float32"), verbose=0).argmax(-1)
+    # As evaluated and trained: padded to k * output_stride + 1 (97 for the 96-px images), so
+    # the align-corners resizes line up with the pixels (unpadded 96-px inputs score ~0.13 less).
+    segmenter = Segmenter(model, batch_size=len(images))
+    predictions = np.stack(segmenter.predict(list(images)))
     grid = overlay_grid(images, masks, predictions)
     Image.fromarray(np.concatenate(list(grid), axis=0)).save(out / "overlays.png")
 
@@ -139,14 +155,17 @@ def run_demo(out, resume=False, overrides=()):
     )
     print(f"    max abs diff {sm['max_abs_diff']}, class-map agreement {sm['class_map_agreement']}")
     print("3/3 exporting an int8 TFLite (calibrated on shapes train images, verified)")
-    calibration = [img for img, _ in shapes("train", num_examples=32).dataset.as_numpy_iterator()]
+    train = shapes("train", num_examples=32, image_size=images.shape[1:3])
+    calibration = [img for img, _ in train.dataset.as_numpy_iterator()]
+    # 97 x 97 for 96-px shapes: the file takes images padded like the Segmenter's
+    size = tuple(padded_size(d, segmenter.output_stride) for d in images.shape[1:3])
     tfl = to_tflite(
         model,
         str(out / "demo_int8.tflite"),
-        input_size=images.shape[1],
+        input_size=size,
         quantize="int8",
-        representative_data=calibration,
-        sample_images=list(images[:4]),
+        representative_data=[_pad_to(img, size) for img in calibration],
+        sample_images=[_pad_to(img, size) for img in images[:4]],
         report_path=str(out / "demo_int8.report.json"),
     )
     print(

@@ -186,7 +186,8 @@ def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     assert (out / "saved_model" / "saved_model.pb").exists()
     report = json.loads((out / "demo_int8.report.json").read_text())
     assert report["quantize"] == "int8" and report["num_images"] == 4
-    # Measured at step 40 on the 4 verification images (96 x 96): Keras logits in [-12.8, 9.7],
+    assert report["input_size"] == [49, 49]  # the 48-px images padded to k * 16 + 1, as evaluated
+    # Measured at step 40 on the 4 verification images (48 x 48 then): Keras logits in [-12.8, 9.7],
     # top-2 margin >= 1.75 at every pixel, int8 logit error 0.197, agreement 1.0; calibrating on
     # images // 8 instead gives an error of 4.5. Bound: 3x the measured error, and no flipped
     # pixel beyond 0.1 % (the error is 9x smaller than the smallest margin).

@@ -23,6 +23,7 @@ from keras_deeplab.export.graph import ExportGraph
 from keras_deeplab.export.labels import labels_path_for, resolve_labels
 from keras_deeplab.export.report import VerificationError, atomic_write_bytes, write_report
 from keras_deeplab.export.rewrite import optimize_for_export
+from keras_deeplab.export.tflite import warn_unaligned
 from keras_deeplab.layers import Preprocessing
 from keras_deeplab.tflite_file import detect_quantization, op_counts, op_options
 from keras_deeplab.weights import load_tflite
@@ -316,6 +317,18 @@ def test_model_facts_from_segmentation_models_and_assumed_for_others(model):
     assert ExportGraph(bare).input_key == "normalized_image"  # fed as given
     with pytest.raises(ValueError, match="'bare' does not normalise its input"):
         ExportGraph(bare, include_preprocessing=True)
+
+
+def test_warns_when_an_align_corners_model_is_exported_off_the_k_times_stride_plus_one_grid(model):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"input_size 32x40 .* Export at 33x41"):
+        warn_unaligned(model, (32, 40))  # OS 8: 33 and 41 line up, 32 and 40 do not
+    unet = create_model("unet", num_classes=NUM_CLASSES)  # no align-corners resizes: own rules
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unaligned(model, (SIZE, 41))
+        warn_unaligned(unet, (32, 32))
 
 
 def test_labels():
