@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_deeplab
+from keras_deeplab.data.augment import padded_size
 from keras_deeplab.export import saved_model as sm
 from keras_deeplab.export.labels import VOC_LABELS, default_labels
 from keras_deeplab.export.model_info import model_preprocessing
@@ -64,8 +65,15 @@ def _image(h, w, seed):
     return np.clip(smooth + noise, 0, 255).astype("uint8")
 
 
-def _keras(model, images):
-    logits = np.asarray(model(np.asarray(images, "float32"), training=False))
+def _keras(model, images, pad=True):
+    """The model's logits and probabilities on `images`; with `pad`, as evaluated and served:
+    padded to k * output_stride + 1 with the mean pixel, cropped back."""
+    x = np.asarray(images, "float32")
+    h, w = x.shape[1:3]
+    if pad:
+        size = [padded_size(d, model.output_stride) for d in (h, w)]
+        x = np.pad(x, ((0, 0), (0, size[0] - h), (0, size[1] - w), (0, 0)), constant_values=127.5)
+    logits = np.asarray(model(x, training=False))[:, :h, :w]
     return logits, np.asarray(tf.nn.softmax(logits, axis=-1))
 
 
@@ -168,16 +176,19 @@ def test_the_network_is_stored_once_for_all_three_signatures(exported):
     assert dilated and len(conv_ops(gradients=True)) == (len(dilated) if native else 0)
 
 
-def test_dynamic_sizes_equal_keras(exported):
+def test_dynamic_sizes_equal_keras_padded_to_the_k_times_stride_plus_one_grid(exported):
     model, _, _, _, loaded = exported
     serve = loaded.signatures["serving_default"]
-    for h, w in [(65, 97), (96, 128)]:
+    for h, w in [(65, 97), (96, 128)]:  # OS 8: the first lines up, the second is padded
         image = _image(h, w, seed=h)[None]
         out = serve(images=tf.constant(image))
         logits, probabilities = _keras(model, image)
         assert out["probabilities"].shape == (1, h, w, NUM_CLASSES)
         assert np.max(np.abs(out["probabilities"].numpy() - probabilities)) <= 1e-5
         _assert_class_maps_equal(out["class_map"].numpy(), logits)
+        unpadded = _keras(model, image, pad=False)[1]
+        moved = np.max(np.abs(out["probabilities"].numpy() - unpadded))
+        assert moved <= 1e-5 if (h, w) == (65, 97) else moved > 1e-2, moved
 
 
 def test_batch_of_two_equals_keras_per_image(exported):
@@ -352,7 +363,7 @@ def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
     model = _model(activation="softmax")
     image = tf.constant(_image(41, 53, 7)[None])
     out = Serving(model, None).images(image)  # the traced graph: float32 rounding vs eager
-    expected = np.asarray(model(tf.cast(image, tf.float32), training=False))
+    expected = _keras(model, image)[0]  # the probabilities themselves (softmax model)
     assert np.max(np.abs(out["probabilities"].numpy() - expected)) <= 1e-5
     np.testing.assert_allclose(out["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
     assert expected.max() > 0.9  # a second softmax over 3 classes would cap it at 0.58
@@ -360,8 +371,8 @@ def test_softmax_model_is_not_softmaxed_twice_and_msc_is_supported():
     msc = keras_deeplab.MultiScaleInputs(_model(), scales=(1.0, 0.5))
     assert model_preprocessing(msc) == "symmetric"
     out = Serving(msc, None).images(image)
-    logits = np.asarray(msc(tf.cast(image, tf.float32), training=False))
-    assert np.max(np.abs(out["probabilities"].numpy() - tf.nn.softmax(logits))) <= 1e-5
+    probabilities = _keras(msc, image)[1]
+    assert np.max(np.abs(out["probabilities"].numpy() - probabilities)) <= 1e-5
 
 
 @pytest.mark.slow  # suite time: 14 s
@@ -372,10 +383,11 @@ def test_plain_keras_model_says_what_it_returns_with_outputs(tmp_path):
     assert not isinstance(plain, keras_deeplab.SegmentationModel)
     image = tf.constant(_image(41, 53, 8)[None])
     expected = np.asarray(model(tf.cast(image, tf.float32), training=False))
+    # traced graph against eager: float32 rounding (3.6e-6 on a Zen 5 EPYC), as above
     told = Serving(plain, None, outputs="softmax").images(image)["probabilities"].numpy()
-    assert np.max(np.abs(told - expected)) <= 1e-6
+    assert np.max(np.abs(told - expected)) <= 1e-5
     assumed = Serving(plain, None).images(image)["probabilities"].numpy()  # logits assumed
-    assert np.max(np.abs(assumed - tf.nn.softmax(expected))) <= 1e-6
+    assert np.max(np.abs(assumed - tf.nn.softmax(expected))) <= 1e-5
 
     with pytest.raises(ValueError, match="returns softmax .* drop outputs='logits'"):
         to_saved_model(model, tmp_path / "x", outputs="logits")

@@ -16,8 +16,9 @@ model_preprocessing(model), output_activation(model), num_classes_of(model)
 ```
 """
 
+from keras_deeplab import _compat
 from keras_deeplab.backbones import preprocessing_mode
-from keras_deeplab.layers import Preprocessing
+from keras_deeplab.layers import Preprocessing, ResizeBilinear
 from keras_deeplab.msc import MultiScaleInputs
 from keras_deeplab.registry import get_architecture
 from keras_deeplab.segmentation_model import SegmentationModel
@@ -94,3 +95,26 @@ def num_classes_of(model):
         return model.num_classes
     h, w = input_size_of(model)
     return int(model.compute_output_shape((1, h or 33, w or 33, 3))[-1])
+
+
+def resize_conventions(model):
+    """The bilinear conventions the model's `ResizeBilinear` layers use: `"align_corners"`
+    (the official DeepLab / Caffe one) and/or `"half_pixel"` (torch's align_corners=False)."""
+    return {
+        "align_corners" if layer.align_corners else "half_pixel"
+        for layer in _compat.all_layers(model)
+        if isinstance(layer, ResizeBilinear)
+    }
+
+
+def aligned_stride(model):
+    """The output stride of the `k * OS + 1` input grid the model's labels line up on, or None.
+
+    Models with align-corners resizes (the official DeepLab, Caffe convention) and an
+    `output_stride` are evaluated on inputs padded to `k * OS + 1` (`Segmenter`); the
+    exporters pad or warn the same way. None for other models (half-pixel resizes, none).
+    """
+    stride = getattr(model, "output_stride", None)
+    if not stride or "align_corners" not in resize_conventions(model):
+        return None
+    return int(stride)

@@ -11,6 +11,9 @@ graph. Signatures (all shapes dynamic):
   `probabilities` and `image_size` int32 `[B, 2]` (height, width). Each image runs at its
   own size; outputs are padded to the batch's largest height/width (`class_map` with -1,
   `probabilities` with 0): crop image `i` to `image_size[i]`.
+* Models with align-corners resizes and an output stride (the DeepLab family) run each image of
+  the two RGB signatures padded bottom/right with the mean pixel to `k * OS + 1`, cropped back
+  (the official evaluation's rule, `Segmenter`'s).
 * `serve`: the Keras model itself, float32 `[B, H, W, 3]` in the model's input convention
   -> `logits` (or `probabilities` when the model ends with an activation).
 

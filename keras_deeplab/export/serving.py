@@ -15,7 +15,9 @@ archive.write_out("exported/deeplab")
 
 import tensorflow as tf
 
+from keras_deeplab.data.augment import MEAN_PIXEL, padded_size
 from keras_deeplab.export.model_info import (
+    aligned_stride,
     input_channels_of,
     input_normalization,
     input_size_of,
@@ -71,6 +73,8 @@ class Serving:
         self.num_classes = num_classes_of(model)
         self.size = input_size_of(model)
         self.channels = input_channels_of(model)
+        # RGB images are padded to k * OS + 1 with the mean pixel, as evaluated (`Segmenter`)
+        self.stride = aligned_stride(model) if None in self.size else None
         # The model traced once, for all three signatures: each calls this one graph function
         # instead of holding its own copy of the network (a third of the tracing, of the
         # SavedModel's function library and of its loading time).
@@ -81,8 +85,15 @@ class Serving:
         return tf.cast(self.model(x, training=False), tf.float32)
 
     def _outputs(self, rgb):
+        if self.stride is not None:
+            h, w = tf.shape(rgb)[1], tf.shape(rgb)[2]
+            pad_h = padded_size(h, self.stride) - h
+            pad_w = padded_size(w, self.stride) - w
+            rgb = tf.pad(rgb, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], constant_values=MEAN_PIXEL)
         x = rgb if self.normalise is None else self.normalise(rgb)
         scores = self.forward(x)
+        if self.stride is not None:
+            scores = scores[:, :h, :w]
         class_map = tf.argmax(scores, axis=-1, output_type=tf.int32)
         probabilities = scores if self.activation else tf.nn.softmax(scores, axis=-1)
         return {"class_map": class_map, "probabilities": probabilities}

@@ -45,7 +45,6 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from keras_deeplab import _compat
 from keras_deeplab.data.augment import padded_size
 from keras_deeplab.export.graph import ExportGraph
 from keras_deeplab.export.images import (
@@ -56,7 +55,7 @@ from keras_deeplab.export.images import (
 )
 from keras_deeplab.export.interpreter import SIGNATURE
 from keras_deeplab.export.labels import labels_path_for, labels_text, resolve_labels
-from keras_deeplab.export.model_info import inner_model
+from keras_deeplab.export.model_info import aligned_stride, inner_model, resize_conventions
 from keras_deeplab.export.report import VerificationError, atomic_write_bytes, write_report
 from keras_deeplab.export.rewrite import optimize_for_export
 from keras_deeplab.export.verify_tflite import (
@@ -66,7 +65,7 @@ from keras_deeplab.export.verify_tflite import (
     check_quantize,
     verify_tflite,
 )
-from keras_deeplab.layers import ResizeBilinear, force_native_dilation
+from keras_deeplab.layers import force_native_dilation
 from keras_deeplab.tflite_file import op_counts, op_options
 
 FORBIDDEN_OPS = ("SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND")
@@ -159,26 +158,16 @@ def _float32(model):
     return model if policy is None else with_dtype_policy(model, policy)
 
 
-def resize_conventions(model):
-    """The bilinear conventions the model's `ResizeBilinear` layers use: `"align_corners"`
-    (the official DeepLab / Caffe one) and/or `"half_pixel"` (torch's align_corners=False)."""
-    return {
-        "align_corners" if layer.align_corners else "half_pixel"
-        for layer in _compat.all_layers(model)
-        if isinstance(layer, ResizeBilinear)
-    }
-
-
 def warn_unaligned(model, hw):
     """Warns when an align-corners model is exported at a size other than `k * OS + 1`.
 
     The official DeepLab models (align-corners resizes) line their feature maps up with the
     pixels only at such sizes (513, 257, 97, ...): elsewhere the labels drift by up to a stride.
     """
-    stride = getattr(model, "output_stride", None)
-    if not stride or "align_corners" not in resize_conventions(model):
+    stride = aligned_stride(model)
+    if stride is None:
         return
-    aligned = tuple(padded_size(int(d), int(stride)) for d in hw)
+    aligned = tuple(padded_size(int(d), stride) for d in hw)
     if aligned != tuple(hw):
         warnings.warn(
             f"input_size {hw[0]}x{hw[1]} is not k * output_stride + 1 (output_stride {stride}): "

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_deeplab.data.augment import MEAN_PIXEL, padded_size
 from keras_deeplab.export.images import overlap_tiled, to_channels, uint8_images
-from keras_deeplab.export.model_info import input_channels_of, input_size_of, output_activation
+from keras_deeplab.export.model_info import (
+    aligned_stride,
+    input_channels_of,
+    input_size_of,
+    output_activation,
+)
 from keras_deeplab.export.report import VerificationError, time_calls
 from keras_deeplab.export.serving import SIGNATURES, serving_preprocessing, signature_summary
 from keras_deeplab.layers import Preprocessing
@@ -101,10 +107,20 @@ def verify_saved_model(
     signatures = {name: loaded.signatures[name] for name in SIGNATURES}
     raw_key = "probabilities" if activation else "logits"
 
-    def keras_raw(batch):
-        x = tf.constant(batch, tf.float32)
+    stride = aligned_stride(model) if None in input_size_of(model) else None
+
+    def keras_raw(batch, pad=False):
+        """The model's output on `batch`; with `pad`, as the RGB signatures run it: padded to
+        `k * OS + 1` with the mean pixel (align-corners models), cropped back."""
+        x = batch.astype("float32")
+        h, w = x.shape[1:3]
+        if pad and stride is not None:
+            padding = ((0, 0), (0, padded_size(h, stride) - h), (0, padded_size(w, stride) - w))
+            x = np.pad(x, (*padding, (0, 0)), constant_values=MEAN_PIXEL)
+        x = tf.constant(x)
         x = x if normalise is None else normalise(x)
-        return np.asarray(tf.cast(model(x, training=False), tf.float32))
+        raw = np.asarray(tf.cast(model(x, training=False), tf.float32))
+        return raw[:, :h, :w] if pad and stride is not None else raw
 
     def to_probabilities(raw):
         return raw if activation else np.asarray(tf.nn.softmax(raw, axis=-1))
@@ -117,7 +133,8 @@ def verify_saved_model(
     for shape, group in groups.items():
         batch = np.stack(group)
         raw = keras_raw(batch)
-        references[shape] = (raw, to_probabilities(raw))
+        padded = keras_raw(batch, pad=True) if stride is not None else raw
+        references[shape] = (padded, to_probabilities(padded))
         out = signatures["serving_default"](images=tf.constant(batch))
         _compare(
             "serving_default",
