@@ -211,8 +211,9 @@ def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkey
         warnings.simplefilter("always")
         config = load_config(recipe_path(recipe), overrides)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert len(messages) == 1 and "data.options.image_size" in messages[0], messages
+    assert len(messages) == 2 and "data.options.image_size" in messages[0], messages
     assert "data.eval_options.num_examples" in messages[0] and "dropped" in messages[0]
+    assert "model.options.decoder_filters" in messages[1] and "dropped" in messages[1]
     assert config.data.options == {} and config.data.eval_options == {}
     assert config.model.name == "deeplabv3_mobilenetv2_dm05_os8"
     assert config.model.num_classes is None and config.loss.ignore_label is None
@@ -248,6 +249,25 @@ def test_recipe_options_of_another_source_are_dropped_but_overrides_are_not(tmp_
         warnings.simplefilter("error")
         config = load_config(recipe, [*switch, "data.options={}", "data.eval_options={}"])
     assert config.data.options == config.data.eval_options == {}
+
+
+def test_recipe_model_options_another_model_does_not_take_are_dropped_but_overrides_are_not():
+    import warnings
+
+    recipe = ROOT / "configs" / "shapes_demo.yaml"
+    assert "decoder_filters" in load_config(recipe).model.options  # a DeepLabV3+ option
+    switch = ["model.name=deeplabv3_mobilenetv2_dm05_os8"]
+    with pytest.warns(UserWarning, match=r"model.options.decoder_filters \(options of the recipe's"):
+        config = load_config(recipe, switch)
+    assert "decoder_filters" not in config.model.options
+    assert config.model.options["backbone"] == "mobilenetv2_dm05"  # taken by both: kept
+    # Given on the command line, the option is the user's: never dropped, one clear error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match="unknown argument 'decoder_filters'"):
+            load_config(recipe, [*switch, "model.options.decoder_filters=64"])
+        same = load_config(recipe, ["model.name=deeplabv3plus_mobilenetv2"])  # the recipe's
+    assert "decoder_filters" in same.model.options
 
 
 def test_unknown_data_options_fail_when_the_config_loads(tmp_path):

@@ -14,6 +14,7 @@ from keras_deeplab.training import (
     segmentation_loss,
     weight_decay_loss,
 )
+from keras_deeplab.training.losses import kth_largest, top_k_terms
 
 NUM_CLASSES = 4
 
@@ -117,6 +118,40 @@ def test_top_k_hard_pixel_mining():
     np.testing.assert_allclose(float(total / count), _numpy_top_k(logits, labels, 0.25), rtol=1e-6)
     # The hardest pixels have a larger mean loss than all valid pixels.
     assert float(total / count) > float(segmentation_loss(labels, logits))
+
+
+def _top_k_reference(losses, k):
+    top, _ = tf.math.top_k(losses, k=k, sorted=False)  # the official mining
+    return tf.reduce_sum(top), tf.reduce_sum(tf.cast(tf.not_equal(top, 0.0), tf.float32))
+
+
+@pytest.mark.parametrize("k", [1, 7, 1000, 2400, 2999, 3000])
+def test_top_k_terms_equal_the_official_top_k_in_value_count_and_gradient(k):
+    rng = np.random.default_rng(k)
+    losses = rng.exponential(1.0, 3000).astype("float32")
+    losses[rng.uniform(size=3000) < 0.3] = 0.0  # ignored pixels: zero loss (k > 2100: ties at 0)
+    losses = tf.constant(losses)
+    assert float(kth_largest(losses, k)) == float(np.sort(losses.numpy())[::-1][k - 1])
+    results = []
+    for terms in (top_k_terms, _top_k_reference):
+        with tf.GradientTape() as tape:
+            tape.watch(losses)
+            total, count = terms(losses, k)
+        results.append((float(total), float(count), tape.gradient(total, losses).numpy()))
+    (total, count, gradient), (ref_total, ref_count, ref_gradient) = results
+    np.testing.assert_allclose(total, ref_total, rtol=1e-5)
+    assert count == ref_count
+    positive = losses.numpy() > 0  # at zero-loss ties only the tie-breaking differs
+    np.testing.assert_array_equal(gradient[positive], ref_gradient[positive])
+
+
+def test_top_k_terms_share_the_weight_of_ties_at_the_threshold():
+    losses = tf.constant([3.0, 2.0, 2.0, 2.0, 1.0])
+    with tf.GradientTape() as tape:
+        tape.watch(losses)
+        total, count = top_k_terms(losses, 2)
+    assert (float(total), float(count)) == (5.0, 2.0)
+    np.testing.assert_allclose(tape.gradient(total, losses), [1, 1 / 3, 1 / 3, 1 / 3, 0])
 
 
 def test_hard_example_mining_warm_up():

@@ -12,7 +12,8 @@ problem (unknown keys, wrong types, bad choices, unknown model names) in one
 (`keras_deeplab.data.folders.reader_options`). When an override changes `data.source`
 (e.g. `data.source=directory data.root=DIR` on top of the `shapes_demo` recipe), the
 recipe's options the new source does not take (`image_size`, `num_examples`) are dropped
-with one warning; options given as overrides are never dropped. `check_labels(loss, source,
+with one warning; options given as overrides are never dropped. The same holds for the recipe's
+`model.options` under another `model.name` (the demo's `decoder_filters` for a DeepLabV3). `check_labels(loss, source,
 num_classes)` checks, once the data is loaded and before any step, that the loss's ignore
 label, class weights and the model's class count agree with the data. The checks beyond
 types (ranges, model arguments, reader options, labels) are in `training.config_checks`.
@@ -41,7 +42,9 @@ from keras_deeplab.training.config_checks import (
     build_kwargs,
     check_labels,
     data_option_checks,
+    drop_recipe_model_options,
     recipe_data,
+    recipe_model,
     semantic_checks,
 )
 from keras_deeplab.training.optim import OFFICIAL_LAST_LAYERS
@@ -530,8 +533,10 @@ def load_config(source=None, overrides=()):
             f"got {type(raw).__name__}."
         )
     recipe = recipe_data(raw, DataConfig.source)
+    recipe_net = recipe_model(raw, ModelConfig.name)
     errors = apply_overrides(raw, overrides)
     config = _build(TrainConfig, raw, "", errors)
+    dropped_options = drop_recipe_model_options(config, recipe_net, overrides)
     semantic_checks(config, errors)
     deprecated = _precision_alias(config, raw, errors)
     sources = typing.get_args(typing.get_type_hints(DataConfig)["source"])
@@ -547,6 +552,13 @@ def load_config(source=None, overrides=()):
         warnings.warn(
             f"Training config{what}: {', '.join(dropped)} (options of the recipe's data.source="
             f"{recipe[0]!r}) dropped for data.source={config.data.source!r}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if dropped_options:
+        warnings.warn(
+            f"Training config{what}: {', '.join(dropped_options)} (options of the recipe's "
+            f"model {recipe_net[0]!r}) dropped for model.name={config.model.name!r}.",
             UserWarning,
             stacklevel=2,
         )

@@ -141,6 +141,38 @@ def recipe_data(raw, default_source):
     return source, keys
 
 
+def recipe_model(raw, default_name):
+    """`(name, option keys)` of a raw config's model before its overrides."""
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    options = model.get("options")
+    return model.get("name", default_name), set(options) if isinstance(options, dict) else set()
+
+
+def drop_recipe_model_options(config, recipe, overrides):
+    """The recipe's `model.options` that an overridden `model.name` does not take: removed
+    from `config` and returned (e.g. the demo recipe's `decoder_filters` under
+    `model.name=deeplabv3_mobilenetv2`). Options given as overrides are never dropped."""
+    from keras_deeplab.models import list_models, model_architecture
+    from keras_deeplab.registry import get_architecture
+
+    recipe_name, recipe_keys = recipe
+    name, options = config.model.name, config.model.options
+    paths = _override_paths(overrides)
+    if name == recipe_name or "model.options" in paths or not isinstance(options, dict):
+        return []
+    if not isinstance(name, str) or name not in list_models():
+        return []  # reported by semantic_checks
+    accepted = get_architecture(model_architecture(name)[0]).arguments()
+    dropped = [
+        key
+        for key in options
+        if key in recipe_keys and key not in accepted and f"model.options.{key}" not in paths
+    ]
+    for key in dropped:
+        del options[key]
+    return [f"model.options.{key}" for key in dropped]
+
+
 def _override_paths(overrides):
     return {item.split("=", 1)[0].strip() for item in overrides or () if "=" in item}
 
