@@ -257,7 +257,9 @@ def test_recipe_model_options_another_model_does_not_take_are_dropped_but_overri
     recipe = ROOT / "configs" / "shapes_demo.yaml"
     assert "decoder_filters" in load_config(recipe).model.options  # a DeepLabV3+ option
     switch = ["model.name=deeplabv3_mobilenetv2_dm05_os8"]
-    with pytest.warns(UserWarning, match=r"model.options.decoder_filters \(options of the recipe's"):
+    with pytest.warns(
+        UserWarning, match=r"model.options.decoder_filters \(options of the recipe's"
+    ):
         config = load_config(recipe, switch)
     assert "decoder_filters" not in config.model.options
     assert config.model.options["backbone"] == "mobilenetv2_dm05"  # taken by both: kept
