@@ -170,6 +170,7 @@ def test_demo_end_to_end_at_tiny_size(tmp_path, capsys):
     out = tmp_path / "demo"
     overrides = [
         "train.steps=40",
+        "train.batch_size=16",  # the bounds below were measured at batch 16
         "train.eval_every_epochs=1000",  # one evaluation, at the end
         "data.options.num_examples=32",
         "data.eval_options.num_examples=8",

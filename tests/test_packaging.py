@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "keras_deeplab"
 TINY_DEMO = [
     "train.steps=2",
+    "train.batch_size=8",
     "data.options.num_examples=16",
     "data.eval_options.num_examples=4",
     "data.options.image_size=33",
