@@ -102,6 +102,7 @@ class Backends:
             from ai_edge_litert.interpreter import Interpreter
 
             from keras_deeplab.export import to_tflite
+            from keras_deeplab.export.tflite import UNALIGNED_WARNING
 
             path = self.workdir / f"model_{size}_{quantize}.tflite"
             calibration = None
@@ -110,7 +111,7 @@ class Backends:
                 self.notes["int8_calibration"] = f"{len(calibration)} {source} images"
             start = time.perf_counter()
             with warnings.catch_warnings():  # latency at the sizes of the other backends
-                warnings.filterwarnings("ignore", message=r"input_size .* is not k \* output_")
+                warnings.filterwarnings("ignore", message=UNALIGNED_WARNING)
                 to_tflite(
                     self.model,
                     path,

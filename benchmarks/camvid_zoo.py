@@ -457,10 +457,11 @@ def tflite_latency(model, size, runs, path):
     """Median ms of the fp32 `.tflite` at `size` (LiteRT, 2 threads, XNNPACK)."""
     from keras_deeplab.export import to_tflite
     from keras_deeplab.export.interpreter import measure_latency
+    from keras_deeplab.export.tflite import UNALIGNED_WARNING
     from keras_deeplab.tflite_file import open_interpreter
 
     with warnings.catch_warnings():  # latency only: the 360x480 of the other columns
-        warnings.filterwarnings("ignore", message=r"input_size .* is not k \* output_stride")
+        warnings.filterwarnings("ignore", message=UNALIGNED_WARNING)
         to_tflite(model, path, input_size=size, verify=False)
     interpreter = open_interpreter(path, num_threads=2)
     interpreter.allocate_tensors()

@@ -68,15 +68,6 @@ def _check_is_run_dir(run):
         )
 
 
-def _pad_to(image, size):
-    """`image` [h, w, 3] padded bottom/right with the mean pixel to `size` (as Segmenter)."""
-    import numpy as np
-
-    (h, w), (height, width) = image.shape[:2], size
-    padding = ((0, height - h), (0, width - w), (0, 0))
-    return np.pad(image.astype("float32"), padding, constant_values=127.5)
-
-
 def demo_recipe():
     """Path of the shipped demo recipe (inside the installed package)."""
     from keras_deeplab.configs import recipe_path
@@ -96,7 +87,7 @@ def run_demo(out, resume=False, overrides=()):
     from PIL import Image
 
     from keras_deeplab.data import shapes
-    from keras_deeplab.data.augment import padded_size
+    from keras_deeplab.data.augment import pad_to_grid
     from keras_deeplab.evaluation import Segmenter
     from keras_deeplab.export import to_saved_model, to_tflite
     from keras_deeplab.optimize import with_dtype_policy
@@ -158,14 +149,15 @@ def run_demo(out, resume=False, overrides=()):
     train = shapes("train", num_examples=32, image_size=images.shape[1:3])
     calibration = [img for img, _ in train.dataset.as_numpy_iterator()]
     # 97 x 97 for 96-px shapes: the file takes images padded like the Segmenter's
-    size = tuple(padded_size(d, segmenter.output_stride) for d in images.shape[1:3])
+    stride = segmenter.output_stride
+    samples = pad_to_grid(images[:4], stride)
     tfl = to_tflite(
         model,
         str(out / "demo_int8.tflite"),
-        input_size=size,
+        input_size=samples.shape[1:3],
         quantize="int8",
-        representative_data=[_pad_to(img, size) for img in calibration],
-        sample_images=[_pad_to(img, size) for img in images[:4]],
+        representative_data=pad_to_grid(np.stack(calibration), stride),
+        sample_images=samples,
         report_path=str(out / "demo_int8.report.json"),
     )
     print(

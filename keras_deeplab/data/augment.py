@@ -254,6 +254,22 @@ def padded_size(size, output_stride):
     return (size - 1 + output_stride - 1) // output_stride * output_stride + 1
 
 
+def pad_to_grid(images, output_stride, value=MEAN_PIXEL):
+    """Float32 numpy `images` (`[H, W, C]` or `[B, H, W, C]`) padded bottom/right with `value` to
+    `padded_size` of their height and width: the official eval input (crop the output back).
+
+    Example:
+        >>> pad_to_grid(np.zeros((96, 96, 3)), 16).shape
+        (97, 97, 3)
+    """
+    images = np.asarray(images, np.float32)
+    h, w = images.shape[-3:-1]
+    padding = [(0, 0)] * images.ndim
+    padding[-3] = (0, padded_size(h, output_stride) - h)
+    padding[-2] = (0, padded_size(w, output_stride) - w)
+    return np.pad(images, padding, constant_values=value)
+
+
 def eval_pipeline(
     data,
     batch_size=1,

@@ -158,6 +158,10 @@ def _float32(model):
     return model if policy is None else with_dtype_policy(model, policy)
 
 
+# The start of `warn_unaligned`'s message, for `warnings.filterwarnings` where any size will do.
+UNALIGNED_WARNING = r"input_size .* is not k \* output_stride \+ 1"
+
+
 def warn_unaligned(model, hw):
     """Warns when an align-corners model is exported at a size other than `k * OS + 1`.
 

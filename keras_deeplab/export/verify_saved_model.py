@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_deeplab.data.augment import MEAN_PIXEL, padded_size
+from keras_deeplab.data.augment import pad_to_grid
 from keras_deeplab.export.images import overlap_tiled, to_channels, uint8_images
 from keras_deeplab.export.model_info import (
     aligned_stride,
@@ -112,12 +112,8 @@ def verify_saved_model(
     def keras_raw(batch, pad=False):
         """The model's output on `batch`; with `pad`, as the RGB signatures run it: padded to
         `k * OS + 1` with the mean pixel (align-corners models), cropped back."""
-        x = batch.astype("float32")
-        h, w = x.shape[1:3]
-        if pad and stride is not None:
-            padding = ((0, 0), (0, padded_size(h, stride) - h), (0, padded_size(w, stride) - w))
-            x = np.pad(x, (*padding, (0, 0)), constant_values=MEAN_PIXEL)
-        x = tf.constant(x)
+        h, w = batch.shape[1:3]
+        x = tf.constant(pad_to_grid(batch, stride) if pad and stride else batch, tf.float32)
         x = x if normalise is None else normalise(x)
         raw = np.asarray(tf.cast(model(x, training=False), tf.float32))
         return raw[:, :h, :w] if pad and stride is not None else raw

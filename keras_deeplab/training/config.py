@@ -12,9 +12,10 @@ problem (unknown keys, wrong types, bad choices, unknown model names) in one
 (`keras_deeplab.data.folders.reader_options`). When an override changes `data.source`
 (e.g. `data.source=directory data.root=DIR` on top of the `shapes_demo` recipe), the
 recipe's options the new source does not take (`image_size`, `num_examples`) are dropped
-with one warning; options given as overrides are never dropped. The same holds for the recipe's
-`model.options` under another `model.name` (the demo's `decoder_filters` for a DeepLabV3). `check_labels(loss, source,
-num_classes)` checks, once the data is loaded and before any step, that the loss's ignore
+with one warning; options given as overrides are never dropped. The same holds for the
+recipe's `model.options` under another `model.name` (the demo's `decoder_filters` for a
+DeepLabV3). `check_labels(loss, source, num_classes)` checks, once the data is loaded and
+before any step, that the loss's ignore
 label, class weights and the model's class count agree with the data. The checks beyond
 types (ranges, model arguments, reader options, labels) are in `training.config_checks`.
 
