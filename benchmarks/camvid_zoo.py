@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import RESULTS_DIR
+from keras_deeplab._cpu_steal import cpu_times, steal_share
 from keras_deeplab._json import jsonable
 
 GOOGLE_TFLITE = ("deeplabv3_tflite", "deeplabv3_257_mv_gpu.tflite")
@@ -717,7 +718,7 @@ def main(argv=None):
 
     from benchmarks.camvid_zoo_report import write_reports
 
-    started = time.time()
+    started, ticks = time.time(), cpu_times()
     init_files = None
     if any(r.init != "scratch" for r in rows):
         init_files = prepare_google_weights(out_dir / "_init", root, args.bn_images)
@@ -783,7 +784,7 @@ def main(argv=None):
             "eval_size": list(EVAL_SIZE),
         },
         "google_weights": {k: str(v) for k, v in (init_files or {}).items()},
-        "machine": _machine(),
+        "machine": {**_machine(), "cpu_steal_share": steal_share(ticks)},
         "class_names": _class_names(),
         "rows": records,
         "skipped": skipped,

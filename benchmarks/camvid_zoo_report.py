@@ -27,6 +27,11 @@ def _latency_pass(record):
     return f" ({seconds / 60:.1f} min)" if seconds else ""
 
 
+def _steal(machine):
+    share = machine.get("cpu_steal_share")
+    return "" if share is None else f"; the hypervisor took {share:.0%} of the CPU time (steal)"
+
+
 def _fmt(value, spec, missing="n/a"):
     return (
         missing
@@ -48,7 +53,7 @@ def markdown(record):
         f"{record['machine']['cores']} cores, flags "
         f"{', '.join(record['machine']['cpu_flags']) or 'none'}, load average "
         f"{_fmt(record['machine']['load_average'] and record['machine']['load_average'][0], '.1f')}"
-        " at the end). Latencies: every row back to back in one pass after the training"
+        f" at the end{_steal(record['machine'])}). Latencies: every row back to back in one pass after the training"
         f"{_latency_pass(record)}; training images/s: measured while each row trained. Compare "
         "them as ratios between rows; a load average above 1 per core distorts them.",
         "",

@@ -27,6 +27,7 @@ import numpy as np
 from benchmarks._common import RESULTS_DIR
 from benchmarks.backends import BACKENDS, Backends, random_images
 from benchmarks.machine import machine_info, matmul_peak
+from keras_deeplab._cpu_steal import cpu_times, steal_share
 
 
 def model_ms(run, images, reps):
@@ -55,6 +56,7 @@ def measure(model_name, size, rounds, reps, backend, versus=None):
             other(images)
         records = []
         for index in range(rounds):
+            ticks = cpu_times()
             peak = matmul_peak(4096, 3)["gflops"]
             versus_first = other is not None and index % 2 == 1  # no order bias
             if versus_first:
@@ -70,13 +72,15 @@ def measure(model_name, size, rounds, reps, backend, versus=None):
                 "fraction": gflop / (median_ms / 1e3) / peak,
                 "fraction_best": gflop / (best_ms / 1e3) / peak,
             }
+            record["steal"] = steal_share(ticks)
             if other is not None:
                 record["versus_median_ms"] = versus_ms
                 record["versus_ratio"] = versus_ms / median_ms
             records.append(record)
             print(
                 f"round {index + 1}/{rounds}: peak {peak:.0f} GFLOP/s, {model_name} "
-                f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak"
+                f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak, "
+                f"steal {_percent(record['steal'])}"
                 + (f"; {versus} {record['versus_median_ms']:.1f} ms" if other else ""),
                 flush=True,
             )
@@ -109,6 +113,10 @@ def summary(records):
     }
 
 
+def _percent(share):
+    return "n/a" if share is None else f"{share:.0%}"
+
+
 def markdown(report):
     s = report["summary"]
     lines = [
@@ -120,15 +128,15 @@ def markdown(report):
         f"(2 x multiply-adds). Each round: the 4096² float32 matmul (best of 3), then the model "
         f"(median of {report['reps']} calls).",
         "",
-        "| round | peak GFLOP/s | model ms (median) | model GFLOP/s | fraction |"
+        "| round | peak GFLOP/s | model ms (median) | model GFLOP/s | fraction | steal |"
         + (f" `{report['versus']}` ms | ratio |" if report["versus"] else ""),
-        "|---:|---:|---:|---:|---:|" + ("---:|---:|" if report["versus"] else ""),
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if report["versus"] else ""),
     ]
     for r in report["rounds"]:
         achieved = report["gflop_per_image"] / (r["median_ms"] / 1e3)
         lines.append(
             f"| {r['round']} | {r['peak_gflops']:.0f} | {r['median_ms']:.1f} | {achieved:.0f} | "
-            f"{r['fraction']:.1%} |"
+            f"{r['fraction']:.1%} | {_percent(r.get('steal'))} |"
             + (
                 f" {r['versus_median_ms']:.1f} | {r['versus_ratio']:.2f} |"
                 if report["versus"]

@@ -6,6 +6,7 @@ import math
 
 from benchmarks.backends import BACKEND_LABELS, BACKENDS
 from benchmarks.plan import PEER_MODEL, PEER_SIZE
+from keras_deeplab._cpu_steal import steal_note
 
 
 def fmt(value, digits=1):
@@ -25,6 +26,18 @@ def find_cell(result, backend, size, batch):
     return None
 
 
+def steal_lines(machine):
+    """The hypervisor's share of the CPU time over the run (`cpu_steal_share`), when recorded."""
+    share = machine.get("cpu_steal_share")
+    if share is None:
+        return []
+    note = steal_note(share)
+    return [
+        f"CPU time taken by the hypervisor over the run (steal): {share:.1%}"
+        + (f"; {note}." if note else ".")
+    ]
+
+
 def render_markdown(report):
     """`run.md`: machine, peak, every inference cell, optimisations, cost growth, the
     keras-hub peer, training / pipeline / CRF rows, from a report dict."""
@@ -35,6 +48,7 @@ def render_markdown(report):
         f"{m['memory_gib']} GiB; TF {m['tensorflow']}, Keras {m['keras']}, Python "
         f"{m['python']}; {m['date']}; load average at start {m['load_average_at_start'][0]:.2f}.",
         f"Command: `{report['command']}` ({report['wall_minutes']:.1f} min).",
+        *steal_lines(m),
         *precision_lines(report),
         "",
         f"fp32 matmul peak (4096x4096 `tf.linalg.matmul`, same run): **{peak:,.0f} GFLOP/s** "

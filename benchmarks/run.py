@@ -56,6 +56,7 @@ from benchmarks.machine import machine_info
 from benchmarks.plan import PEER_MODEL, PEER_SIZE, build_plan
 from benchmarks.report import render_markdown, render_summary
 from benchmarks.workers import run_peer, run_task, run_worker
+from keras_deeplab._cpu_steal import cpu_times, steal_share
 
 
 def main(argv=None):
@@ -83,7 +84,7 @@ def main(argv=None):
         run_worker(json.loads(args.worker))
         return None
 
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_times()
     plan = build_plan(args.quick)
     if args.models:
         plan["models"] = args.models
@@ -170,6 +171,7 @@ def main(argv=None):
     peaks = [p["gflops"] for p in (report["peak"]["start"], report["peak"]["end"]) if "gflops" in p]
     report["peak"]["gflops"] = max(peaks) if peaks else float("nan")
     report["wall_minutes"] = (time.perf_counter() - started) / 60
+    report["machine"]["cpu_steal_share"] = steal_share(ticks)
     stem.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     markdown = render_markdown(report)

@@ -86,6 +86,7 @@ def run_demo(out, resume=False, overrides=()):
     import numpy as np
     from PIL import Image
 
+    from keras_deeplab._cpu_steal import cpu_times, steal_note, steal_share
     from keras_deeplab.data import shapes
     from keras_deeplab.data.augment import pad_to_grid
     from keras_deeplab.evaluation import Segmenter
@@ -109,10 +110,13 @@ def run_demo(out, resume=False, overrides=()):
     print(
         f"1/3 training a DeepLabV3+ (MobileNetV2 x0.5) on the synthetic shapes data ({config.name})"
     )
+    ticks = cpu_times()
     result = train_from_config(config, overrides)
     model = result.model
     miou = result.metrics["miou"] if result.metrics else float("nan")
     print(f"    step {result.step}, {result.elapsed:.0f}s; held-out shapes mIoU {miou:.4f}")
+    if note := steal_note(steal_share(ticks)):
+        print(f"    ({note})")
     settings = load_config(config, overrides)
     if result.history:
         loss = settings.loss

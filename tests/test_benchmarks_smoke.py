@@ -181,9 +181,11 @@ def test_peak_fraction_pairs_every_timing_with_a_peak(tmp_path):
         assert _finite_positive(r["peak_gflops"]) and _finite_positive(r["median_ms"])
         expected = report["gflop_per_image"] / (r["median_ms"] / 1e3) / r["peak_gflops"]
         assert r["fraction"] == pytest.approx(expected)
+        assert r["steal"] is None or 0 <= r["steal"] <= 1
     fractions = sorted(r["fraction"] for r in report["rounds"])
     assert report["summary"]["median_fraction"] == pytest.approx(sum(fractions) / 2)
     assert "Median fraction" in (tmp_path / "pf.md").read_text()
+    assert "| steal |" in (tmp_path / "pf.md").read_text()
     assert (tmp_path / "pf.json").is_file()
     with pytest.raises(SystemExit):
         peak_fraction.main([*argv[:4], "--rounds", "0"])
