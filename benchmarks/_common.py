@@ -221,3 +221,39 @@ def emit_result(out):
     """Prints a worker's result as one tagged JSON line, with this process' peak RSS (MB)."""
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(RESULT_TAG + json.dumps(out), flush=True)
+
+
+def serve_timings(runners, meta, requests=None):
+    """A long-lived timing worker (used by `benchmarks.peer_ratio`).
+
+    `runners` maps a variant name to a no-argument callable that runs the model once. Every
+    runner is called once (trace, warm-up), then `meta` goes out as one tagged line; each
+    request line `{"variant": name, "reps": n}` read from `requests` (default stdin) is
+    answered with one tagged line `{"variant", "median_ms", "best_ms"}` of `n` timed calls.
+    Returns at the end of the input.
+    """
+    import statistics
+    import sys
+
+    for run_once in runners.values():
+        run_once()
+    emit_result({**meta, "variants": sorted(runners)})
+    for line in requests if requests is not None else sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        if request.get("variant") not in runners:
+            emit_result({"error": f"unknown variant {request.get('variant')!r}"})
+            continue
+        run_once, samples = runners[request["variant"]], []
+        for _ in range(max(1, int(request.get("reps", 3)))):
+            start = time.perf_counter()
+            run_once()
+            samples.append(1e3 * (time.perf_counter() - start))
+        emit_result(
+            {
+                "variant": request["variant"],
+                "median_ms": statistics.median(samples),
+                "best_ms": min(samples),
+            }
+        )

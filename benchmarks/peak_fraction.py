@@ -71,8 +71,8 @@ def measure(model_name, size, rounds, reps, backend, versus=None):
                 "best_ms": best_ms,
                 "fraction": gflop / (median_ms / 1e3) / peak,
                 "fraction_best": gflop / (best_ms / 1e3) / peak,
+                "steal": steal_share(ticks),
             }
-            record["steal"] = steal_share(ticks)
             if other is not None:
                 record["versus_median_ms"] = versus_ms
                 record["versus_ratio"] = versus_ms / median_ms

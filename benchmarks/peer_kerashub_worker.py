@@ -11,7 +11,10 @@ Tasks (a JSON argument), result printed as one tagged JSON line:
   `"precision": "bfloat16"` builds the model under the global Keras policy `mixed_bfloat16`
   (keras-hub's own way to run in bfloat16);
 * `{"kind": "train", "size": 512, "batch": 8, "steps": 3}`: training images/s with the same
-  step as `benchmarks.training.bench_train` (SGD momentum 0.9, pixel cross-entropy).
+  step as `benchmarks.training.bench_train` (SGD momentum 0.9, pixel cross-entropy);
+* `{"kind": "serve", "size": 512}`: builds the float32 and the `mixed_bfloat16` model once and
+  then times them on request (`benchmarks._common.serve_timings`; driven by
+  `benchmarks.peer_ratio`).
 
 GFLOP per image are counted by TF's graph profiler (`tf.compat.v1.profiler`, float_ops of
 the Conv2D / DepthwiseConv2dNative / MatMul nodes of the traced forward graph, which TF
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import emit_result, measure, train_step_rate
+from benchmarks._common import emit_result, measure, serve_timings, train_step_rate
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "_FusedConv2D")
@@ -129,8 +132,35 @@ def train(size, batch, steps, precision="float32"):
     return {**train_step_rate(build(size), size, batch, steps), "precision": precision}
 
 
+def serve(size):
+    """Float32 and bfloat16 keras-hub models held in one process, timed on request."""
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    x = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)), tf.float32)
+    runners, gflop = {}, None
+    for precision in ("float32", "bfloat16"):
+        set_precision(precision)
+        model = build(size)
+        if gflop is None:
+            gflop = profiled_gflop(model, size)[0]
+        fn = tf.function(lambda x, model=model: model(x, training=False))
+        runners[precision] = lambda fn=fn: fn(x).numpy()
+    keras.config.set_dtype_policy("float32")
+    meta = {
+        "model": "keras_hub.models.DeepLabV3ImageSegmenter (ResNet50, P2, P5, rates 6/12/18)",
+        "gflop_per_image": gflop,
+        "versions": {"keras_hub": keras_hub.__version__, "tensorflow": tf.__version__},
+    }
+    serve_timings(runners, meta)
+
+
 def main():
     task = json.loads(sys.argv[1])
+    if task["kind"] == "serve":
+        serve(task["size"])
+        return
     if task["kind"] == "infer":
         out = infer(task["size"], task.get("precision", "float32"))
     elif task["kind"] == "train":
