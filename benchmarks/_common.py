@@ -257,3 +257,16 @@ def serve_timings(runners, meta, requests=None):
                 "best_ms": min(samples),
             }
         )
+
+
+def write_report(stem, report, text):
+    """Writes `<stem>.json` (the report) and `<stem>.md` (`text`), and prints the markdown."""
+    stem = Path(stem)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+
+
+def percent(share):
+    """A share as a whole percentage, or "n/a" when it was not measured (None)."""
+    return "n/a" if share is None else f"{share:.0%}"

@@ -16,7 +16,6 @@ test.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR
+from benchmarks._common import RESULTS_DIR, percent, write_report
 from benchmarks.backends import BACKENDS, Backends, random_images
 from benchmarks.machine import machine_info, matmul_peak
 from keras_deeplab._cpu_steal import cpu_times, steal_share
@@ -80,7 +79,7 @@ def measure(model_name, size, rounds, reps, backend, versus=None):
             print(
                 f"round {index + 1}/{rounds}: peak {peak:.0f} GFLOP/s, {model_name} "
                 f"{median_ms:.1f} ms (best {best_ms:.1f}) -> {record['fraction']:.1%} of the peak, "
-                f"steal {_percent(record['steal'])}"
+                f"steal {percent(record['steal'])}"
                 + (f"; {versus} {record['versus_median_ms']:.1f} ms" if other else ""),
                 flush=True,
             )
@@ -113,10 +112,6 @@ def summary(records):
     }
 
 
-def _percent(share):
-    return "n/a" if share is None else f"{share:.0%}"
-
-
 def markdown(report):
     s = report["summary"]
     lines = [
@@ -136,7 +131,7 @@ def markdown(report):
         achieved = report["gflop_per_image"] / (r["median_ms"] / 1e3)
         lines.append(
             f"| {r['round']} | {r['peak_gflops']:.0f} | {r['median_ms']:.1f} | {achieved:.0f} | "
-            f"{r['fraction']:.1%} | {_percent(r.get('steal'))} |"
+            f"{r['fraction']:.1%} | {percent(r.get('steal'))} |"
             + (
                 f" {r['versus_median_ms']:.1f} | {r['versus_ratio']:.2f} |"
                 if report["versus"]
@@ -193,10 +188,9 @@ def main(argv=None):
         "rounds": records,
         "summary": summary(records),
     }
-    stem = RESULTS_DIR / (args.results or f"peak_fraction_{args.model}")
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(
+        RESULTS_DIR / (args.results or f"peak_fraction_{args.model}"), report, markdown(report)
+    )
     return report
 
 

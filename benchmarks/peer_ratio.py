@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import RESULT_TAG, RESULTS_DIR, serve_timings
+from benchmarks._common import RESULT_TAG, RESULTS_DIR, percent, serve_timings, write_report
 from benchmarks.machine import machine_info
 from benchmarks.plan import PEER_MODEL, PEER_SIZE
 from benchmarks.workers import PEERS_PYTHON, REPO
@@ -140,7 +140,7 @@ def measure(ours, peer, rounds, reps):
                 f"{record[p]['keras_hub_ms']:.1f} ms -> {record[p]['ratio']:.2f}x"
                 for p in PRECISIONS
             )
-            + f"; steal {_percent(record['steal'])}",
+            + f"; steal {percent(record['steal'])}",
             flush=True,
         )
     return records
@@ -160,10 +160,6 @@ def summary(records):
             "median_keras_hub_ms": statistics.median(r[p]["keras_hub_ms"] for r in records),
         }
     return out
-
-
-def _percent(share):
-    return "n/a" if share is None else f"{share:.0%}"
 
 
 def markdown(report):
@@ -189,7 +185,7 @@ def markdown(report):
         lines.append(
             f"| {r['round']} | {r['first']} | {f['ours_ms']:.1f} | {f['keras_hub_ms']:.1f} | "
             f"{f['ratio']:.2f}x | {b['ours_ms']:.1f} | {b['keras_hub_ms']:.1f} | "
-            f"{b['ratio']:.2f}x | {_percent(r['steal'])} |"
+            f"{b['ratio']:.2f}x | {percent(r['steal'])} |"
         )
     lines.append("")
     for p in PRECISIONS:
@@ -251,10 +247,7 @@ def main(argv=None):
         "rounds": records,
         "summary": summary(records),
     }
-    stem = RESULTS_DIR / args.results
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(RESULTS_DIR / args.results, report, markdown(report))
     return report
 
 
