@@ -232,7 +232,6 @@ def serve_timings(runners, meta, requests=None):
     answered with one tagged line `{"variant", "median_ms", "best_ms"}` of `n` timed calls.
     Returns at the end of the input.
     """
-    import statistics
     import sys
 
     for run_once in runners.values():
@@ -245,18 +244,22 @@ def serve_timings(runners, meta, requests=None):
         if request.get("variant") not in runners:
             emit_result({"error": f"unknown variant {request.get('variant')!r}"})
             continue
-        run_once, samples = runners[request["variant"]], []
-        for _ in range(max(1, int(request.get("reps", 3)))):
-            start = time.perf_counter()
-            run_once()
-            samples.append(1e3 * (time.perf_counter() - start))
-        emit_result(
-            {
-                "variant": request["variant"],
-                "median_ms": statistics.median(samples),
-                "best_ms": min(samples),
-            }
+        median_ms, best_ms = timed_calls(
+            runners[request["variant"]], max(1, int(request.get("reps", 3)))
         )
+        emit_result({"variant": request["variant"], "median_ms": median_ms, "best_ms": best_ms})
+
+
+def timed_calls(fn, reps):
+    """`(median_ms, best_ms)` of `reps` calls of `fn()` (no warm-up call)."""
+    import statistics
+
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(samples), min(samples)
 
 
 def write_report(stem, report, text):

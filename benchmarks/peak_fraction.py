@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, percent, write_report
+from benchmarks._common import RESULTS_DIR, percent, timed_calls, write_report
 from benchmarks.backends import BACKENDS, Backends, random_images
 from benchmarks.machine import machine_info, matmul_peak
 from keras_deeplab._cpu_steal import cpu_times, steal_share
@@ -32,12 +32,7 @@ from keras_deeplab._cpu_steal import cpu_times, steal_share
 def model_ms(run, images, reps):
     """Median and best ms of `reps` calls (after one warm call)."""
     run(images)
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run(images)
-        samples.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(samples), min(samples)
+    return timed_calls(lambda: run(images), reps)
 
 
 def measure(model_name, size, rounds, reps, backend, versus=None):

@@ -31,6 +31,7 @@ import numpy as np
 from benchmarks._common import emit_result, measure, serve_timings, train_step_rate
 
 REPO = Path(__file__).resolve().parents[1]
+MODEL_LABEL = "keras_hub.models.DeepLabV3ImageSegmenter (ResNet50, P2, P5, rates 6/12/18)"
 COUNTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "_FusedConv2D")
 
 
@@ -94,7 +95,7 @@ def infer(size, precision="float32"):
     fn = tf.function(lambda x: model(x, training=False))
     stats = measure(lambda: fn(x).numpy(), budget_s=8.0)
     out = {
-        "model": "keras_hub.models.DeepLabV3ImageSegmenter (ResNet50, P2, P5, rates 6/12/18)",
+        "model": MODEL_LABEL,
         "size": size,
         "precision": precision,
         "params": int(model.count_params()),
@@ -149,7 +150,7 @@ def serve(size):
         runners[precision] = lambda fn=fn: fn(x).numpy()
     keras.config.set_dtype_policy("float32")
     meta = {
-        "model": "keras_hub.models.DeepLabV3ImageSegmenter (ResNet50, P2, P5, rates 6/12/18)",
+        "model": MODEL_LABEL,
         "gflop_per_image": gflop,
         "versions": {"keras_hub": keras_hub.__version__, "tensorflow": tf.__version__},
     }
