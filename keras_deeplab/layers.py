@@ -262,8 +262,25 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return outputs
 
 
-def _uncast_half_inputs():
-    """True where the fused BatchNorm kernel runs half / bfloat16 inputs natively (GPUs)."""
+# oneDNN's bfloat16 BatchNorm (forward + gradient, channels-last) runs in blocks of 16
+# channels: at 16, 32, 48, ... channels it took 0.26-0.90x the time of the float32 kernel on
+# a cast copy, at 8, 12, 24, 72 or 120 channels 2.8-7.6x (AMX Xeon, batch 32 at 25x25, one
+# run each; /work/exp/bn_sweep.py, not committed).
+_BF16_BATCH_NORM_BLOCK = 16
+
+
+def _keeps_half_inputs(dtype, channels):
+    """True where the fused BatchNorm kernel runs `dtype` inputs natively and fast: on GPUs
+    (cuDNN takes half and bfloat16), and on CPUs with a bfloat16 unit for bfloat16 inputs
+    whose channel count is a multiple of 16."""
+    from keras_deeplab.precision import cpu_has_bfloat16
+
+    if _on_gpu():
+        return True
+    return dtype == tf.bfloat16 and channels % _BF16_BATCH_NORM_BLOCK == 0 and cpu_has_bfloat16()
+
+
+def _on_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -306,13 +323,14 @@ class BatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._can_fuse(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        # On GPUs half / bfloat16 inputs stay as they are (cuDNN's kernel takes them with
-        # float32 scale and offset and returns float32 statistics: no float32 copy of the
-        # activations); on CPUs the float32 kernel is faster (measured on an AMX Xeon, one
-        # 2-core run: float32 28 ms, float16 44 ms, bfloat16 92 ms forward + gradient).
-        half = inputs.dtype in (tf.float16, tf.bfloat16) and _uncast_half_inputs()
+        # Half / bfloat16 inputs stay as they are where the kernel runs them natively (it
+        # takes float32 scale and offset and returns float32 statistics: no float32 copy of
+        # the activations); elsewhere the float32 kernel on a cast copy is faster.
+        channels = inputs.shape[-1]
+        half = inputs.dtype in (tf.float16, tf.bfloat16) and _keeps_half_inputs(
+            inputs.dtype, channels
+        )
         x = inputs if half else tf.cast(inputs, tf.float32)
-        channels = x.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
         y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(

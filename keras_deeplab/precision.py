@@ -107,6 +107,12 @@ def _native():
     return "float32", "CPU without a bfloat16 unit (no amx_bf16)"
 
 
+def cpu_has_bfloat16():
+    """True on a CPU with a bfloat16 unit (`amx_bf16` or `avx512_bf16` in /proc/cpuinfo)."""
+    flags, _ = _hardware()
+    return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
 def native_precision():
     """The precision this machine runs fastest natively: "bfloat16", "float16" or "float32".
 

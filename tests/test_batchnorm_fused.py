@@ -104,26 +104,77 @@ def test_models_use_the_fused_layer():
     assert bns and all(type(layer) is BatchNormalization for layer in bns)
 
 
-@pytest.mark.parametrize("on_gpu", [False, True])
-def test_half_precision_inputs_reach_the_fused_kernel_uncast_on_gpus(on_gpu, monkeypatch):
-    """On GPUs bfloat16 activations go into FusedBatchNormV3 as they are (no float32 copy);
-    on CPUs (faster there) as float32. The moving statistics stay float32 either way and
-    equal the float32 layer's up to bfloat16 rounding."""
+@pytest.mark.parametrize(
+    "on_gpu, cpu_bf16, channels, kernel_dtype",
+    [
+        (True, False, 4, tf.bfloat16),  # cuDNN takes any channel count
+        (False, True, 16, tf.bfloat16),  # oneDNN's fast bf16 kernel: blocks of 16 channels
+        (False, True, 32, tf.bfloat16),
+        (False, True, 24, tf.float32),  # its slow path: a float32 copy is faster
+        (False, False, 16, tf.float32),  # no bfloat16 unit
+    ],
+)
+def test_half_precision_inputs_reach_the_fused_kernel_uncast_where_native(
+    on_gpu, cpu_bf16, channels, kernel_dtype, monkeypatch
+):
+    """bfloat16 activations go into FusedBatchNormV3 as they are (no float32 copy) on GPUs and
+    on CPUs with a bfloat16 unit at multiples of 16 channels; elsewhere as float32. The moving
+    statistics stay float32 either way and equal the float32 layer's up to bfloat16 rounding."""
     import keras_deeplab.layers
+    import keras_deeplab.precision
 
-    monkeypatch.setattr(keras_deeplab.layers, "_uncast_half_inputs", lambda: on_gpu)
-    x = np.random.default_rng(3).normal(1.0, 2.0, (2, 5, 6, 4)).astype("float32")
+    monkeypatch.setattr(keras_deeplab.layers, "_on_gpu", lambda: on_gpu)
+    monkeypatch.setattr(keras_deeplab.precision, "cpu_has_bfloat16", lambda: cpu_bf16)
+    x = np.random.default_rng(3).normal(1.0, 2.0, (2, 5, 6, channels)).astype("float32")
     half = BatchNormalization(dtype="mixed_bfloat16")
     full = BatchNormalization()
-    y = half(tf.constant(x), training=True)
-    full(tf.constant(x), training=True)
-    assert y.dtype == tf.bfloat16 and half.moving_mean.dtype == "float32"
-    np.testing.assert_allclose(half.moving_mean, full.moving_mean, atol=2e-3)
-    np.testing.assert_allclose(half.moving_variance, full.moving_variance, rtol=2e-2)
     graph = (
         tf.function(lambda t: half(t, training=True))
         .get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
         .graph
     )
     fused = [op for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
-    assert fused and fused[0].get_attr("T") == (tf.bfloat16 if on_gpu else tf.float32)
+    assert fused and fused[0].get_attr("T") == kernel_dtype
+    if on_gpu or (kernel_dtype == tf.bfloat16 and not _cpu_runs_bfloat16()):
+        return  # the routing is what is checked; this machine cannot run that kernel
+    half.moving_mean.assign(np.zeros(channels))
+    half.moving_variance.assign(np.ones(channels))
+    y = half(tf.constant(x), training=True)
+    full(tf.constant(x), training=True)
+    assert y.dtype == tf.bfloat16 and half.moving_mean.dtype == "float32"
+    np.testing.assert_allclose(half.moving_mean, full.moving_mean, atol=2e-3)
+    np.testing.assert_allclose(half.moving_variance, full.moving_variance, rtol=2e-2)
+
+
+def _cpu_runs_bfloat16():
+    from keras_deeplab.precision import _hardware
+
+    return bool({"amx_bf16", "avx512_bf16"} & _hardware()[0])
+
+
+def test_native_bfloat16_batch_norm_equals_the_float32_copy(monkeypatch):
+    """On a CPU with a bfloat16 unit the uncast kernel gives the cast path's outputs,
+    gradients and statistics (both compute in float32 inside; the activations are bfloat16
+    either way)."""
+    if not _cpu_runs_bfloat16():
+        pytest.skip("needs a CPU with amx_bf16 or avx512_bf16 (the native bfloat16 kernel)")
+    import keras_deeplab.layers
+
+    x = tf.constant(np.random.default_rng(4).normal(0.5, 3.0, (4, 9, 7, 32)), tf.bfloat16)
+    results = []
+    for native in (True, False):
+        monkeypatch.setattr(keras_deeplab.layers, "_keeps_half_inputs", lambda d, c, n=native: n)
+        layer = BatchNormalization(dtype="mixed_bfloat16")
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 32))
+        layer.beta.assign(np.linspace(-1.0, 1.0, 32))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(tf.nn.relu(y), tf.float32) * np.arange(32))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for native, cast in zip(*results, strict=True):
+        a = tf.cast(tf.convert_to_tensor(native), tf.float32).numpy()
+        b = tf.cast(tf.convert_to_tensor(cast), tf.float32).numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3 * np.abs(b).max())  # bitwise here
