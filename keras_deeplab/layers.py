@@ -264,8 +264,8 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
 # oneDNN's bfloat16 BatchNorm (forward + gradient, channels-last) runs in blocks of 16
 # channels: at 16, 32, 48, ... channels it took 0.26-0.90x the time of the float32 kernel on
-# a cast copy, at 8, 12, 24, 72 or 120 channels 2.8-7.6x (AMX Xeon, batch 32 at 25x25, one
-# run each; /work/exp/bn_sweep.py, not committed).
+# a cast copy, at 8, 12, 24, 72 or 120 channels 2.8-7.6x (AMX Xeon, batch 32 at 25x25;
+# `python -m benchmarks.bf16_batch_norm`, docs/training.md "CPU kernels").
 _BF16_BATCH_NORM_BLOCK = 16
 
 

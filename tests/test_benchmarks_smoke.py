@@ -189,3 +189,54 @@ def test_peak_fraction_pairs_every_timing_with_a_peak(tmp_path):
     assert (tmp_path / "pf.json").is_file()
     with pytest.raises(SystemExit):
         peak_fraction.main([*argv[:4], "--rounds", "0"])
+
+
+def test_bf16_batch_norm_kernel_sweep_and_report():
+    from benchmarks import bf16_batch_norm
+
+    kernels = bf16_batch_norm.kernel_sweep([16, 24], shape=(2, 9, 9), reps=2)
+    assert [r["channels"] for r in kernels["rows"]] == [16, 24]
+    for r in kernels["rows"]:
+        assert all(_finite_positive(r[v]) for v in bf16_batch_norm.VARIANTS)
+    steps = [dict(model="segnet:33:2", float32=4.0, bf16_cast=3.0, bf16_native=2.0)]
+    steps[0].update(native_over_cast=2 / 3, native_over_float32=0.5)
+    machine = {"cpu": "test CPU", "cores": 2, "isa": ["avx512_bf16"], "date": "today"}
+    text = bf16_batch_norm.render(
+        {"machine": machine, "rounds": 1, "kernels": kernels, "train_steps": steps}
+    )
+    assert "| segnet:33:2 | 4 | 3 | 2 | 0.67x | 0.50x |" in text
+    assert "| 24 |" in text and "flags avx512_bf16" in text
+
+
+@pytest.mark.slow  # ~85 s: three training graphs of a DeepLab model
+def test_bf16_batch_norm_benchmark_measures_every_variant(tmp_path):
+    from benchmarks import bf16_batch_norm
+
+    report = bf16_batch_norm.main(
+        [
+            "--channels",
+            "16",
+            "24",
+            "--models",
+            "deeplabv3_mobilenetv2_dm05_os8:33:2",
+            "--rounds",
+            "1",
+            "--results",
+            str(tmp_path / "bn"),
+        ]
+    )
+    assert [r["channels"] for r in report["kernels"]["rows"]] == [16, 24]
+    (row,) = report["train_steps"]
+    for r in [*report["kernels"]["rows"], row]:
+        assert all(_finite_positive(r[v]) for v in bf16_batch_norm.VARIANTS)
+    text = (tmp_path / "bn.md").read_text()
+    assert "| deeplabv3_mobilenetv2_dm05_os8:33:2 |" in text and "| 24 |" in text
+    assert (tmp_path / "bn.json").exists()
+
+
+def test_bf16_batch_norm_benchmark_rejects_a_bad_model_spec(capsys):
+    from benchmarks import bf16_batch_norm
+
+    with pytest.raises(SystemExit):
+        bf16_batch_norm.main(["--models", "segnet:128"])
+    assert "expected name:crop:batch" in capsys.readouterr().err

@@ -25,7 +25,7 @@ MODEL_MODULES = (
     "pooling",
     "unpooling",
 )
-MODEL_MAY_USE = ("optimize", "macs", "_compat", "weights")
+MODEL_MAY_USE = ("optimize", "macs", "precision", "_compat", "weights")
 
 
 def _map_entries():
