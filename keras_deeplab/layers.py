@@ -263,8 +263,8 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
 
 
 # oneDNN's bfloat16 BatchNorm (forward + gradient, channels-last) runs in blocks of 16
-# channels: at 16, 32, 48, ... channels it took 0.26-0.90x the time of the float32 kernel on
-# a cast copy, at 8, 12, 24, 72 or 120 channels 2.8-7.6x (AMX Xeon, batch 32 at 25x25;
+# channels: at 32-512 channels it took 0.50-0.74x the time of the float32 kernel on a cast
+# copy, at 8, 12, 24, 72 or 120 channels 2.7-8.1x (AMX Xeon, batch 32 at 25x25;
 # `python -m benchmarks.bf16_batch_norm`, docs/training.md "CPU kernels").
 _BF16_BATCH_NORM_BLOCK = 16
 
@@ -277,7 +277,12 @@ def _keeps_half_inputs(dtype, channels):
 
     if _on_gpu():
         return True
-    return dtype == tf.bfloat16 and channels % _BF16_BATCH_NORM_BLOCK == 0 and cpu_has_bfloat16()
+    return (
+        dtype == tf.bfloat16
+        and channels is not None
+        and channels % _BF16_BATCH_NORM_BLOCK == 0
+        and cpu_has_bfloat16()
+    )
 
 
 def _on_gpu():

@@ -8,6 +8,9 @@ import tensorflow as tf
 import keras_deeplab
 from keras_deeplab.layers import BatchNormalization
 
+# The real check, kept before the tests below replace the module's attribute.
+from keras_deeplab.precision import cpu_has_bfloat16 as _cpu_runs_bfloat16
+
 
 def _pair(channels=5, momentum=0.9, epsilon=1e-3, **kwargs):
     rng = np.random.default_rng(0)
@@ -144,12 +147,6 @@ def test_half_precision_inputs_reach_the_fused_kernel_uncast_where_native(
     assert y.dtype == tf.bfloat16 and half.moving_mean.dtype == "float32"
     np.testing.assert_allclose(half.moving_mean, full.moving_mean, atol=2e-3)
     np.testing.assert_allclose(half.moving_variance, full.moving_variance, rtol=2e-2)
-
-
-def _cpu_runs_bfloat16():
-    from keras_deeplab.precision import _hardware
-
-    return bool({"amx_bf16", "avx512_bf16"} & _hardware()[0])
 
 
 def test_native_bfloat16_batch_norm_equals_the_float32_copy(monkeypatch):
