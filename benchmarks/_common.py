@@ -181,19 +181,10 @@ def measure(fn, min_reps=3, max_reps=10, budget_s=10.0):
     }
 
 
-def train_step_rate(model, crop, batch, steps, num_classes=21, budget_s=60.0):
-    """Images/s of one SGD step (momentum 0.9, pixel cross-entropy) on random data.
-
-    The step both `benchmarks.training.bench_train` and the keras-hub worker time. Returns
-    `measure`'s stats with `crop`, `batch` and `images_per_s`.
-    """
-    import keras
+def train_step_fn(model, optimizer):
+    """A `tf.function` `step(images, labels) -> loss`: pixel cross-entropy on float32-cast
+    logits, the gradients applied by `optimizer`."""
     import tensorflow as tf
-
-    optimizer = keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9)
-    rng = np.random.default_rng(0)
-    x = tf.constant(rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32))
-    y = tf.constant(rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32))
 
     @tf.function
     def step(x, y):
@@ -206,6 +197,22 @@ def train_step_rate(model, crop, batch, steps, num_classes=21, budget_s=60.0):
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
+    return step
+
+
+def train_step_rate(model, crop, batch, steps, num_classes=21, budget_s=60.0):
+    """Images/s of one SGD step (momentum 0.9, pixel cross-entropy) on random data.
+
+    The step both `benchmarks.training.bench_train` and the keras-hub worker time. Returns
+    `measure`'s stats with `crop`, `batch` and `images_per_s`.
+    """
+    import keras
+    import tensorflow as tf
+
+    step = train_step_fn(model, keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.uniform(0, 255, (batch, crop, crop, 3)).astype(np.float32))
+    y = tf.constant(rng.integers(0, num_classes, (batch, crop, crop)).astype(np.int32))
     stats = measure(
         lambda: float(step(x, y)), min_reps=min(2, steps), max_reps=steps, budget_s=budget_s
     )

@@ -20,7 +20,7 @@ import argparse
 import statistics
 import time
 
-from benchmarks._common import RESULTS_DIR, timed_calls, write_report
+from benchmarks._common import RESULTS_DIR, timed_calls, train_step_fn, write_report
 from benchmarks.machine import machine_info
 
 CHANNELS = (8, 12, 16, 24, 32, 48, 64, 72, 96, 120, 128, 144, 192, 256, 288, 480, 512)
@@ -39,24 +39,15 @@ VARIANTS = ("float32", "bf16_cast", "bf16_native")
 def _bn_relu_step(cast):
     import tensorflow as tf
 
+    from benchmarks.gpu_checks.fused_bn_half import fused_batch_norm
+
     @tf.function
-    def step(x, gamma, beta):
+    def step(x):
         with tf.GradientTape() as tape:
-            tape.watch([x, gamma, beta])
-            inputs = tf.cast(x, tf.float32) if cast else x
-            y = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=gamma,
-                offset=beta,
-                mean=tf.zeros([0]),
-                variance=tf.zeros([0]),
-                epsilon=1e-3,
-                exponential_avg_factor=1.0,
-                data_format="NHWC",
-                is_training=True,
-            )[0]
+            tape.watch(x)
+            y = fused_batch_norm(tf.cast(x, tf.float32) if cast else x)[0]
             loss = tf.reduce_sum(tf.cast(tf.nn.relu(tf.cast(y, x.dtype)), tf.float32))
-        return tape.gradient(loss, [x, gamma, beta])
+        return tape.gradient(loss, x)
 
     return step
 
@@ -70,17 +61,16 @@ def kernel_sweep(channels, shape=(32, 25, 25), reps=7):
     for c in channels:
         x32 = tf.random.normal((*shape, c))
         x16 = tf.cast(x32, tf.bfloat16)
-        gamma, beta = tf.ones([c]), tf.zeros([c])
         row = {"channels": c}
         for variant, fn, x in (
             ("float32", plain, x32),
             ("bf16_cast", cast, x16),
             ("bf16_native", plain, x16),
         ):
-            fn(x, gamma, beta)  # trace and warm up
+            fn(x)  # trace and warm up
 
-            def call(fn=fn, x=x, gamma=gamma, beta=beta):
-                [t.numpy() for t in fn(x, gamma, beta)]
+            def call(fn=fn, x=x):
+                fn(x).numpy()
 
             row[variant] = timed_calls(call, reps)[0]
         row["native_over_cast"] = row["bf16_native"] / row["bf16_cast"]
@@ -97,7 +87,6 @@ def _train_step(spec, precision, native, images, labels):
     """A traced Adam step of `spec` ("name:crop:batch") built under `precision`, with
     BatchNorm's native-bfloat16 rule on (`native`) or every BatchNorm on a float32 copy."""
     import keras
-    import tensorflow as tf
 
     import keras_deeplab
     import keras_deeplab.layers as layers
@@ -111,18 +100,7 @@ def _train_step(spec, precision, native, images, labels):
         lambda: keras_deeplab.create_model(name, num_classes=5, **options),
         dtype_policy(precision),
     )
-    optimizer = keras.optimizers.Adam(1e-4)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
-            loss = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-            )
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+    step = train_step_fn(model, keras.optimizers.Adam(1e-4))
 
     rule = layers._keeps_half_inputs
     layers._keeps_half_inputs = rule if native else (lambda dtype, channels: False)
