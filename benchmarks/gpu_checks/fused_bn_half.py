@@ -1,8 +1,9 @@
 """FusedBatchNormV3 in training mode on float16 / bfloat16 inputs (float32 scale and
-statistics) against the float32 upcast the fused path uses today: time and error.
+statistics) against a float32 upcast of the same inputs: time and error.
 
 Usage: python -m benchmarks.gpu_checks.fused_bn_half [--shape 8,129,129,256] [--steps 50]
-On a GPU this is cuDNN's half path; on a CPU it runs (oneDNN) but the timing says little.
+On a GPU this is cuDNN's half path, which the fused BatchNorm takes there. On CPUs see
+`benchmarks.bf16_batch_norm` (native bfloat16 at multiples of 16 channels).
 """
 
 import argparse
