@@ -269,6 +269,18 @@ def timed_calls(fn, reps):
     return statistics.median(samples), min(samples)
 
 
+def report_header(module, argv, machine):
+    """The first fields of a benchmark's report: the command that made it, when, and where."""
+    import sys
+
+    args = " ".join(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": f"python -m {module} {args}".strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine,
+    }
+
+
 def write_report(stem, report, text):
     """Writes `<stem>.json` (the report) and `<stem>.md` (`text`), and prints the markdown."""
     stem = Path(stem)

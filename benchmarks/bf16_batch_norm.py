@@ -20,7 +20,13 @@ import argparse
 import statistics
 import time
 
-from benchmarks._common import RESULTS_DIR, timed_calls, train_step_fn, write_report
+from benchmarks._common import (
+    RESULTS_DIR,
+    report_header,
+    timed_calls,
+    train_step_fn,
+    write_report,
+)
 from benchmarks.machine import machine_info
 
 CHANNELS = (8, 12, 16, 24, 32, 48, 64, 72, 96, 120, 128, 144, 192, 256, 288, 480, 512)
@@ -52,6 +58,15 @@ def _bn_relu_step(cast):
     return step
 
 
+def _with_ratios(row, label, digits):
+    """`row` (ms per variant) with the native / copy and native / float32 ratios; prints it."""
+    row["native_over_cast"] = row["bf16_native"] / row["bf16_cast"]
+    row["native_over_float32"] = row["bf16_native"] / row["float32"]
+    times = ", ".join(f"{v} {row[v]:{digits}}" for v in VARIANTS)
+    print(f"  {label}: {times} ms", flush=True)
+    return row
+
+
 def kernel_sweep(channels, shape=(32, 25, 25), reps=7):
     """Median ms of BatchNorm forward + gradient per channel count and variant."""
     import tensorflow as tf
@@ -73,13 +88,7 @@ def kernel_sweep(channels, shape=(32, 25, 25), reps=7):
                 fn(x).numpy()
 
             row[variant] = timed_calls(call, reps)[0]
-        row["native_over_cast"] = row["bf16_native"] / row["bf16_cast"]
-        rows.append(row)
-        print(
-            f"  {c:4d} channels: float32 {row['float32']:.2f}, bf16 cast {row['bf16_cast']:.2f}, "
-            f"native {row['bf16_native']:.2f} ms",
-            flush=True,
-        )
+        rows.append(_with_ratios(row, f"{c:4d} channels", ".2f"))
     return {"shape": list(shape), "rows": rows}
 
 
@@ -135,14 +144,7 @@ def train_steps(specs, rounds, steps_per_round=2):
                     fns[variant](images, labels).numpy()
                     samples[variant].append(1e3 * (time.perf_counter() - start))
         row = {"model": spec, **{v: statistics.median(samples[v]) for v in VARIANTS}}
-        row["native_over_cast"] = row["bf16_native"] / row["bf16_cast"]
-        row["native_over_float32"] = row["bf16_native"] / row["float32"]
-        results.append(row)
-        print(
-            f"  {spec}: float32 {row['float32']:.0f}, bf16 cast {row['bf16_cast']:.0f}, "
-            f"native {row['bf16_native']:.0f} ms",
-            flush=True,
-        )
+        results.append(_with_ratios(row, spec, ".0f"))
     return results
 
 
@@ -201,7 +203,7 @@ def main(argv=None):
     print("training steps:", flush=True)
     steps = train_steps(args.models, args.rounds)
     report = {
-        "machine": machine,
+        **report_header("benchmarks.bf16_batch_norm", argv, machine),
         "rounds": args.rounds,
         "kernels": kernels,
         "train_steps": steps,

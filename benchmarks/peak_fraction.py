@@ -17,13 +17,11 @@ test.
 
 import argparse
 import statistics
-import sys
 import tempfile
-import time
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, percent, timed_calls, write_report
+from benchmarks._common import RESULTS_DIR, percent, report_header, timed_calls, write_report
 from benchmarks.backends import BACKENDS, Backends, random_images
 from benchmarks.machine import machine_info, matmul_peak
 from keras_deeplab._cpu_steal import cpu_times, steal_share
@@ -171,9 +169,7 @@ def main(argv=None):
         args.model, args.size, args.rounds, args.reps, args.backend, args.versus
     )
     report = {
-        "command": "python -m benchmarks.peak_fraction " + " ".join(argv or sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine,
+        **report_header("benchmarks.peak_fraction", argv, machine),
         "model": args.model,
         "size": args.size,
         "backend": args.backend,

@@ -25,11 +25,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-from benchmarks._common import RESULT_TAG, RESULTS_DIR, percent, serve_timings, write_report
+from benchmarks._common import (
+    RESULT_TAG,
+    RESULTS_DIR,
+    percent,
+    report_header,
+    serve_timings,
+    write_report,
+)
 from benchmarks.machine import machine_info
 from benchmarks.plan import PEER_MODEL, PEER_SIZE
 from benchmarks.workers import PEERS_PYTHON, REPO
@@ -237,9 +243,7 @@ def main(argv=None):
         ours.close()
         peer.close()
     report = {
-        "command": "python -m benchmarks.peer_ratio " + " ".join(argv or sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine,
+        **report_header("benchmarks.peer_ratio", argv, machine),
         "size": args.size,
         "reps": args.reps,
         "ours": ours.meta,
