@@ -281,6 +281,15 @@ def report_header(module, argv, machine):
     }
 
 
+def header_line(report):
+    """The markdown line of `report_header`'s fields: command, date, CPU, cores, ISA flags."""
+    m = report["machine"]
+    return (
+        f"Command: `{report['command']}` ({report['date']}). Machine: {m['cpu']}, "
+        f"{m['cores']} cores, ISA flags {', '.join(m['isa'])}."
+    )
+
+
 def write_report(stem, report, text):
     """Writes `<stem>.json` (the report) and `<stem>.md` (`text`), and prints the markdown."""
     stem = Path(stem)

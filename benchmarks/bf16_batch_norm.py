@@ -22,6 +22,7 @@ import time
 
 from benchmarks._common import (
     RESULTS_DIR,
+    header_line,
     report_header,
     timed_calls,
     train_step_fn,
@@ -37,8 +38,6 @@ MODELS = (
     "segnet:128:4",
     "demo:97:32",
 )
-# "demo": the model of `make demo` (configs/shapes_demo.yaml).
-DEMO_MODEL = ("deeplabv3plus_mobilenetv2", {"backbone": "mobilenetv2_dm05", "decoder_filters": 128})
 VARIANTS = ("float32", "bf16_cast", "bf16_native")
 
 
@@ -103,8 +102,14 @@ def _train_step(spec, precision, native, images, labels):
     from keras_deeplab.training.trainer import build_with_policy
 
     name, options = spec.split(":")[0], {}
-    if name == "demo":
-        name, options = DEMO_MODEL
+    if name == "demo":  # the model of `make demo`, as its recipe builds it
+        from keras_deeplab.demo import demo_recipe
+        from keras_deeplab.training import load_config
+
+        demo = load_config(demo_recipe()).model
+        name, options = demo.name, dict(demo.options)
+        if demo.output_stride is not None:
+            options["output_stride"] = demo.output_stride
     model = build_with_policy(
         lambda: keras_deeplab.create_model(name, num_classes=5, **options),
         dtype_policy(precision),
@@ -149,11 +154,10 @@ def train_steps(specs, rounds, steps_per_round=2):
 
 
 def render(report):
-    m = report["machine"]
     lines = [
         "# bfloat16 BatchNorm on the CPU: native kernel against a float32 copy",
         "",
-        f"{m['cpu']}, {m['cores']} cores; flags {' '.join(m['isa'])}; {m['date']}",
+        header_line(report),
         "",
         f"## FusedBatchNormV3 forward + gradient + ReLU, batch {report['kernels']['shape']}",
         "",

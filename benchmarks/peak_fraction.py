@@ -21,7 +21,14 @@ import tempfile
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, percent, report_header, timed_calls, write_report
+from benchmarks._common import (
+    RESULTS_DIR,
+    header_line,
+    percent,
+    report_header,
+    timed_calls,
+    write_report,
+)
 from benchmarks.backends import BACKENDS, Backends, random_images
 from benchmarks.machine import machine_info, matmul_peak
 from keras_deeplab._cpu_steal import cpu_times, steal_share
@@ -110,8 +117,7 @@ def markdown(report):
     lines = [
         f"# Fraction of the float32 matmul peak: `{report['model']}` at {report['size']}",
         "",
-        f"Command: `{report['command']}` ({report['date']}). Machine: {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores, ISA flags {', '.join(report['machine']['isa'])}.",
+        header_line(report),
         f"Backend `{report['backend']}`, batch 1, {report['gflop_per_image']:.1f} GFLOP per image "
         f"(2 x multiply-adds). Each round: the 4096² float32 matmul (best of 3), then the model "
         f"(median of {report['reps']} calls).",

@@ -31,6 +31,7 @@ import numpy as np
 from benchmarks._common import (
     RESULT_TAG,
     RESULTS_DIR,
+    header_line,
     percent,
     report_header,
     serve_timings,
@@ -173,8 +174,7 @@ def markdown(report):
     lines = [
         f"# Ours against keras-hub at {report['size']}x{report['size']}, interleaved",
         "",
-        f"Command: `{report['command']}` ({report['date']}). Machine: {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores, ISA flags {', '.join(report['machine']['isa'])}.",
+        header_line(report),
         f"Ours: `{ours['model']}`, `optimize_for_inference` (float32 / `mixed_bfloat16`), "
         f"{ours['gflop_per_image']:.1f} GFLOP per image. keras-hub "
         f"{peer['versions']['keras_hub']}: {peer['model']}, global policy float32 / "

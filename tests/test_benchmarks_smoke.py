@@ -9,7 +9,7 @@ import math
 import pytest
 
 from benchmarks import plan, workers
-from benchmarks._common import measure, shared_data_dir, voc_samples
+from benchmarks._common import measure, report_header, shared_data_dir, voc_samples
 from benchmarks.backends import calibration_images
 from benchmarks.crf import bench_crf
 from benchmarks.inference import bench_inference, scaling_exponents
@@ -201,11 +201,11 @@ def test_bf16_batch_norm_kernel_sweep_and_report():
     steps = [dict(model="segnet:33:2", float32=4.0, bf16_cast=3.0, bf16_native=2.0)]
     steps[0].update(native_over_cast=2 / 3, native_over_float32=0.5)
     machine = {"cpu": "test CPU", "cores": 2, "isa": ["avx512_bf16"], "date": "today"}
-    text = bf16_batch_norm.render(
-        {"machine": machine, "rounds": 1, "kernels": kernels, "train_steps": steps}
-    )
+    header = report_header("benchmarks.bf16_batch_norm", ["--rounds", "1"], machine)
+    text = bf16_batch_norm.render({**header, "rounds": 1, "kernels": kernels, "train_steps": steps})
     assert "| segnet:33:2 | 4 | 3 | 2 | 0.67x | 0.50x |" in text
     assert "| 24 |" in text and "flags avx512_bf16" in text
+    assert "`python -m benchmarks.bf16_batch_norm --rounds 1`" in text
 
 
 @pytest.mark.slow  # ~85 s: three training graphs of a DeepLab model
