@@ -79,22 +79,10 @@ def main(argv=None):
         print(f"workers finished with exit codes {codes}")
         return 0 if not any(codes) else 1
 
-    import tensorflow as tf
-
-    if args.cpu_replicas and not tf.config.list_physical_devices("GPU"):
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas
-        )
     from keras_deeplab.training import make_strategy, train_from_config
 
-    if args.strategy == "mirrored" and args.cpu_replicas:
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-            d.name for d in tf.config.list_logical_devices("CPU")
-        ]
-        strategy = tf.distribute.MirroredStrategy(devices)
-    else:
-        strategy = make_strategy(args.strategy)
+    # --cpu-replicas: without GPUs, mirror over N logical CPU devices (train.cpu_replicas)
+    strategy = make_strategy(args.strategy, cpu_replicas=args.cpu_replicas or 1)
     overrides = [f"checkpoint.dir={args.out}", f"train.strategy={args.strategy}"]
     if args.steps:
         overrides.append(f"train.steps={args.steps}")

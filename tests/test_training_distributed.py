@@ -81,6 +81,10 @@ def test_mirrored_two_cpus_matches_one_device(tmp_path):
     assert report["sync_max_update"] > 1e-2 and report["sync_max_diff"] < 1e-5
     # Evaluation (3 batches of 3 split over 2 replicas, partial batches) == one device.
     assert report["miou"][0] == pytest.approx(report["miou"][1], abs=1e-6)
+    # A shard-aware input function: one pipeline per CPU replica, the same batches and weights.
+    assert report["sharded_one_mode"] is None
+    assert report["sharded_mirrored_mode"] == "PER_REPLICA"
+    assert report["sharded_same_examples"] and report["sharded_max_diff"] < 1e-5
 
 
 @pytest.mark.slow

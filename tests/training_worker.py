@@ -175,6 +175,22 @@ def mirrored(out, workdir, frozen_model):
     report["sync_max_diff"] = _max_diff(models["one"].get_weights(), models["sync"].get_weights())
     report["sync_max_update"] = _max_diff(models["one"].get_weights(), micro_init)
     report["miou"] = [models[k].result.metrics["miou"] for k in ("one", "sync")]
+
+    # 3. A shard-aware input function on CPU replicas: one pipeline per replica, on its own
+    # device (Trainer._input_options), the same global batches as one device.
+    build = fixed_micro_model()
+    train = {"steps": 4, "batch_size": 4, "steps_per_epoch": 2}
+    weights, decoded = [], []
+    for name, strategy in (("one", default), ("mirrored", mirror)):
+        DECODED.clear()
+        trainer = Trainer(build, config(f"{workdir}/sharded_{name}", train=train), strategy)
+        options = trainer._input_options()
+        report[f"sharded_{name}_mode"] = options and options.experimental_replication_mode.name
+        trainer.fit(sharded_batches)
+        weights.append(trainer.model.get_weights())
+        decoded.append(sorted(DECODED))
+    report["sharded_max_diff"] = _max_diff(*weights)
+    report["sharded_same_examples"] = decoded[0] == decoded[1] and len(decoded[0]) == 16
     with open(out, "w") as f:
         json.dump(report, f)
 

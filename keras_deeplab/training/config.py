@@ -209,6 +209,13 @@ class TrainLoopConfig:
             one-line warning, and an error if it disagrees with `precision`.
         strategy: `"auto"` (multi-worker from TF_CONFIG, all local GPUs, else one
             device), `"default"`, `"mirrored"` or `"multi_worker"`.
+        cpu_replicas: on a machine without GPUs (strategy `"auto"` or `"mirrored"`), train
+            this many replicas on as many logical CPU devices, each on `cores / n` threads
+            (`keras_deeplab.training.distribute.split_cpu`; BatchNorm per replica unless
+            `sync_batch_norm`). Small models gain: the demo's trained 1.2-1.4x faster as 2
+            replicas on 2 cores. Needs a fresh process (the CLI); else a warning and one
+            device. Not used where GPUs are visible, nor by strategies `"default"` and
+            `"multi_worker"`.
         communication: multi-worker collectives: `"auto"` (NCCL when the workers have
             GPUs, RING on CPUs), `"ring"` or `"nccl"` (GPUs only).
         deterministic: enable TensorFlow op determinism
@@ -232,6 +239,7 @@ class TrainLoopConfig:
     mixed_precision: Literal["none", "auto", "bfloat16", "float16"] | None = None
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     communication: Literal["auto", "ring", "nccl"] = "auto"
+    cpu_replicas: int = 1
     deterministic: bool = False
     eval_every_epochs: int = 1
     summary_every_steps: int = 10

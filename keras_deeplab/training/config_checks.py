@@ -52,6 +52,7 @@ def semantic_checks(config, errors):
         "model.num_classes": config.model.num_classes,
         "train.steps": config.train.steps,
         "train.batch_size": config.train.batch_size,
+        "train.cpu_replicas": config.train.cpu_replicas,
         "train.steps_per_epoch": config.train.steps_per_epoch,
         "train.eval_every_epochs": config.train.eval_every_epochs,
         "train.summary_every_steps": config.train.summary_every_steps,
@@ -82,6 +83,13 @@ def semantic_checks(config, errors):
     crop = config.data.crop_size
     if isinstance(crop, list) and len(crop) != 2:
         errors.append(f"data.crop_size: expected an int or [height, width], got {crop}")
+    replicas, batch = config.train.cpu_replicas, config.train.batch_size
+    split = config.train.strategy in ("auto", "mirrored")  # else cpu_replicas is not used
+    if split and _number(replicas) and replicas > 1 and _number(batch) and batch % replicas:
+        errors.append(
+            f"train.batch_size ({batch}) must be a multiple of train.cpu_replicas ({replicas}); "
+            "change one of them (train.cpu_replicas=1 trains on one device)"
+        )
     momentum = config.train.batch_norm_momentum
     if _number(momentum) and not 0.0 <= momentum < 1.0:
         errors.append(f"train.batch_norm_momentum: must be in [0, 1), got {momentum}")

@@ -9,10 +9,11 @@ import warnings
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 import keras_deeplab.training.run_dir as run_files
 from keras_deeplab.training.config import TrainConfig, build_kwargs, check_labels, load_config
-from keras_deeplab.training.distribute import make_strategy
+from keras_deeplab.training.distribute import cpu_split, make_strategy
 from keras_deeplab.training.trainer import Trainer
 
 
@@ -111,8 +112,13 @@ def train_from_config(config, overrides=(), strategy=None):
         config = recipe_path(config)  # a file, or a shipped recipe name such as "shapes_demo"
     config = load_config(config, overrides)
     strategy = strategy or make_strategy(
-        config.train.strategy, communication=config.train.communication
+        config.train.strategy,
+        communication=config.train.communication,
+        cpu_replicas=config.train.cpu_replicas,
     )
+    if cpu_split(strategy):
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
+        print(f"{strategy.num_replicas_in_sync} CPU replicas, {threads} thread(s) each")
     keras.utils.set_random_seed(config.train.seed)
     data = _data_module()
     source = load_source(config.data, config.data.split)
