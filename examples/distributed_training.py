@@ -4,7 +4,8 @@ One custom training loop serves every strategy (`keras_deeplab.training`):
 
 * `--strategy mirrored`: all local GPUs (`tf.distribute.MirroredStrategy`); on a machine
   without GPUs, `--cpu-replicas N` splits the CPU into N logical devices to try it out.
-  BatchNorm statistics are synchronised across replicas; the batch size is global.
+  BatchNorm follows the recipe's `train.sync_batch_norm` (the VOC recipe synchronises it, the
+  shapes demo's does not); the batch size is global.
 * `--strategy multi_worker`: one process per machine, each started with the same command
   and its own `TF_CONFIG` (`{"cluster": {"worker": [...]}, "task": {"type": "worker",
   "index": i}}`); worker 0 (the chief) writes checkpoints and logs.

@@ -1,11 +1,8 @@
 """`train.cpu_replicas`: replicas on logical CPU devices (`training.distribute.split_cpu`)."""
 
-import os
-import subprocess
-import sys
+import json
 import textwrap
 import warnings
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -13,14 +10,13 @@ import tensorflow as tf
 from keras_deeplab.configs import recipe_path
 from keras_deeplab.training import ConfigError, load_config
 from keras_deeplab.training.distribute import make_strategy
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.training_helpers import run_python
 
 FRESH_PROCESS = textwrap.dedent(
     """
     import json, os, warnings
     import tensorflow as tf
-    from keras_deeplab.training.distribute import make_strategy, _cores
+    from keras_deeplab.training.distribute import _cores, cpu_split, make_strategy
     strategy = make_strategy("auto", cpu_replicas=2)
     again = make_strategy("auto", cpu_replicas=2)  # the same split: no warning
     with warnings.catch_warnings(record=True) as caught:
@@ -29,6 +25,7 @@ FRESH_PROCESS = textwrap.dedent(
     values = strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group)
     print(json.dumps({
         "kind": type(strategy).__name__,
+        "split": cpu_split(strategy),
         "replicas": strategy.num_replicas_in_sync,
         "devices": list(strategy.extended.worker_devices),
         "ids": sorted(int(v) for v in strategy.experimental_local_results(values)),
@@ -44,21 +41,9 @@ FRESH_PROCESS = textwrap.dedent(
 
 
 def test_a_fresh_process_splits_the_cpu_into_replicas():
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CUDA_VISIBLE_DEVICES")}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    done = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
+    done = run_python(["-c", FRESH_PROCESS], timeout=120, CUDA_VISIBLE_DEVICES="")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["kind"] == "MirroredStrategy" and report["replicas"] == 2
+    assert report["kind"] == "MirroredStrategy" and report["replicas"] == 2 and report["split"]
     assert [d.rsplit(":", 1)[-1] for d in report["devices"]] == ["0", "1"]
     assert report["ids"] == [0, 1] and report["again"] == 2
     assert report["other"] == 1 and len(report["warnings"]) == 1

@@ -11,7 +11,6 @@
 """
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,33 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.training_helpers import fresh_env, run_python
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = [sys.executable, str(ROOT / "tests" / "training_worker.py")]
 
 
-def _env():
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
 def _run(args, timeout=180):
-    done = subprocess.run(
-        WORKER + [str(a) for a in args],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_python(WORKER[1:] + list(args), timeout)
 
 
 def _start(args, log):
     return subprocess.Popen(
-        WORKER + [str(a) for a in args], cwd=ROOT, env=_env(), stdout=log, stderr=log
+        WORKER + [str(a) for a in args], cwd=ROOT, env=fresh_env(), stdout=log, stderr=log
     )
 
 

@@ -10,9 +10,6 @@ bfloat16-trained run that loads back (and so exports) in float32.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,13 @@ from keras_deeplab.training import Trainer, load_config, train_from_config
 from keras_deeplab.training.distribute import communication_options
 from keras_deeplab.training.run import eval_batch_size
 from keras_deeplab.training.run_dir import load_run
-from tests.training_helpers import config, micro_model, plain_micro_model, random_batches
+from tests.training_helpers import (
+    config,
+    micro_model,
+    plain_micro_model,
+    random_batches,
+    run_python,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,17 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def replicas_report(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("replicas")
     out = workdir / "report.json"
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "training_worker.py"), "replicas", out, workdir],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python([ROOT / "tests" / "training_worker.py", "replicas", out, workdir], timeout=400)
     return json.loads(out.read_text())
 
 

@@ -6,6 +6,11 @@ the official last layers, logits with bias, align-corners upsampling) but only a
 few hundred weights, so distributed and subprocess tests trace in a second or two.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -14,6 +19,28 @@ from keras_deeplab.layers import Conv2D, DepthwiseConv2D, Preprocessing, ResizeB
 from keras_deeplab.training import TrainConfig, load_config
 
 NUM_CLASSES = 3
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh_env(**extra):
+    """Environment of a fresh subprocess: no TF_CONFIG, quiet TF logs, this checkout importable."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def run_python(args, timeout, **extra_env):
+    """`python ARGS` in a fresh process from the repository root; asserts it succeeded."""
+    done = subprocess.run(
+        [sys.executable, *(str(a) for a in args)],
+        cwd=ROOT,
+        env=fresh_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def micro_model(num_classes=NUM_CLASSES, dropout=0.1, bn_momentum=0.9):
