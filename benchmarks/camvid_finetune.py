@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchmarks._common import RESULTS_DIR, shared_data_dir
 from keras_deeplab._json import jsonable
+from keras_deeplab.training.distribute import usable_cores
 
 MODEL = "deeplabv3_mobilenetv2_dm05_os8"
 OFFICIAL = "deeplabv3_tflite/deeplabv3_257_mv_gpu.tflite"
@@ -152,7 +153,10 @@ def main(argv=None):
         "command": "python -m benchmarks.camvid_finetune "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",) and not callable(v)},
-        "machine": {"processor": platform.processor() or platform.machine(), "cores": _cores()},
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cores": usable_cores(),
+        },
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }
@@ -167,12 +171,6 @@ def main(argv=None):
                 f"{result['curve'][-1]['seconds']:.0f}s; best {best['miou']:.4f} at step "
                 f"{best['step']}"
             )
-
-
-def _cores():
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

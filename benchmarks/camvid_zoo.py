@@ -64,6 +64,7 @@ import numpy as np
 from benchmarks._common import RESULTS_DIR
 from keras_deeplab._cpu_steal import cpu_times, steal_share
 from keras_deeplab._json import jsonable
+from keras_deeplab.training.distribute import usable_cores
 
 GOOGLE_TFLITE = ("deeplabv3_tflite", "deeplabv3_257_mv_gpu.tflite")
 DATA_NAME = "camvid_full"
@@ -827,7 +828,7 @@ def _machine():
         pass
     return {
         "processor": platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores": usable_cores(),
         "cpu_flags": sorted(flags),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }

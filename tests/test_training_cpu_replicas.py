@@ -16,7 +16,7 @@ FRESH_PROCESS = textwrap.dedent(
     """
     import json, os, warnings
     import tensorflow as tf
-    from keras_deeplab.training.distribute import _cores, cpu_split, make_strategy
+    from keras_deeplab.training.distribute import cpu_split, make_strategy, usable_cores
     strategy = make_strategy("auto", cpu_replicas=2)
     again = make_strategy("auto", cpu_replicas=2)  # the same split: no warning
     with warnings.catch_warnings(record=True) as caught:
@@ -34,7 +34,7 @@ FRESH_PROCESS = textwrap.dedent(
         "warnings": [str(w.message) for w in caught],
         "intra": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter": tf.config.threading.get_inter_op_parallelism_threads(),
-        "cores": _cores(),
+        "cores": usable_cores(),
     }))
     """
 )

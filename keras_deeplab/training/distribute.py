@@ -26,6 +26,7 @@ Example:
 
 import json
 import os
+import warnings
 
 import tensorflow as tf
 
@@ -68,7 +69,8 @@ def communication_options(communication="auto"):
     return tf.distribute.experimental.CommunicationOptions(implementation=chosen)
 
 
-def _cores():
+def usable_cores():
+    """The CPU cores this process may run on (its affinity mask; the CPU count elsewhere)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -84,8 +86,6 @@ def split_cpu(replicas):
     Example:
         `split_cpu(2)`  # ["/device:CPU:0", "/device:CPU:1"] in a fresh process
     """
-    import warnings
-
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu) or [None]
     if len(current) != replicas:
@@ -93,7 +93,7 @@ def split_cpu(replicas):
             tf.config.set_logical_device_configuration(
                 cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
             )
-            tf.config.threading.set_intra_op_parallelism_threads(max(1, _cores() // replicas))
+            tf.config.threading.set_intra_op_parallelism_threads(max(1, usable_cores() // replicas))
             tf.config.threading.set_inter_op_parallelism_threads(replicas)
         except RuntimeError:
             warnings.warn(
@@ -143,9 +143,7 @@ def make_strategy(kind="auto", devices=None, communication="auto", cpu_replicas=
     )
     if split:
         devices = split_cpu(int(cpu_replicas))
-        if devices is None:
-            return tf.distribute.get_strategy()
-        return tf.distribute.MirroredStrategy(devices)
+        kind = "mirrored" if devices else "default"
     if kind == "auto":
         if _num_tasks(_tf_config()) > 1:
             kind = "multi_worker"
