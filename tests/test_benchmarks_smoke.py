@@ -240,3 +240,37 @@ def test_bf16_batch_norm_benchmark_rejects_a_bad_model_spec(capsys):
     with pytest.raises(SystemExit):
         bf16_batch_norm.main(["--models", "segnet:128"])
     assert "expected name:crop:batch" in capsys.readouterr().err
+
+
+def test_cpu_replicas_report_renders_rounds_and_the_median_speedup():
+    from benchmarks import cpu_replicas
+
+    machine = {"cpu": "test CPU", "cores": 2, "isa": ["avx2"]}
+    runs = [
+        {"after_first_s": 30.0, "training_s": 50.0},
+        {"after_first_s": 20.0, "training_s": 40.0},
+    ]
+    report = {
+        **report_header("benchmarks.cpu_replicas", ["--rounds", "1"], machine),
+        "steps": 256,
+        "variants": [1, 2],
+        "rounds": [runs],
+        "speedup": 1.5,
+    }
+    text = cpu_replicas.render(report)
+    assert "`python -m benchmarks.cpu_replicas --rounds 1`" in text
+    assert "| 1 | 30.0 / 50.0 | 20.0 / 40.0 |" in text and "**1.50x**" in text
+
+
+@pytest.mark.slow  # two training processes, about 40 s
+def test_cpu_replicas_benchmark_splits_the_cpu(tmp_path, monkeypatch):
+    from benchmarks import cpu_replicas
+
+    monkeypatch.setattr(cpu_replicas, "RESULTS_DIR", tmp_path)
+    tiny = ["data.options.num_examples=64", "data.options.image_size=32", "data.crop_size=33"]
+    tiny += ["train.batch_size=4", "train.steps_per_epoch=4"]
+    report = cpu_replicas.main(["--steps", "8", "--rounds", "1", *tiny])
+    ((one, split),) = report["rounds"]
+    assert (one["cpu_devices"], split["cpu_devices"]) == (1, 2)
+    assert one["epochs"] == split["epochs"] == 2 and report["speedup"] > 0
+    assert (tmp_path / "cpu_replicas.md").exists()
