@@ -212,8 +212,8 @@ class TrainLoopConfig:
         cpu_replicas: on a machine without GPUs (strategy `"auto"` or `"mirrored"`), train
             this many replicas on as many logical CPU devices, each on `cores / n` threads
             (`keras_deeplab.training.distribute.split_cpu`; BatchNorm per replica unless
-            `sync_batch_norm`). Small models gain: the demo's trained 1.1-1.5x faster as 2
-            replicas on 2 cores. Needs a fresh process (the CLI); else a warning and one
+            `sync_batch_norm`). Small models gain: the demo's epochs ran 1.05-1.5x faster on 2
+            replicas on 2 cores (`python -m benchmarks.cpu_replicas`). Needs a fresh process (the CLI); else a warning and one
             device. Not used where GPUs are visible, nor by strategies `"default"` and
             `"multi_worker"`.
         communication: multi-worker collectives: `"auto"` (NCCL when the workers have

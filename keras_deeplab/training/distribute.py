@@ -14,7 +14,7 @@ default cross-device reduction (NCCL all-reduce on GPUs).
 CPU replicas (`cpu_replicas`, `train.cpu_replicas`): on a machine without GPUs, `n > 1` splits
 the CPU into `n` logical devices, each running its ops on `cores // n` threads, and mirrors
 the model over them. A small model's kernels are too short to share two cores well: the
-demo's model trained 1.1-1.5x faster as two single-threaded replicas on 2 cores than as one
+demo's epochs ran 1.05-1.5x faster as two single-threaded replicas on 2 cores than as one
 replica on both (docs/training.md). The split must come before TensorFlow's runtime starts
 (a fresh process, as in the CLI); later, one warning and one device.
 
