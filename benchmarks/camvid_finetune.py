@@ -26,14 +26,13 @@ Run: `python -m benchmarks.camvid_finetune` (defaults: 600 steps, crop 321, batc
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks._common import RESULTS_DIR, shared_data_dir
+from benchmarks.machine import machine_info
 from keras_deeplab._json import jsonable
-from keras_deeplab.training.distribute import usable_cores
 
 MODEL = "deeplabv3_mobilenetv2_dm05_os8"
 OFFICIAL = "deeplabv3_tflite/deeplabv3_257_mv_gpu.tflite"
@@ -153,10 +152,7 @@ def main(argv=None):
         "command": "python -m benchmarks.camvid_finetune "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out",) and not callable(v)},
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cores": usable_cores(),
-        },
+        "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d"),
         "results": results,
     }

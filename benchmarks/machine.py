@@ -57,6 +57,7 @@ def machine_info():
         if f" {f}" in flags
     ]
     from keras_deeplab.precision import native_precision, native_reason
+    from keras_deeplab.training.distribute import usable_cores
 
     try:
         memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -65,7 +66,7 @@ def machine_info():
     return {
         "cpu": cpu,
         "isa": isa,
-        "cores": os.cpu_count(),
+        "cores": usable_cores(),
         "memory_gib": None if memory_gib is None else round(memory_gib, 1),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

@@ -24,16 +24,20 @@ import pytest
 from tests.training_helpers import fresh_env, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKER = [sys.executable, str(ROOT / "tests" / "training_worker.py")]
+WORKER = ROOT / "tests" / "training_worker.py"
 
 
 def _run(args, timeout=180):
-    return run_python(WORKER[1:] + list(args), timeout)
+    return run_python([WORKER, *args], timeout)
 
 
 def _start(args, log):
     return subprocess.Popen(
-        WORKER + [str(a) for a in args], cwd=ROOT, env=fresh_env(), stdout=log, stderr=log
+        [sys.executable, str(WORKER), *map(str, args)],
+        cwd=ROOT,
+        env=fresh_env(),
+        stdout=log,
+        stderr=log,
     )
 
 

@@ -213,9 +213,9 @@ class TrainLoopConfig:
             this many replicas on as many logical CPU devices, each on `cores / n` threads
             (`keras_deeplab.training.distribute.split_cpu`; BatchNorm per replica unless
             `sync_batch_norm`). Small models gain: the demo's epochs ran 1.05-1.5x faster on 2
-            replicas on 2 cores (`python -m benchmarks.cpu_replicas`). Needs a fresh process (the CLI); else a warning and one
-            device. Not used where GPUs are visible, nor by strategies `"default"` and
-            `"multi_worker"`.
+            replicas on 2 cores (`python -m benchmarks.cpu_replicas`). Needs a fresh process
+            (the CLI); else a warning and one device. Not used where GPUs are visible, nor by
+            strategies `"default"` and `"multi_worker"`.
         communication: multi-worker collectives: `"auto"` (NCCL when the workers have
             GPUs, RING on CPUs), `"ring"` or `"nccl"` (GPUs only).
         deterministic: enable TensorFlow op determinism
