@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_deeplab
 from keras_deeplab import SegmentationModel
 from keras_deeplab.heads.common import logits_conv
 from keras_deeplab.layers import Preprocessing, ResizeBilinear
@@ -128,6 +129,61 @@ def test_auxiliary_head_is_training_only(aux_architecture, tmp_path):
     np.testing.assert_array_equal(
         same(image, training=True)["aux"], model(image, training=True)["aux"]
     )
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenetv2", "deeplabv3plus_mobilenetv2"])
+def test_deeplab_aux_head_supervises_the_final_tap_in_training_only(name):
+    kwargs = {"num_classes": 4, "backbone": "mobilenetv2_dm05", "input_shape": (33, 33, 3)}
+    model = keras_deeplab.create_model(name, aux_head=True, aux_loss_weight=0.3, **kwargs)
+    plain = keras_deeplab.create_model(name, **kwargs)
+    final = {f["name"]: f["channels"] for f in model.feature_info}["final"]
+    assert model.count_params() == plain.count_params() + final * 4 + 4
+    assert model.auxiliary_loss_weights == {"aux": 0.3}
+    assert plain.auxiliary_loss_weights == {}
+    image = np.random.default_rng(4).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    assert model(image).shape == (1, 33, 33, 4)
+    training = model(image, training=True)
+    assert sorted(training) == ["aux", "logits"] and training["aux"].shape == (1, 33, 33, 4)
+    # The official network's weights plus the auxiliary classifier's.
+    extra = {w.path for w in model.weights} - {w.path for w in plain.weights}
+    assert extra == {"aux_final_logits/kernel", "aux_final_logits/bias"}
+
+
+def test_deeplab_aux_taps_add_one_weighted_classifier_each():
+    model = keras_deeplab.create_model(
+        "deeplabv3plus_mobilenetv2",
+        num_classes=3,
+        backbone="mobilenetv2_dm05",
+        aux_head=True,
+        aux_taps=["stride_8", "final"],  # a list, as from a YAML recipe
+    )
+    assert model.auxiliary_loss_weights == {"aux": 0.4, "aux_1": 0.4}
+    image = np.zeros((2, 49, 33, 3), "float32")
+    training = model(image, training=True)
+    assert {key: tuple(value.shape) for key, value in training.items()} == {
+        key: (2, 49, 33, 3) for key in ("logits", "aux", "aux_1")
+    }
+    assert model.clone().auxiliary_loss_weights == {"aux": 0.4, "aux_1": 0.4}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"aux_head": "yes"}, "aux_head must be True or False"),
+        ({"aux_head": True, "aux_loss_weight": 0}, r"aux_loss_weight must be a positive number"),
+        ({"aux_head": True, "aux_loss_weight": True}, r"aux_loss_weight must be a positive"),
+        ({"aux_head": True, "aux_taps": ["stride_2"]}, r"aux_taps must be distinct backbone taps"),
+        ({"aux_head": True, "aux_taps": []}, r"aux_taps must be distinct backbone taps"),
+        ({"aux_head": True, "aux_taps": ["final", "final"]}, r"aux_taps must be distinct"),
+        (
+            {"aux_head": True, "aux_taps": ["stride_16"], "output_stride": 8},
+            r"at output stride 8 has no tap 'stride_16' \(it has stride_4, final\)",
+        ),
+    ],
+)
+def test_deeplab_aux_head_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        keras_deeplab.create_model("deeplabv3plus_mobilenetv2", num_classes=3, **options)
 
 
 def test_losses_compare_smaller_logits_with_the_label_centre():

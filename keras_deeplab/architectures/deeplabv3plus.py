@@ -1,10 +1,11 @@
 """DeepLab v3+: v3 encoder (ASPP) + decoder on the stride-4 low-level tap.
 
 Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image
-Segmentation", ECCV 2018, arXiv:1802.02611.
+Segmentation", ECCV 2018, arXiv:1802.02611. `aux_head=True` adds the training-only
+deep-supervision head of `keras_deeplab.architectures.deeplabv3` (not in the paper).
 """
 
-from keras_deeplab.architectures.deeplabv3 import resolve_encoder
+from keras_deeplab.architectures.deeplabv3 import AUX_OPTIONS, auxiliary, resolve_encoder
 from keras_deeplab.heads import aspp, common, decoder  # noqa: F401 - registers the heads
 from keras_deeplab.registry import Architecture, register_architecture, register_model
 
@@ -21,7 +22,9 @@ register_architecture(
             "decoder_filters": 256,
             "low_level_filters": 48,
             "dropout": 0.1,
+            **AUX_OPTIONS,
         },
+        auxiliary=auxiliary,
         default_backbone="xception65",
         default_output_stride=16,
         resolve=resolve_encoder,

@@ -68,3 +68,27 @@ register_head(
         description="1x1 conv with bias to the classes (`logits_semantic`)",
     )
 )
+# Taps a training-only classifier can supervise (deep supervision): head `"aux_<tap>"`.
+AUX_TAPS = ("stride_4", "stride_8", "stride_16", "final")
+
+
+def _tap_aux_head(tap):
+    def build(x, features, args):
+        if tap not in features:
+            raise ValueError(
+                f"aux_taps: backbone {args['backbone']!r} at output stride "
+                f"{args['output_stride']} has no tap {tap!r} (it has {', '.join(features)})."
+            )
+        return logits_conv(features[tap], args["num_classes"], name=f"aux_{tap}_logits")
+
+    return build
+
+
+for _tap in AUX_TAPS:
+    register_head(
+        Head(
+            f"aux_{_tap}",
+            build=_tap_aux_head(_tap),
+            description=f"training-only 1x1 classifier on the backbone's {_tap!r} tap",
+        )
+    )
