@@ -166,6 +166,28 @@ def test_deeplab_aux_taps_add_one_weighted_classifier_each():
     assert model.clone().auxiliary_loss_weights == {"aux": 0.4, "aux_1": 0.4}
 
 
+def test_weights_of_a_model_with_aux_heads_load_into_a_fresh_build(tmp_path):
+    """`load_weights` sees the training-only heads Keras saves (a run's `model.weights.h5`)."""
+    from keras_deeplab.weights.loading import load_weights
+
+    kwargs = {"num_classes": 3, "backbone": "mobilenetv2_dm05", "aux_head": True}
+    kwargs["aux_taps"] = ("stride_8", "final")
+    model = keras_deeplab.create_model("deeplabv3plus_mobilenetv2", **kwargs)
+    path = tmp_path / "aux.weights.h5"
+    model.save_weights(path)
+    fresh = keras_deeplab.create_model("deeplabv3plus_mobilenetv2", **kwargs)
+    image = np.random.default_rng(5).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
+    before = fresh(image, training=False)
+    load_weights(fresh, path)
+    assert not np.array_equal(before, fresh(image))
+    np.testing.assert_array_equal(fresh(image), model(image))
+    for layer in ("aux_stride_8_logits", "aux_final_logits"):
+        np.testing.assert_array_equal(
+            fresh._training_graph.get_layer(layer).kernel,
+            model._training_graph.get_layer(layer).kernel,
+        )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

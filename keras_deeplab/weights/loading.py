@@ -35,10 +35,13 @@ def model_layers(model):
     Uses each layer's `save_own_variables`, i.e. exactly what Keras writes to a
     weights file. Returns `(layers, containers)` like `read_weights_file`.
     """
-    layers, containers = {}, set()
+    layers, containers, seen = {}, set(), set()
 
     def walk(layer, names):
         for sub in layer.layers if isinstance(layer, keras.Model) else ():
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
             path = (*names, sub.name)
             store = {}
             sub.save_own_variables(store)
@@ -49,6 +52,12 @@ def model_layers(model):
                 walk(sub, path)
 
     walk(model, ())
+    # A model with training-only auxiliary heads keeps them in a second graph, an attribute
+    # that Keras saves after the main layers: only the layers the main graph does not hold.
+    training = getattr(model, "_training_graph", None)
+    if training is not None:
+        containers.add((training.name,))
+        walk(training, (training.name,))
     return layers, containers
 
 
