@@ -180,6 +180,9 @@ def DeepLabV3(
     image_pooling=True,
     cascade_blocks=3,
     dropout=0.1,
+    aux_head=False,
+    aux_taps=("final",),
+    aux_loss_weight=0.4,
     activation=None,
     include_preprocessing=True,
     weights=None,
@@ -206,6 +209,11 @@ def DeepLabV3(
         image_pooling: add the image-level feature branch.
         cascade_blocks: extra blocks of the cascade head (block5, block6, ...).
         dropout: dropout after the ASPP projection.
+        aux_head: training-only 1x1 classifiers on the backbone taps `aux_taps` (deep
+            supervision, not in the paper; inference and exports return the plain network).
+        aux_taps: the taps of those classifiers (default the final one; also `"stride_4"`,
+            `"stride_8"`, `"stride_16"` where the backbone has them).
+        aux_loss_weight: each classifier's weight in the loss.
 
     Example:
         `model = keras_deeplab.DeepLabV3(backbone="mobilenetv2_dm05", output_stride=8)`
@@ -226,6 +234,9 @@ def DeepLabV3Plus(
     decoder_filters=256,
     low_level_filters=48,
     dropout=0.1,
+    aux_head=False,
+    aux_taps=("final",),
+    aux_loss_weight=0.4,
     activation=None,
     include_preprocessing=True,
     weights=None,
@@ -250,6 +261,11 @@ def DeepLabV3Plus(
         decoder_filters: channels of the decoder refinement convs.
         low_level_filters: channels of the low-level projection.
         dropout: dropout after the ASPP projection.
+        aux_head: training-only 1x1 classifiers on the backbone taps `aux_taps` (deep
+            supervision, not in the paper; inference and exports return the plain network).
+        aux_taps: the taps of those classifiers (default the final one; also `"stride_4"`,
+            `"stride_8"`, `"stride_16"` where the backbone has them).
+        aux_loss_weight: each classifier's weight in the loss.
 
     Example:
         `model = keras_deeplab.DeepLabV3Plus(backbone="xception", num_classes=21)`
