@@ -68,6 +68,8 @@ register_head(
         description="1x1 conv with bias to the classes (`logits_semantic`)",
     )
 )
+
+
 # Taps a training-only classifier can supervise (deep supervision): head `"aux_<tap>"`.
 AUX_TAPS = ("stride_4", "stride_8", "stride_16", "final")
 
