@@ -117,6 +117,8 @@ def resolve_arguments(architecture, arguments):
     check_activation(args["activation"])
     check_output_stride(args["output_stride"])
     args["input_shape"] = check_input_shape(args["input_shape"], arch.input_channels)
+    if "aux_head" in args and not isinstance(args["aux_head"], bool):  # every auxiliary switch
+        raise ValueError(f"aux_head must be True or False; got {args['aux_head']!r}.")
     if arch.resolve is not None:
         args = arch.resolve(args)
     mode = _preprocessing(arch, args)

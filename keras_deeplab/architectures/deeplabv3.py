@@ -35,9 +35,8 @@ def auxiliary(args):
 
 
 def _check_aux(args):
-    """`(aux_taps, aux_loss_weight)` checked and normalised."""
-    if not isinstance(args["aux_head"], bool):
-        raise ValueError(f"aux_head must be True or False; got {args['aux_head']!r}.")
+    """`(aux_taps, aux_loss_weight)` checked and normalised (`aux_head` is checked for every
+    architecture in `resolve_arguments`)."""
     weight = args["aux_loss_weight"]
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
         raise ValueError(f"aux_loss_weight must be a positive number (e.g. 0.4); got {weight!r}.")

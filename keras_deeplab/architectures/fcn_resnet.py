@@ -30,8 +30,6 @@ AUX_LOSS_WEIGHT = 0.5
 
 
 def _resolve(args):
-    if not isinstance(args["aux_head"], bool):
-        raise ValueError(f"aux_head must be True or False; got aux_head={args['aux_head']!r}.")
     dropout = args["head_dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise ValueError(

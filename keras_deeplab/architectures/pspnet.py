@@ -46,8 +46,6 @@ def _resolve(args):
             f"((6, 3, 2, 1): the Caffe PSPNet; (1, 2, 3, 6): semseg / CSAIL / mmseg); got {bins!r}."
         )
     bins = tuple(_positive_int(b, "every ppm_bins entry") for b in bins)
-    if not isinstance(args["aux_head"], bool):
-        raise ValueError(f"aux_head must be True or False; got {args['aux_head']!r}.")
     if args["aux_head"] and args["backbone"] not in AUX_BACKBONES:
         raise ValueError(
             f"aux_head=True needs a backbone exposing ResNet stage 3 ({', '.join(AUX_BACKBONES)}); "

@@ -54,8 +54,6 @@ def _resolve(args):
             f"upernet runs its backbone undilated: output_stride must be 32 (the FPN takes "
             f"the stride 4, 8, 16 and 32 stage outputs); got {args['output_stride']!r}."
         )
-    if not isinstance(args["aux_head"], bool):
-        raise ValueError(f"aux_head must be True or False; got {args['aux_head']!r}.")
     upernet.check_options(args)
     return {**args, "ppm_bins": tuple(args["ppm_bins"])}
 
