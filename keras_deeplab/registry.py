@@ -62,12 +62,18 @@ class Head:
         options: the head's options and their defaults (the architecture's `options`
             must list the ones it exposes).
         description: one line for `list_heads()` readers.
+        upsample_logits: for a training-only auxiliary head: True resizes its logits to the
+            input size in the training output; False keeps them at their feature stride,
+            and the loss (`loss_terms`) compares them with the labels downsampled to their size (the
+            official `upsample_logits=False`: cheaper, and what deep supervision of a
+            backbone tap needs).
     """
 
     name: str
     build: Callable
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    upsample_logits: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

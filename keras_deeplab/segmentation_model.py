@@ -193,7 +193,8 @@ def _preprocessing(arch, args):
 
 def _build_graph(arch, args):
     """`(inputs, outputs, auxiliary outputs, feature_info)` of an architecture with resolved
-    arguments; the auxiliary outputs (`{key: logits at the input size}`) are training-only."""
+    arguments; the auxiliary outputs (`{key: logits}`, at the input size unless their head
+    has `upsample_logits=False`) are training-only."""
     inputs = keras.Input(shape=args["input_shape"], name="image")
     x = inputs
     backbone = args["backbone"]
@@ -219,7 +220,7 @@ def _build_graph(arch, args):
         key: _to_input_size(
             inputs,
             get_head(head).build(features["final"], features, args),
-            arch.upsample or "align_corners",
+            (arch.upsample or "align_corners") if get_head(head).upsample_logits else None,
             f"upsampled_{key}",
         )
         for key, (head, _) in auxiliary_heads(arch, args).items()
@@ -401,7 +402,8 @@ class SegmentationModel(keras.Model):
     def auxiliary_loss_weights(self):
         """`{output key: loss weight}` of the training-only auxiliary heads (e.g.
         `{"aux": 0.4}` for PSPNet); empty when the model has none. `model(x, training=True)`
-        then returns `{"logits": ..., **{key: aux logits}}`, all at the input size."""
+        then returns `{"logits": ..., **{key: aux logits}}`, at the input size (DeepLab's
+        `aux_taps` classifiers: at their tap's stride)."""
         if getattr(self, "_training_graph", None) is None:
             return {}
         return dict(self._spec_value("auxiliary_loss_weights") or {})

@@ -143,7 +143,9 @@ def test_deeplab_aux_head_supervises_the_final_tap_in_training_only(name):
     image = np.random.default_rng(4).uniform(0, 255, (1, 33, 33, 3)).astype("float32")
     assert model(image).shape == (1, 33, 33, 4)
     training = model(image, training=True)
-    assert sorted(training) == ["aux", "logits"] and training["aux"].shape == (1, 33, 33, 4)
+    # The classifier's logits stay at the final tap's stride 16: the loss downsamples the labels.
+    assert sorted(training) == ["aux", "logits"] and training["aux"].shape == (1, 3, 3, 4)
+    assert training["logits"].shape == (1, 33, 33, 4)
     # The official network's weights plus the auxiliary classifier's.
     extra = {w.path for w in model.weights} - {w.path for w in plain.weights}
     assert extra == {"aux_final_logits/kernel", "aux_final_logits/bias"}
@@ -161,7 +163,9 @@ def test_deeplab_aux_taps_add_one_weighted_classifier_each():
     image = np.zeros((2, 49, 33, 3), "float32")
     training = model(image, training=True)
     assert {key: tuple(value.shape) for key, value in training.items()} == {
-        key: (2, 49, 33, 3) for key in ("logits", "aux", "aux_1")
+        "logits": (2, 49, 33, 3),
+        "aux": (2, 7, 5, 3),  # stride 8: (49 - 1) / 8 + 1 by (33 - 1) / 8 + 1
+        "aux_1": (2, 4, 3, 3),  # the final tap, stride 16
     }
     assert model.clone().auxiliary_loss_weights == {"aux": 0.4, "aux_1": 0.4}
 

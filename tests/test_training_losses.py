@@ -14,7 +14,13 @@ from keras_deeplab.training import (
     segmentation_loss,
     weight_decay_loss,
 )
-from keras_deeplab.training.losses import kth_largest, top_k_terms
+from keras_deeplab.training.losses import (
+    downsample_labels,
+    kth_largest,
+    loss_terms,
+    softmax_cross_entropy,
+    top_k_terms,
+)
 
 NUM_CLASSES = 4
 
@@ -68,6 +74,60 @@ def test_loss_ignores_255_exactly():
         np.testing.assert_array_equal(grad2, grad)
     assert np.all(grad[ignored] == 0.0)
     assert np.abs(grad[~ignored]).min() > 0
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+def test_softmax_cross_entropy_equals_tf_in_value_and_gradient(scale):
+    rng = np.random.default_rng(1)
+    for classes in (2, 5, 21):
+        logits = tf.constant((rng.normal(size=(300, classes)) * scale).astype("float32"))
+        labels = tf.constant(rng.integers(0, classes, 300).astype("int32"))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(logits)
+            ours = softmax_cross_entropy(logits, labels)
+            theirs = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            upstream = tf.range(300, dtype=tf.float32) / 300.0  # a non-uniform upstream gradient
+            ours_sum, theirs_sum = tf.reduce_sum(ours * upstream), tf.reduce_sum(theirs * upstream)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            tape.gradient(ours_sum, logits), tape.gradient(theirs_sum, logits), atol=1e-6
+        )
+
+
+def test_loss_without_ignored_pixels_equals_the_reference():
+    logits, labels = _example(ignore_fraction=0.0)
+    loss, grad = _loss_and_grad(logits, labels)
+    ce, _ = _numpy_ce(logits, labels)
+    assert loss == pytest.approx(ce.mean(), rel=1e-6)
+    assert np.isfinite(grad).all() and np.abs(grad).min() > 0
+
+
+def test_downsample_labels_takes_every_stride_th_label_on_the_align_corners_grid():
+    labels = np.random.default_rng(2).integers(0, 5, (2, 97, 65)).astype("int32")
+    for stride in (1, 4, 8, 16):
+        logits = tf.zeros((2, 96 // stride + 1, 64 // stride + 1, 5))
+        np.testing.assert_array_equal(
+            downsample_labels(tf.constant(labels), logits), labels[:, ::stride, ::stride]
+        )
+
+
+def test_an_output_smaller_than_the_logits_is_compared_with_downsampled_labels():
+    """Deep supervision at a tap's stride: the auxiliary term is the cross-entropy against
+    the labels of the pixels its grid sits on, each term normalised by its own count."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, NUM_CLASSES, (2, 9, 9)).astype("int32")
+    labels[0, 0, 0] = 255
+    logits = rng.normal(size=(2, 9, 9, NUM_CLASSES)).astype("float32")
+    aux = rng.normal(size=(2, 3, 3, NUM_CLASSES)).astype("float32")  # stride 4
+    terms = loss_terms(labels, {"logits": logits, "aux": aux}, output_weights={"aux": 0.5})
+    (aux_total, aux_count), (main_total, main_count) = terms  # sorted keys: aux, logits
+    ce, valid = _numpy_ce(aux, labels[:, ::4, ::4])
+    assert float(aux_count) == valid.sum() == 17
+    assert float(aux_total) == pytest.approx(0.5 * ce.sum(), rel=1e-5)
+    ce, valid = _numpy_ce(logits, labels)
+    assert float(main_count) == valid.sum() and float(main_total) == pytest.approx(
+        ce.sum(), rel=1e-5
+    )
 
 
 def test_all_ignored_gives_zero_loss():

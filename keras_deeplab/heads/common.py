@@ -92,5 +92,6 @@ for _tap in AUX_TAPS:
             f"aux_{_tap}",
             build=_tap_aux_head(_tap),
             description=f"training-only 1x1 classifier on the backbone's {_tap!r} tap",
+            upsample_logits=False,  # its loss sees the labels at the tap's resolution
         )
     )
