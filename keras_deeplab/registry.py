@@ -63,10 +63,9 @@ class Head:
             must list the ones it exposes).
         description: one line for `list_heads()` readers.
         upsample_logits: for a training-only auxiliary head: True resizes its logits to the
-            input size in the training output; False keeps them at their feature stride,
-            and the loss (`loss_terms`) compares them with the labels downsampled to their size (the
-            official `upsample_logits=False`: cheaper, and what deep supervision of a
-            backbone tap needs).
+            input size in the training output; False keeps them at their feature stride, and
+            the loss (`loss_terms`) compares them with the labels downsampled to their size
+            (the official `upsample_logits=False`; cheaper).
     """
 
     name: str

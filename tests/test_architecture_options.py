@@ -311,3 +311,27 @@ def _tensor_details(path):
     from keras_deeplab.tflite_file import open_interpreter
 
     return open_interpreter(path).get_tensor_details()
+
+
+def test_aux_tap_loss_is_the_same_with_unknown_spatial_sizes():
+    """Traced with `None` height and width (any image size), the loss still compares each
+    tap's logits with the labels of its grid, not a crop of them."""
+    model = keras_deeplab.create_model(
+        "deeplabv3plus_mobilenetv2",
+        num_classes=3,
+        backbone="mobilenetv2_dm05",
+        input_shape=(None, None, 3),
+        aux_head=True,
+        aux_taps=["stride_8", "final"],
+    )
+    rng = np.random.default_rng(5)
+    images = tf.constant(rng.uniform(0, 255, (2, 33, 49, 3)).astype("float32"))
+    labels = tf.constant(rng.integers(0, 3, (2, 33, 49)).astype("int32"))
+
+    def terms(x, y):
+        return [t for pair in loss_terms(y, model(x, training=True)) for t in pair]
+
+    spec = [tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, None], tf.int32)]
+    traced = tf.function(terms, input_signature=spec, autograph=False)
+    # (graph and eager round BatchNorm's batch statistics differently: 3e-4 of a total)
+    np.testing.assert_allclose(traced(images, labels), terms(images, labels), rtol=2e-3)

@@ -195,13 +195,16 @@ def loss_terms(labels, outputs, output_weights=None, **kwargs):
     if not isinstance(outputs, dict):
         return [cross_entropy_terms(labels, outputs, **kwargs)]
     weights = output_weights or {}
-    main = outputs.get("logits", outputs.get("fused"))
+    main_key = next((key for key in ("logits", "fused") if key in outputs), None)
+    main = outputs.get(main_key)
     main_labels = labels if main is None else centre_crop_like(labels, main)
     terms = []
     for key in sorted(outputs):
         logits = outputs[key]
-        same_size = main is None or (
-            logits.shape[1:3] == main.shape[1:3] and None not in logits.shape[1:3]
+        same_size = (
+            key == main_key
+            or main is None
+            or (logits.shape[1:3] == main.shape[1:3] and None not in logits.shape[1:3])
         )
         target = labels if same_size else downsample_labels(main_labels, logits)
         total, count = cross_entropy_terms(target, logits, **kwargs)
