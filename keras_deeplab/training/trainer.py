@@ -349,10 +349,11 @@ class Trainer:
                     self.precision_choice = (
                         f"precision auto -> float32 ({native_reason()}, but {reason})"
                     )
-                    # The first build's initial weights: auto -> float32 trains exactly what
-                    # train.precision=float32 would (a second build draws other weights).
+                    # The first build's initial weights and dropout seeds (a second build
+                    # draws others): auto -> float32 trains exactly what float32 would.
                     rebuilt = build_with_policy(model, None)
-                    rebuilt.set_weights(self.model.get_weights())
+                    for target, source in zip(rebuilt.variables, self.model.variables, strict=True):
+                        target.assign(source)
                     self.model = rebuilt
         self._check_scope()
         self.compute_dtype = self.model.dtype_policy.compute_dtype
