@@ -340,21 +340,10 @@ class Trainer:
             else:
                 self.precision = resolve_precision(requested, "training")
                 self.precision_choice = describe_choice(requested, "training")
-                self.model = build_with_policy(model, dtype_policy(self.precision))
-                reason = None
                 if requested == "auto" and self.precision == "bfloat16":
-                    reason = training_fallback(self.model)
-                if reason:  # a bf16 CPU on which this model's training is no faster in bf16
-                    self.precision = "float32"
-                    self.precision_choice = (
-                        f"precision auto -> float32 ({native_reason()}, but {reason})"
-                    )
-                    # The first build's initial weights and dropout seeds (a second build
-                    # draws others): auto -> float32 trains exactly what float32 would.
-                    rebuilt = build_with_policy(model, None)
-                    for target, source in zip(rebuilt.variables, self.model.variables, strict=True):
-                        target.assign(source)
-                    self.model = rebuilt
+                    self.model = self._build_auto(model)
+                else:
+                    self.model = build_with_policy(model, dtype_policy(self.precision))
         self._check_scope()
         self.compute_dtype = self.model.dtype_policy.compute_dtype
         self.schedule = build_schedule(cfg.schedule, cfg.optimizer.learning_rate, cfg.train.steps)
@@ -434,6 +423,25 @@ class Trainer:
                 f"shares (and the input is split after batching). Use a multiple of {replicas}.",
                 stacklevel=3,
             )
+
+    def _build_auto(self, build):
+        """The model `train.precision="auto"` trains when it resolved to bfloat16.
+
+        The first build is in float32: on a bf16 CPU where this model's training is no faster
+        in bf16 (`training_fallback`) it is the model, exactly what `float32` would train. Else a
+        bf16 build takes over its variables (initial weights and dropout seeds; a second build
+        draws others), exactly what `bfloat16` would train.
+        """
+        first = build_with_policy(build, None)
+        reason = training_fallback(first)
+        if reason:
+            self.precision = "float32"
+            self.precision_choice = f"precision auto -> float32 ({native_reason()}, but {reason})"
+            return first
+        reduced = build_with_policy(build, dtype_policy("bfloat16"))
+        for target, source in zip(reduced.variables, first.variables, strict=True):
+            target.assign(source)
+        return reduced
 
     def _check_scope(self):
         if self.strategy.num_replicas_in_sync == 1 and not isinstance(
