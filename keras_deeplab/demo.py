@@ -7,6 +7,7 @@ reduced precision is rebuilt in float32 first).
 """
 
 import shutil
+import time
 from pathlib import Path
 
 DEMO_RECIPE = "shapes_demo"
@@ -83,6 +84,7 @@ def run_demo(out, resume=False, overrides=()):
         miou = run_demo("artifacts/demo", overrides=["train.steps=20"])
         ```
     """
+    start = time.monotonic()
     import numpy as np
     from PIL import Image
 
@@ -168,7 +170,10 @@ def run_demo(out, resume=False, overrides=()):
         f"    argmax agreement with Keras {tfl.get('argmax_agreement')}, "
         f"{tfl.get('size_bytes', 0) / 1e6:.2f} MB"
     )
-    print(f"\nheld-out shapes mIoU: {miou:.4f} (target >= 0.85)")
+    print(
+        f"\nheld-out shapes mIoU: {miou:.4f} (target >= 0.85); "
+        f"{time.monotonic() - start:.0f} s for data, training, evaluation and both exports"
+    )
     for name in OUTPUTS:
         print(f"  {out / name}")
     print(f"Evaluate or export the trained model with --run {out / 'run'}")
