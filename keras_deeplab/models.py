@@ -178,6 +178,7 @@ def DeepLabV3(
     head="aspp",
     aspp_separable=True,
     image_pooling=True,
+    aspp_filters=256,
     cascade_blocks=3,
     dropout=0.1,
     aux_head=False,
@@ -207,6 +208,7 @@ def DeepLabV3(
         aspp_separable: separable 3x3 ASPP branches (the official code's default);
             False gives the v3 paper's regular 3x3 convs.
         image_pooling: add the image-level feature branch.
+        aspp_filters: channels of every ASPP branch and of their projection (official 256).
         cascade_blocks: extra blocks of the cascade head (block5, block6, ...).
         dropout: dropout after the ASPP projection.
         aux_head: training-only 1x1 classifiers on the backbone taps `aux_taps` (deep
@@ -230,6 +232,7 @@ def DeepLabV3Plus(
     multi_grid=None,
     aspp_separable=True,
     image_pooling=True,
+    aspp_filters=256,
     decoder_separable=True,
     decoder_filters=256,
     low_level_filters=48,
@@ -257,6 +260,7 @@ def DeepLabV3Plus(
         multi_grid: unit rates of the last block (default (1, 2, 4) for `_beta` ResNets).
         aspp_separable: separable 3x3 ASPP branches.
         image_pooling: add the image-level feature branch.
+        aspp_filters: channels of every ASPP branch and of their projection (official 256).
         decoder_separable: separable decoder refinement convs.
         decoder_filters: channels of the decoder refinement convs.
         low_level_filters: channels of the low-level projection.

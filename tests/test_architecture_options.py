@@ -212,6 +212,31 @@ def test_deeplab_aux_head_options_are_checked(options, message):
         keras_deeplab.create_model("deeplabv3plus_mobilenetv2", num_classes=3, **options)
 
 
+@pytest.mark.parametrize("name", ["deeplabv3plus_mobilenetv2", "deeplabv3_resnet50_beta"])
+def test_aspp_filters_set_the_width_of_every_branch_and_the_projection(name):
+    kwargs = {"num_classes": 3, "backbone": "mobilenetv2_dm05", "output_stride": 16}
+    if name.startswith("deeplabv3_"):
+        kwargs["atrous_rates"] = (6, 12, 18)  # the three separable 3x3 branches too
+    model = keras_deeplab.create_model(name, aspp_filters=40, **kwargs)
+    widths = {
+        layer.name: layer.filters
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Conv2D) and not layer.name.endswith("_depthwise")
+    }
+    aspp = [key for key in widths if key.startswith(("image_pooling", "aspp", "concat_proj"))]
+    assert len(aspp) == (6 if kwargs.get("atrous_rates") else 3), aspp
+    assert {widths[key] for key in aspp} == {40}
+    assert keras_deeplab.count_params(model.clone()) == keras_deeplab.count_params(model)
+    default = keras_deeplab.create_model(name, **kwargs)
+    assert keras_deeplab.count_params(default) > keras_deeplab.count_params(model)
+
+
+@pytest.mark.parametrize("value", [0, 12.5, True, "256"])
+def test_aspp_filters_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="aspp_filters must be a positive integer"):
+        keras_deeplab.create_model("deeplabv3plus_mobilenetv2", num_classes=3, aspp_filters=value)
+
+
 def test_losses_compare_smaller_logits_with_the_label_centre():
     from keras_deeplab.training.losses import pixel_losses
 

@@ -18,6 +18,7 @@ register_architecture(
             "multi_grid": None,
             "aspp_separable": True,
             "image_pooling": True,
+            "aspp_filters": 256,
             "decoder_separable": True,
             "decoder_filters": 256,
             "low_level_filters": 48,
