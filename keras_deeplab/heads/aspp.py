@@ -2,7 +2,7 @@
 
 Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation",
 arXiv:1706.05587. Branches are concatenated in the official order
-`[image_pooling, aspp0, aspp1, aspp2, aspp3]`, projected to 256 channels with
+`[image_pooling, aspp0, aspp1, aspp2, aspp3]`, projected to 256 channels (`filters`) with
 BN + ReLU, then dropout (keep 0.9 in the official code).
 """
 
