@@ -178,7 +178,6 @@ def DeepLabV3(
     head="aspp",
     aspp_separable=True,
     image_pooling=True,
-    aspp_filters=256,
     cascade_blocks=3,
     dropout=0.1,
     aux_head=False,
@@ -208,7 +207,6 @@ def DeepLabV3(
         aspp_separable: separable 3x3 ASPP branches (the official code's default);
             False gives the v3 paper's regular 3x3 convs.
         image_pooling: add the image-level feature branch.
-        aspp_filters: channels of every ASPP branch and of their projection (official 256).
         cascade_blocks: extra blocks of the cascade head (block5, block6, ...).
         dropout: dropout after the ASPP projection.
         aux_head: training-only 1x1 classifiers on the backbone taps `aux_taps` (deep

@@ -214,18 +214,25 @@ def _build_graph(arch, args):
     features = backbone_model(x)
     y = features["final"]
     for head in arch.heads(args):
-        y = get_head(head).build(y, features, args)
+        y = _build_head(head, y, features, args)
     outputs = _finish(inputs, y, args["activation"], arch.upsample)
     auxiliary = {
         key: _to_input_size(
             inputs,
-            get_head(head).build(features["final"], features, args),
+            _build_head(head, features["final"], features, args),
             (arch.upsample or "align_corners") if get_head(head).upsample_logits else None,
             f"upsampled_{key}",
         )
         for key, (head, _) in auxiliary_heads(arch, args).items()
     }
     return inputs, outputs, auxiliary, feature_info
+
+
+def _build_head(name, x, features, args):
+    """Applies head `name`; the head options an architecture does not expose keep their
+    defaults (e.g. the ASPP's width in DeepLab v3)."""
+    head = get_head(name)
+    return head.build(x, features, {**head.options, **args})
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -212,11 +212,10 @@ def test_deeplab_aux_head_options_are_checked(options, message):
         keras_deeplab.create_model("deeplabv3plus_mobilenetv2", num_classes=3, **options)
 
 
-@pytest.mark.parametrize("name", ["deeplabv3plus_mobilenetv2", "deeplabv3_resnet50_beta"])
-def test_aspp_filters_set_the_width_of_every_branch_and_the_projection(name):
-    kwargs = {"num_classes": 3, "backbone": "mobilenetv2_dm05", "output_stride": 16}
-    if name.startswith("deeplabv3_"):
-        kwargs["atrous_rates"] = (6, 12, 18)  # the three separable 3x3 branches too
+@pytest.mark.parametrize("rates", [None, (6, 12, 18)])  # MobileNetV2's head; three 3x3 too
+def test_aspp_filters_set_the_width_of_every_branch_and_the_projection(rates):
+    name = "deeplabv3plus_mobilenetv2"
+    kwargs = {"num_classes": 3, "backbone": "mobilenetv2_dm05", "atrous_rates": rates}
     model = keras_deeplab.create_model(name, aspp_filters=40, **kwargs)
     widths = {
         layer.name: layer.filters
@@ -224,11 +223,19 @@ def test_aspp_filters_set_the_width_of_every_branch_and_the_projection(name):
         if isinstance(layer, keras.layers.Conv2D) and not layer.name.endswith("_depthwise")
     }
     aspp = [key for key in widths if key.startswith(("image_pooling", "aspp", "concat_proj"))]
-    assert len(aspp) == (6 if kwargs.get("atrous_rates") else 3), aspp
+    assert len(aspp) == (6 if rates else 3), aspp
     assert {widths[key] for key in aspp} == {40}
     assert keras_deeplab.count_params(model.clone()) == keras_deeplab.count_params(model)
     default = keras_deeplab.create_model(name, **kwargs)
     assert keras_deeplab.count_params(default) > keras_deeplab.count_params(model)
+
+
+def test_deeplab_v3_keeps_the_official_aspp_width():
+    """A v3+ option: DeepLab v3 refuses it and builds its ASPP 256 wide (the head's default)."""
+    with pytest.raises(ValueError, match="unknown argument 'aspp_filters'"):
+        keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05", aspp_filters=128)
+    model = keras_deeplab.create_model("deeplabv3_mobilenetv2_dm05")
+    assert model.get_layer("concat_projection").filters == 256
 
 
 @pytest.mark.parametrize("value", [0, 12.5, True, "256"])

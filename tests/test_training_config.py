@@ -193,12 +193,13 @@ def _doc_train_command():
     return recipe, [w for w in words[2:] if "=" in w and not w.startswith("-")]
 
 
-def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkeypatch):
+def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkeypatch, tmp_path):
     import warnings
 
+    import keras_deeplab
     from keras_deeplab.configs import recipe_path
     from keras_deeplab.training.config import check_labels
-    from keras_deeplab.training.run import load_source
+    from keras_deeplab.training.run import load_source, model_builder
     from tests.official_tflite import shared_data_dir
 
     recipe, overrides = _doc_train_command()
@@ -213,7 +214,8 @@ def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkey
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert len(messages) == 2 and "data.options.image_size" in messages[0], messages
     assert "data.eval_options.num_examples" in messages[0] and "dropped" in messages[0]
-    assert "model.options.decoder_filters" in messages[1] and "dropped" in messages[1]
+    assert "model.options.aspp_filters, model.options.decoder_filters" in messages[1]
+    assert "dropped" in messages[1]
     assert config.data.options == {} and config.data.eval_options == {}
     assert config.model.name == "deeplabv3_mobilenetv2_dm05_os8"
     assert config.model.num_classes is None and config.loss.ignore_label is None
@@ -226,6 +228,17 @@ def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkey
         assert source.num_classes == 11 and source.class_names[0] == "sky"
         assert source.label_lut[11] == 255 and source.ignore_label == 255
         check_labels(config.loss, source, config.model.num_classes)
+    # The model it builds takes the VOC weights of Google's architecture (the doc's
+    # converted file), with the recipe's training-only classifiers starting fresh.
+    voc = tmp_path / "voc_mnv2_dm05_os8.weights.h5"
+    keras_deeplab.create_model(config.model.name).save_weights(voc)
+    model_config = dataclasses.replace(config.model, weights=str(voc), num_classes=11)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = model_builder(model_config)()
+    messages = " ".join(str(w.message) for w in caught)
+    assert "training-only auxiliary" in messages and "21 classes, the model 11" in messages
+    assert model.get_layer("concat_projection").filters == 256
 
 
 def test_recipe_options_of_another_source_are_dropped_but_overrides_are_not(tmp_path):
@@ -258,10 +271,12 @@ def test_recipe_model_options_another_model_does_not_take_are_dropped_but_overri
     assert "decoder_filters" in load_config(recipe).model.options  # a DeepLabV3+ option
     switch = ["model.name=deeplabv3_mobilenetv2_dm05_os8"]
     with pytest.warns(
-        UserWarning, match=r"model.options.decoder_filters \(options of the recipe's"
+        UserWarning,
+        match=r"model.options.aspp_filters, model.options.decoder_filters \(options of the recipe's",
     ):
         config = load_config(recipe, switch)
-    assert "decoder_filters" not in config.model.options
+    # v3+ widths: Google's v3 weights then load into the switched model
+    assert not {"decoder_filters", "aspp_filters"} & set(config.model.options)
     assert config.model.options["backbone"] == "mobilenetv2_dm05"  # taken by both: kept
     # Given on the command line, the option is the user's: never dropped, one clear error.
     with warnings.catch_warnings():

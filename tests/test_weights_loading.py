@@ -74,6 +74,46 @@ def test_other_class_count_loads_all_but_logits_with_one_warning(tmp_path):
     assert np.array_equal(target.get_layer("decoder_decoder_conv1_pointwise").get_weights()[0], ref)
 
 
+def test_plain_file_loads_into_a_model_with_training_only_heads(tmp_path):
+    """Fine-tuning with deep supervision (`aux_head=True`) from weights of the plain network:
+    every network layer loads, the new classifiers keep their initial weights, one warning."""
+    source = keras_deeplab.DeepLabV3(backbone=BACKBONE, num_classes=21)
+    path = _saved(source, tmp_path / "v3.weights.h5")
+    kwargs = {"backbone": BACKBONE, "aux_head": True, "aux_taps": ("stride_8", "final")}
+    target = keras_deeplab.DeepLabV3(num_classes=11, **kwargs)
+    graph = target._training_graph
+    aux = ["aux_final_logits", "aux_stride_8_logits"]
+    before = {name: [w.copy() for w in graph.get_layer(name).get_weights()] for name in aux}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_weights(target, path)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages  # the new classifiers; the logits' class count
+    heads = "training-only auxiliary classifier(s) (aux_final_logits, aux_stride_8_logits)"
+    assert sum(heads in m for m in messages) == 1, messages
+    assert sum("logits_semantic" in m and "21 classes" in m for m in messages) == 1, messages
+    for name in aux:
+        for a, b in zip(before[name], graph.get_layer(name).get_weights(), strict=True):
+            assert np.array_equal(a, b), name
+    ref = source.get_layer("aspp0").get_weights()[0]
+    assert np.array_equal(target.get_layer("aspp0").get_weights()[0], ref)
+    # Same classes: no logits warning, and the network's outputs are the file's.
+    same = keras_deeplab.DeepLabV3(num_classes=21, **kwargs)
+    with pytest.warns(UserWarning, match="training-only auxiliary"):
+        load_weights(same, path)
+    x = random_images(1, 33)
+    assert np.array_equal(np.asarray(source(x)), np.asarray(same(x)))
+
+
+def test_file_with_other_training_only_heads_is_rejected(tmp_path):
+    kwargs = {"backbone": BACKBONE, "num_classes": 21, "aux_head": True}
+    source = keras_deeplab.DeepLabV3(aux_taps=("final",), **kwargs)
+    path = _saved(source, tmp_path / "aux.weights.h5")
+    target = keras_deeplab.DeepLabV3(aux_taps=("stride_8", "final"), **kwargs)
+    with pytest.raises(ValueError, match=r"not in the file \(aux_stride_8_logits\)"):
+        load_weights(target, path)
+
+
 def test_v2_four_logits_branches_are_all_skipped(tmp_path):
     source = keras_deeplab.DeepLabV2(backbone=BACKBONE, num_classes=21)
     path = _saved(source, tmp_path / "v2.weights.h5")

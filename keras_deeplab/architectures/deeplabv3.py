@@ -55,7 +55,7 @@ def resolve_encoder(args):
     auxiliary head's options."""
     backbone = args["backbone"]
     aux_taps, aux_loss_weight = _check_aux(args)
-    filters = args["aspp_filters"]
+    filters = args.get("aspp_filters", 256)  # a v3+ option
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
         raise ValueError(
             f"aspp_filters must be a positive integer (official 256); got {filters!r}."
@@ -85,7 +85,6 @@ register_architecture(
             "head": "aspp",
             "aspp_separable": True,
             "image_pooling": True,
-            "aspp_filters": 256,
             "cascade_blocks": 3,
             "dropout": 0.1,
             **AUX_OPTIONS,

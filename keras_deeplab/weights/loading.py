@@ -10,7 +10,9 @@ single-scale `DeepLabV2` loads into its `multi_scale=True` twin and back. A file
 another class count loads everything except the logits layers (`logits_semantic*` /
 `fc8*`) with one `UserWarning` (fine-tuning), or is one `ClassCountMismatchError` with
 `class_mismatch="error"` (evaluation, prediction, export); `weights_num_classes(weights)`
-reads that class count. Any other difference (another backbone, head or setting) is one
+reads that class count. A file of the plain network loads into a model with training-only
+auxiliary heads (`aux_head=True`), whose classifiers then keep their initial weights, with one
+`UserWarning`. Any other difference (another backbone, head or setting) is one
 `ValueError` naming the file and the layers that differ, and leaves the model untouched.
 """
 
@@ -227,6 +229,18 @@ def weights_num_classes(weights):
     return _one_count(path, counts) if counts else None
 
 
+def _new_training_only_heads(model, targets, missing):
+    """The model's training-only auxiliary layers (only in its training graph), sorted, when
+    the file has none of them; else `[]` (a file that has some of them must match)."""
+    training = getattr(model, "_training_graph", None)
+    if training is None:
+        return []
+    only = [p for p in targets if p[0] == training.name]
+    keys = {p[-1] for p in only} | {"/".join(p) for p in only}
+    found = [k for k in missing if k in keys]
+    return sorted(found) if len(found) == len(only) else []
+
+
 def load_weights(model, weights, *, class_mismatch="skip"):
     """Loads a weights file or preset into `model` (matched by layer name, bitwise).
 
@@ -260,6 +274,10 @@ def load_weights(model, weights, *, class_mismatch="skip"):
     _, file_layers, file_containers = read_weights_file(path)
     targets, containers = model_layers(model)
     pairs, missing, extra, mismatched = match_layers(file_layers, targets)
+    untrained = _new_training_only_heads(model, targets, missing)
+    if untrained:  # a file of the plain network: the training-only classifiers start fresh
+        missing = [k for k in missing if k not in untrained]
+        containers = {c for c in containers if c != (model._training_graph.name,)}
 
     logits = {}
     for key, (file_shapes, shapes, _, _) in mismatched.items():
@@ -279,6 +297,14 @@ def load_weights(model, weights, *, class_mismatch="skip"):
             raise ClassCountMismatchError(path, file_classes, classes)
 
     assign(pairs)
+    if untrained:
+        warnings.warn(
+            f"Loaded {path!r} into the network; the file has no training-only auxiliary "
+            f"classifier(s) ({', '.join(untrained)}): they keep their initial weights and "
+            f"train from there (inference and exports do not use them).",
+            UserWarning,
+            stacklevel=2,
+        )
     if logits:
         warnings.warn(
             f"Loaded {path!r} except the logits layer(s) {', '.join(sorted(logits))}: the file "
