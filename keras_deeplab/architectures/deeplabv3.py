@@ -55,11 +55,6 @@ def resolve_encoder(args):
     auxiliary head's options."""
     backbone = args["backbone"]
     aux_taps, aux_loss_weight = _check_aux(args)
-    filters = args.get("aspp_filters", 256)  # a v3+ option
-    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-        raise ValueError(
-            f"aspp_filters must be a positive integer (official 256); got {filters!r}."
-        )
     return {
         **args,
         "aux_taps": aux_taps,

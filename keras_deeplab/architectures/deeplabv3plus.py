@@ -9,6 +9,16 @@ from keras_deeplab.architectures.deeplabv3 import AUX_OPTIONS, auxiliary, resolv
 from keras_deeplab.heads import aspp, common, decoder  # noqa: F401 - registers the heads
 from keras_deeplab.registry import Architecture, register_architecture, register_model
 
+
+def _resolve(args):
+    filters = args["aspp_filters"]
+    if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
+        raise ValueError(
+            f"aspp_filters must be a positive integer (official 256); got {filters!r}."
+        )
+    return resolve_encoder(args)
+
+
 register_architecture(
     Architecture(
         name="deeplabv3plus",
@@ -28,7 +38,7 @@ register_architecture(
         auxiliary=auxiliary,
         default_backbone="xception65",
         default_output_stride=16,
-        resolve=resolve_encoder,
+        resolve=_resolve,
         description="DeepLab v3+: ASPP encoder + decoder on the stride-4 tap",
     )
 )
