@@ -62,6 +62,10 @@ class ModelConfig:
         weights: None, a `.weights.h5` file or a named preset for the whole model.
         backbone_weights: None, `"imagenet"` or a backbone `.weights.h5` file.
         options: further builder keyword arguments (e.g. `atrous_rates`).
+        zero_init_residual: start the last BatchNorm of every residual branch at gamma 0,
+            so each residual block begins as the identity (Goyal et al. 2017; torchvision's
+            `zero_init_residual`): for training from random weights, so not with `weights`
+            or `backbone_weights` (`keras_deeplab.training.residual_init`).
     """
 
     name: str = "deeplabv3plus_xception65"
@@ -70,6 +74,7 @@ class ModelConfig:
     weights: str | None = None
     backbone_weights: str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    zero_init_residual: bool = False
 
 
 @dataclasses.dataclass

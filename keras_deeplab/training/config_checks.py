@@ -48,6 +48,13 @@ def semantic_checks(config, errors):
         errors.append(f"model.name: unknown model {name!r}{hint}; see `keras-deeplab models`")
     elif isinstance(name, str) and isinstance(config.model.options, dict):
         _model_argument_checks(config.model, errors)
+    if config.model.zero_init_residual is True:
+        for key in ("weights", "backbone_weights"):
+            if getattr(config.model, key) is not None:
+                errors.append(
+                    f"model.zero_init_residual: zeroes weights that model.{key} loads; it is "
+                    f"for training from random weights: remove one of the two"
+                )
     at_least_one = {
         "model.num_classes": config.model.num_classes,
         "train.steps": config.train.steps,

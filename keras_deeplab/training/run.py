@@ -80,9 +80,17 @@ def eval_batch_size(requested, replicas):
 def model_builder(model_config):
     """A function building the configured model (called by the trainer in the strategy scope)."""
     from keras_deeplab.models import create_model
+    from keras_deeplab.training.residual_init import zero_init_residual
 
     kwargs = build_kwargs(model_config)
-    return lambda: create_model(model_config.name, **kwargs)
+
+    def build():
+        model = create_model(model_config.name, **kwargs)
+        if model_config.zero_init_residual:
+            zero_init_residual(model)
+        return model
+
+    return build
 
 
 def train_from_config(config, overrides=(), strategy=None):
