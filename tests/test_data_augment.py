@@ -114,6 +114,33 @@ def test_flip_happens_about_half_the_time():
     assert (flipped | (images[:, :, :4, 0] == 255).all(axis=(1, 2))).all()
 
 
+def test_rotate90_turns_image_and_mask_together_and_keeps_the_other_draws():
+    # a red L with arms of unequal length: its 4 turns and its 4 mirror images all differ
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:2, :6] = 1
+    mask[:5, :2] = 1
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[..., 0] = mask * 255
+    data = SegmentationData(
+        dataset=tf.data.Dataset.from_tensors((image, mask)).repeat(200),
+        num_classes=2,
+        num_examples=200,
+    )
+    kwargs = dict(crop_size=8, min_scale=1.0, max_scale=1.0, seed=5, shuffle=False)
+    images, turned = (
+        t.numpy() for t in next(iter(train_pipeline(data, 200, rotate90=True, **kwargs)))
+    )
+    np.testing.assert_array_equal(images[..., 0] == 255, turned == 1)
+    flipped = next(iter(train_pipeline(data, 200, **kwargs)))[1].numpy()
+    turns = []
+    for after, before in zip(turned, flipped, strict=True):  # the same flip, then k turns
+        (k,) = [k for k in range(4) if np.array_equal(np.rot90(before, k), after)]
+        turns.append(k)
+    assert min(np.bincount(turns, minlength=4)) > 25  # each turn about 50 times
+    with pytest.raises(ValueError, match="rotate90 needs a square crop"):
+        train_pipeline(data, 4, crop_size=(8, 6), rotate90=True)
+
+
 def batches(ds):
     return [(a.numpy(), b.numpy()) for a, b in ds]
 

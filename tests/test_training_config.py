@@ -325,3 +325,11 @@ def test_check_labels_names_the_mismatch_and_the_fix():
     # The suggested fix works.
     relabelled = from_directory(shared_data_dir() / "camvid_segnet", "train", ignore_label=11)
     check_labels(LossConfig(ignore_label=11), relabelled)
+
+
+def test_rotate90_needs_a_square_crop():
+    assert load_config(CONFIGS[0], ["data.rotate90=true", "data.crop_size=[65,65]"]).data.rotate90
+    with pytest.raises(
+        ConfigError, match=r"data.rotate90: needs a square crop, got data.crop_size \[65, 97\]"
+    ):
+        load_config(CONFIGS[0], ["data.rotate90=true", "data.crop_size=[65,97]"])

@@ -94,6 +94,8 @@ class DataConfig:
         crop_size: training crop, an int or `[height, width]` (official 513).
         min_scale, max_scale, scale_step: random scale augmentation (0.5, 2.0, 0.25).
         flip: random horizontal flip.
+        rotate90: rotate each crop by a random multiple of 90 degrees (square crops; for
+            data without an up direction: aerial, microscopy, the synthetic `shapes`).
         eval_batch_size: evaluation batch size; None (default) is one image per replica, and
             a value below the replica count is raised to it (with a warning), so no replica
             idles in an evaluation.
@@ -111,6 +113,7 @@ class DataConfig:
     max_scale: float = 2.0
     scale_step: float = 0.25
     flip: bool = True
+    rotate90: bool = False
     eval_batch_size: int | None = None
 
 

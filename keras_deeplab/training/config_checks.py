@@ -90,6 +90,11 @@ def semantic_checks(config, errors):
     crop = config.data.crop_size
     if isinstance(crop, list) and len(crop) != 2:
         errors.append(f"data.crop_size: expected an int or [height, width], got {crop}")
+    elif config.data.rotate90 is True and isinstance(crop, list) and crop[0] != crop[1]:
+        errors.append(
+            f"data.rotate90: needs a square crop, got data.crop_size {crop}; make it square "
+            "or set data.rotate90=false"
+        )
     replicas, batch = config.train.cpu_replicas, config.train.batch_size
     split = config.train.strategy in ("auto", "mirrored")  # else cpu_replicas is not used
     if split and _number(replicas) and replicas > 1 and _number(batch) and batch % replicas:
