@@ -137,8 +137,20 @@ def test_rotate90_turns_image_and_mask_together_and_keeps_the_other_draws():
         (k,) = [k for k in range(4) if np.array_equal(np.rot90(before, k), after)]
         turns.append(k)
     assert min(np.bincount(turns, minlength=4)) > 25  # each turn about 50 times
-    with pytest.raises(ValueError, match="rotate90 needs a square crop"):
-        train_pipeline(data, 4, crop_size=(8, 6), rotate90=True)
+
+
+def test_rotate90_turns_the_image_before_padding():
+    # a 6x10 image turned is 6x10 or 10x6, padded at the bottom/right to the 10x10 crop
+    data = block_data([(6, 10)] * 64)
+    kwargs = dict(crop_size=10, min_scale=1.0, max_scale=1.0, flip=False, seed=2)
+    shapes_seen = set()
+    for _, masks in train_pipeline(data, 16, rotate90=True, **kwargs):
+        for mask in masks.numpy():
+            rows, cols = np.nonzero(mask != 255)
+            assert rows.min() == 0 and cols.min() == 0  # the padding stays bottom/right
+            shapes_seen.add((rows.max() + 1, cols.max() + 1))
+            assert (mask != 255).sum() == 60
+    assert shapes_seen == {(6, 10), (10, 6)}
 
 
 def batches(ds):

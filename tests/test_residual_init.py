@@ -102,3 +102,12 @@ def test_config_builds_the_zeroed_model_and_refuses_it_with_loaded_weights():
         ConfigError, match="model.zero_init_residual: zeroes weights that model.backbone_weights"
     ):
         load_config(DEMO, ["model.zero_init_residual=true", "model.backbone_weights=imagenet"])
+
+
+def test_the_recipe_setting_yields_to_weights_given_as_overrides():
+    assert load_config(DEMO).model.zero_init_residual  # the demo recipe sets it
+    with pytest.warns(
+        UserWarning, match=r"zero_init_residual \(the recipe's\) turned off: model.weights"
+    ):
+        config = load_config(DEMO, ["model.weights=runs/voc.weights.h5"])
+    assert not config.model.zero_init_residual

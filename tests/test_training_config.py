@@ -212,10 +212,12 @@ def test_the_documented_folder_command_builds_its_config_and_loads_camvid(monkey
         warnings.simplefilter("always")
         config = load_config(recipe_path(recipe), overrides)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    assert len(messages) == 2 and "data.options.image_size" in messages[0], messages
+    assert len(messages) == 3 and "data.options.image_size" in messages[0], messages
     assert "data.eval_options.num_examples" in messages[0] and "dropped" in messages[0]
     assert "model.options.aspp_filters, model.options.decoder_filters" in messages[1]
     assert "dropped" in messages[1]
+    assert "model.zero_init_residual (the recipe's) turned off: model.weights loads" in messages[2]
+    assert not config.model.zero_init_residual and not config.data.rotate90
     assert config.data.options == {} and config.data.eval_options == {}
     assert config.model.name == "deeplabv3_mobilenetv2_dm05_os8"
     assert config.model.num_classes is None and config.loss.ignore_label is None
@@ -325,11 +327,3 @@ def test_check_labels_names_the_mismatch_and_the_fix():
     # The suggested fix works.
     relabelled = from_directory(shared_data_dir() / "camvid_segnet", "train", ignore_label=11)
     check_labels(LossConfig(ignore_label=11), relabelled)
-
-
-def test_rotate90_needs_a_square_crop():
-    assert load_config(CONFIGS[0], ["data.rotate90=true", "data.crop_size=[65,65]"]).data.rotate90
-    with pytest.raises(
-        ConfigError, match=r"data.rotate90: needs a square crop, got data.crop_size \[65, 97\]"
-    ):
-        load_config(CONFIGS[0], ["data.rotate90=true", "data.crop_size=[65,97]"])

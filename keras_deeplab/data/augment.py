@@ -5,8 +5,8 @@ Training (`preprocess_image_and_label` with `is_training=True`): random scale pi
 bilinearly and mask by nearest neighbour (both `align_corners=True`, new size
 `int(size * scale)`), padding at the bottom/right to at least the crop size with the mean
 pixel (127.5) / the ignore label, a random crop and a left-right flip with probability 0.5.
-Optionally (not in the official pipeline) a rotation by a random multiple of 90 degrees, for
-square crops of data without an up direction (aerial, microscopy, the synthetic `shapes`).
+Optionally (not in the official pipeline), first a turn by a random multiple of 90 degrees, for
+data without an up direction (aerial, microscopy, the synthetic `shapes`).
 
 Evaluation: no augmentation; each image is padded at the bottom/right to the smallest
 `k * output_stride + 1` covering it (mean pixel / ignore label), batches pad to their largest
@@ -77,10 +77,16 @@ def augment(
     mean_pixel=MEAN_PIXEL,
     rotate90=False,
 ):
-    """One training example: scale, pad, crop, flip (and rotate by a multiple of 90 degrees
-    with `rotate90`). `seed` is a stateless seed `[2]` int."""
+    """One training example: (with `rotate90`, a turn by a random multiple of 90 degrees,)
+    scale, pad, crop, flip. `seed` is a stateless seed `[2]` int."""
     crop_h, crop_w = crop_size
     seeds = tf.random.experimental.stateless_split(seed, 4)
+    if rotate90:  # first, on the source pixels; its own stream keeps the other draws
+        turns = tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(seed, 4), 0, 4, dtype=tf.int32
+        )
+        image = tf.image.rot90(image, turns)
+        mask = tf.image.rot90(mask[..., None], turns)[..., 0]
     image = tf.cast(image, tf.float32)
     mask = tf.cast(mask, tf.int32)
     if scales is None:
@@ -115,12 +121,6 @@ def augment(
         flipped = tf.random.stateless_uniform([], seeds[3]) <= 0.5
         image = tf.cond(flipped, lambda: tf.reverse(image, [1]), lambda: image)
         mask = tf.cond(flipped, lambda: tf.reverse(mask, [1]), lambda: mask)
-    if rotate90:  # its own stream: the other draws stay those of a run without it
-        turns = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(seed, 4), 0, 4, dtype=tf.int32
-        )
-        image = tf.image.rot90(image, turns)
-        mask = tf.image.rot90(mask[..., None], turns)[..., 0]
     image = tf.ensure_shape(image, [crop_h, crop_w, 3])
     mask = tf.ensure_shape(mask, [crop_h, crop_w])
     return image, mask
@@ -163,8 +163,9 @@ def train_pipeline(
         seed: int for a deterministic pipeline (see the module docstring); None draws one.
         shuffle: shuffle the examples (file sources shuffle all paths; in-memory and TFDS
             sources use a buffer of `shuffle_buffer`, default min(num_examples, 1024)).
-        rotate90: rotate each crop by 0, 90, 180 or 270 degrees at random (square crops
-            only; for data without an up direction; not in the official pipeline).
+        rotate90: turn each image by 0, 90, 180 or 270 degrees at random before scaling,
+            padding and cropping (for data without an up direction; not in the official
+            pipeline).
         skip_batches: batches to skip at the start (resume inside an epoch).
         drop_remainder: drop the last incomplete batch (static batch shape).
         mean_pixel: image padding value.
@@ -187,11 +188,6 @@ def train_pipeline(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
     num_shards, shard_index = _shard(shard, batch_size)
     crop_size = _pair(crop_size, "crop_size")
-    if rotate90 and crop_size[0] != crop_size[1]:
-        raise ValueError(
-            f"rotate90 needs a square crop (a rotated crop changes shape); got crop_size "
-            f"{list(crop_size)}: make it square or turn rotate90 off."
-        )
     scales = scale_factors(min_scale, max_scale, scale_step)
     if seed is None:
         seed = secrets.randbits(31)

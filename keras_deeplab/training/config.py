@@ -44,6 +44,7 @@ from keras_deeplab.training.config_checks import (
     check_labels,
     data_option_checks,
     drop_recipe_model_options,
+    drop_recipe_zero_init,
     recipe_data,
     recipe_model,
     semantic_checks,
@@ -94,8 +95,8 @@ class DataConfig:
         crop_size: training crop, an int or `[height, width]` (official 513).
         min_scale, max_scale, scale_step: random scale augmentation (0.5, 2.0, 0.25).
         flip: random horizontal flip.
-        rotate90: rotate each crop by a random multiple of 90 degrees (square crops; for
-            data without an up direction: aerial, microscopy, the synthetic `shapes`).
+        rotate90: turn each image by a random multiple of 90 degrees before the other
+            augmentation (for data without an up direction: aerial, microscopy, `shapes`).
         eval_batch_size: evaluation batch size; None (default) is one image per replica, and
             a value below the replica count is raised to it (with a warning), so no replica
             idles in an evaluation.
@@ -554,6 +555,7 @@ def load_config(source=None, overrides=()):
     errors = apply_overrides(raw, overrides)
     config = _build(TrainConfig, raw, "", errors)
     dropped_options = drop_recipe_model_options(config, recipe_net, overrides)
+    weights_key = drop_recipe_zero_init(config, overrides)
     semantic_checks(config, errors)
     deprecated = _precision_alias(config, raw, errors)
     sources = typing.get_args(typing.get_type_hints(DataConfig)["source"])
@@ -576,6 +578,13 @@ def load_config(source=None, overrides=()):
         warnings.warn(
             f"Training config{what}: {', '.join(dropped_options)} (options of the recipe's "
             f"model {recipe_net[0]!r}) dropped for model.name={config.model.name!r}.",
+            UserWarning,
+            stacklevel=2,
+        )
+    if weights_key:
+        warnings.warn(
+            f"Training config{what}: model.zero_init_residual (the recipe's) turned off: "
+            f"{weights_key} loads the weights it would zero.",
             UserWarning,
             stacklevel=2,
         )

@@ -90,11 +90,6 @@ def semantic_checks(config, errors):
     crop = config.data.crop_size
     if isinstance(crop, list) and len(crop) != 2:
         errors.append(f"data.crop_size: expected an int or [height, width], got {crop}")
-    elif config.data.rotate90 is True and isinstance(crop, list) and crop[0] != crop[1]:
-        errors.append(
-            f"data.rotate90: needs a square crop, got data.crop_size {crop}; make it square "
-            "or set data.rotate90=false"
-        )
     replicas, batch = config.train.cpu_replicas, config.train.batch_size
     split = config.train.strategy in ("auto", "mirrored")  # else cpu_replicas is not used
     if split and _number(replicas) and replicas > 1 and _number(batch) and batch % replicas:
@@ -191,6 +186,20 @@ def drop_recipe_model_options(config, recipe, overrides):
     for key in dropped:
         del options[key]
     return [f"model.options.{key}" for key in dropped]
+
+
+def drop_recipe_zero_init(config, overrides):
+    """A recipe's `model.zero_init_residual` yields to weights given as overrides: turned off
+    and the loading key returned (e.g. the demo recipe with `model.weights=...`). Set by the
+    same hand (both in the file, or both overrides), the pair is an error of `semantic_checks`."""
+    paths = _override_paths(overrides)
+    if config.model.zero_init_residual is not True or "model.zero_init_residual" in paths:
+        return None
+    for key in ("weights", "backbone_weights"):
+        if f"model.{key}" in paths and getattr(config.model, key) is not None:
+            config.model.zero_init_residual = False
+            return f"model.{key}"
+    return None
 
 
 def _override_paths(overrides):
