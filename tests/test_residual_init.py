@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_deeplab import create_model
+from keras_deeplab import _compat, create_model
 from keras_deeplab.training import ConfigError, load_config
 from keras_deeplab.training.residual_init import residual_branch_ends, zero_init_residual
 from keras_deeplab.training.run import model_builder
@@ -29,7 +29,7 @@ def _mobilenet():
 def _gammas(model):
     return {
         layer.name: np.asarray(layer.gamma)
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in _compat.all_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization)
     }
 
@@ -60,7 +60,7 @@ def test_each_residual_block_then_passes_its_input_through():
     for i in MOBILENET_RESIDUAL_BLOCKS:
         add = backbone.get_layer(f"expanded_conv_{i}_add")
         branch, shortcut = add.input
-        assert branch._keras_history.operation.name == f"expanded_conv_{i}_project_BatchNorm"
+        assert branch is backbone.get_layer(f"expanded_conv_{i}_project_BatchNorm").output
         pairs += [add.output, shortcut]
     probe = keras.Model(backbone.input, pairs)
     images = np.random.default_rng(0).uniform(-1, 1, (2, 33, 33, 3)).astype("float32")

@@ -16,22 +16,36 @@ Example:
 
 import keras
 
-
-def _inputs(tensor):
-    """The tensors the operation producing `tensor` consumed (Keras 3 functional graph)."""
-    operation, node_index, _ = tensor._keras_history
-    return operation, operation._inbound_nodes[node_index].input_tensors
+from keras_deeplab import _compat
 
 
-def _ancestors(tensor):
-    """Ids of the operations `tensor` depends on, its producer included."""
-    seen, stack = set(), [tensor]
-    while stack:
-        operation, inputs = _inputs(stack.pop())
-        if id(operation) not in seen:
-            seen.add(id(operation))
-            stack.extend(inputs)
-    return seen
+def _graph_branch_ends(functional):
+    """The BatchNorms ending a residual branch in one functional graph (not nested ones)."""
+    nodes = _compat.graph_nodes(functional)
+    producer = {id(tensor): node for node in nodes for tensor in node.outputs}
+
+    def ancestors(tensor):  # ids of the nodes `tensor` depends on, its producer included
+        seen, stack = set(), [tensor]
+        while stack:
+            node = producer.get(id(stack.pop()))
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.input_tensors)
+        return seen
+
+    ends = []
+    for node in nodes:
+        inputs = node.input_tensors
+        if not isinstance(node.operation, keras.layers.Add) or len(inputs) != 2:
+            continue
+        first, second = (ancestors(tensor) for tensor in inputs)
+        own = len(first - second), len(second - first)
+        if own[0] == own[1]:
+            continue
+        branch = producer.get(id(inputs[0] if own[0] > own[1] else inputs[1]))
+        if branch is not None and isinstance(branch.operation, keras.layers.BatchNormalization):
+            ends.append(branch.operation)
+    return ends
 
 
 def residual_branch_ends(model):
@@ -41,21 +55,13 @@ def residual_branch_ends(model):
     and the branch, the input computed by more operations of its own. The branch's producer
     counts when it is a `BatchNormalization`.
     """
-    ends = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.layers.Add) or not layer._inbound_nodes:
-            continue
-        inputs = layer._inbound_nodes[0].input_tensors
-        if len(inputs) != 2:
-            continue
-        first, second = (_ancestors(t) for t in inputs)
-        own = len(first - second), len(second - first)
-        if own[0] == own[1]:
-            continue
-        producer, _ = _inputs(inputs[0] if own[0] > own[1] else inputs[1])
-        if isinstance(producer, keras.layers.BatchNormalization):
-            ends.append(producer)
-    return ends
+    graphs = [model, *_compat.all_layers(model)]
+    return [
+        layer
+        for graph in graphs
+        if _compat.is_functional(graph)
+        for layer in _graph_branch_ends(graph)
+    ]
 
 
 def zero_init_residual(model):
