@@ -165,9 +165,8 @@ def train_from_config(config, overrides=(), strategy=None):
         max_scale=cfg_data.max_scale,
         scale_step=cfg_data.scale_step,
         flip=cfg_data.flip,
+        rotate90=cfg_data.rotate90,
     )
-    if cfg_data.rotate90:  # only then: a custom data module need not take it
-        pipeline_kwargs["rotate90"] = True
     if "shard" in inspect.signature(data.train_pipeline).parameters:
 
         def train_data(seed, skip_batches=0, shard=None):  # each worker decodes its share
